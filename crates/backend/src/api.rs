@@ -1,0 +1,121 @@
+//! Routes: `/api/orders`, `/api/identity`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::error::{AppError, Result};
+use crate::{Database, SvidSource};
+
+#[derive(Clone)]
+pub struct AppState {
+    svids: Arc<SvidSource>,
+    db: Database,
+}
+
+impl AppState {
+    pub fn new(svids: Arc<SvidSource>, db: Database) -> Self {
+        AppState { svids, db }
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/orders", get(orders))
+        .route("/api/identity", get(identity))
+        .route("/healthz", get(|| async { Json(json!({ "live": true })) }))
+        .route("/readyz", get(readyz))
+        .fallback(|uri: Uri| async move { AppError::NotFound(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .with_state(state)
+}
+
+/// The caller's SPIFFE ID, as the backend's Envoy forwards it in `x-forwarded-client-cert`.
+pub fn caller_from_xfcc(headers: &HeaderMap) -> Option<String> {
+    let xfcc = headers.get("x-forwarded-client-cert")?.to_str().ok()?;
+    // Envoy appends one element per hop; the last is the hop that reached us.
+    let element = xfcc.rsplit(',').next()?;
+    element.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("URI")
+            .then(|| value.trim().trim_matches('"').to_owned())
+    })
+}
+
+async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
+    let orders = s.db.orders().await?;
+    Ok(Json(json!({
+        "orders": orders,
+        "caller": caller_from_xfcc(&headers),
+        "backend": s.svids.current().ok().map(|svid| svid.spiffe_id.to_string()),
+        "db_server": s.db.last_server(),
+    })))
+}
+
+async fn identity(State(s): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let own = match s.svids.current() {
+        Ok(svid) => json!({
+            "spiffe_id": svid.spiffe_id,
+            "serial": svid.serial,
+            "not_after": svid.not_after,
+            "seconds_left": svid.seconds_left(),
+        }),
+        Err(reason) => json!({ "error": reason }),
+    };
+    Json(json!({
+        "svid": own,
+        "db_server": s.db.last_server(),
+        "caller": caller_from_xfcc(&headers),
+    }))
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    let svid = s.svids.current();
+    let mut body = json!({
+        "svid_seconds_left": svid.as_ref().ok().map(|svid| svid.seconds_left()),
+        "svid_serial": svid.as_ref().ok().map(|svid| svid.serial.clone()),
+    });
+    let reason = match (&svid, s.svids.problem()) {
+        (Err(e), _) => Some(format!("SVID not usable: {e}")),
+        (Ok(_), Some(problem)) => Some(format!("SVID files not usable: {problem}")),
+        (Ok(_), None) => match s.db.ping().await {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        },
+    };
+    body["ready"] = json!(reason.is_none());
+    body["reason"] = json!(reason);
+    let status = if reason.is_none() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfcc_caller_is_the_uri_of_the_last_element() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-client-cert",
+            "By=spiffe://example.org/ns/demo/sa/backend;Hash=ab12;URI=spiffe://example.org/ns/demo/sa/frontend"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            caller_from_xfcc(&h).as_deref(),
+            Some("spiffe://example.org/ns/demo/sa/frontend")
+        );
+        assert_eq!(caller_from_xfcc(&HeaderMap::new()), None);
+    }
+}

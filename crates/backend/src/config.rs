@@ -1,0 +1,48 @@
+//! Every setting is a flag with an environment variable, for Kubernetes and the local runtime alike.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use svid::SpiffeId;
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "backend", about = "Orders API reading PostgreSQL over SVID-based mTLS")]
+pub struct Config {
+    /// Address to serve the API on (only its Envoy should reach it).
+    #[arg(long, env = "BACKEND_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Directory where spiffe-helper writes svid.pem, svid_key.pem and svid_bundle.pem.
+    #[arg(long, env = "BACKEND_SVID_DIR", default_value = "/spiffe-certs")]
+    pub svid_dir: PathBuf,
+    /// How often to look for rotated SVID files, in milliseconds.
+    #[arg(long, env = "BACKEND_SVID_POLL_MS", default_value_t = 1000)]
+    pub svid_poll_ms: u64,
+    #[arg(long, env = "BACKEND_DB_HOST", default_value = "postgres")]
+    pub db_host: String,
+    #[arg(long, env = "BACKEND_DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    #[arg(long, env = "BACKEND_DB_NAME", default_value = "demo")]
+    pub db_name: String,
+    /// The database user; PostgreSQL maps it to the certificate's CN.
+    #[arg(long, env = "BACKEND_DB_USER", default_value = "backend")]
+    pub db_user: String,
+    /// The SPIFFE ID PostgreSQL's server certificate must carry.
+    #[arg(long, env = "BACKEND_DB_SPIFFE_ID", default_value = "spiffe://example.org/ns/demo/sa/postgres")]
+    pub db_spiffe_id: SpiffeId,
+    /// Upper bound for getting a connection and running one query, in milliseconds.
+    #[arg(long, env = "BACKEND_DB_TIMEOUT_MS", default_value_t = 1500)]
+    pub db_timeout_ms: u64,
+    #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: usize,
+}
+
+impl Config {
+    pub fn svid_poll(&self) -> Duration {
+        Duration::from_millis(self.svid_poll_ms.max(50))
+    }
+
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms.max(100))
+    }
+}

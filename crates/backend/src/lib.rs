@@ -1,0 +1,61 @@
+//! The backend service: `GET /api/orders` from PostgreSQL over mTLS with the workload's X.509-SVID.
+//!
+//! The SVID comes from files spiffe-helper keeps fresh; the backend never talks to the Workload API.
+//! PostgreSQL is checked by its SPIFFE ID (URI SAN), not by hostname.
+
+mod api;
+mod config;
+mod db;
+mod error;
+mod svid_source;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use api::{AppState, app};
+pub use config::Config;
+pub use db::{Database, DbError};
+pub use error::AppError;
+pub use svid_source::SvidSource;
+
+/// Loads the SVID, starts watching its files, and sets up the database pool (no connection yet).
+pub async fn start(config: &Config) -> anyhow::Result<AppState> {
+    let svids = Arc::new(SvidSource::new(svid::SvidFiles::in_dir(&config.svid_dir)));
+    svids.refresh().await;
+    tokio::spawn(svids.clone().watch(config.svid_poll()));
+    let db = Database::new(config, svids.clone())?;
+    Ok(AppState::new(svids, db))
+}
+
+/// Runs the API until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let state = start(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(listen = %config.listen, svid_dir = %config.svid_dir.display(), "backend ready to serve");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_target(false)
+        .init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,293 @@
+//! The backend against a real PostgreSQL 15 with the lab's pg_hba.conf, postgresql.conf and
+//! init.sql, over mTLS with SVID-shaped certificates from a test CA.
+//!
+//! Real SPIRE-issued SVIDs (and spiffe-helper's rotations) are covered by the local runtime:
+//! `cargo xtask up --local` and `cargo xtask scenario all --local`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{BACKEND_ID, POSTGRES_ID, Postgres, backend_config, get};
+use svid::test_ca::{Leaf, TestCa, write_files};
+
+fn backend_leaf() -> Leaf {
+    Leaf::new(BACKEND_ID, Some("backend"))
+}
+
+fn postgres_leaf() -> Leaf {
+    Leaf::new(POSTGRES_ID, Some("postgres"))
+}
+
+async fn backend_app(pg: &Postgres, svid_dir: &std::path::Path) -> axum::Router {
+    let state = backend::start(&backend_config(pg.port, svid_dir)).await.unwrap();
+    backend::app(state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_are_read_over_mtls_and_postgres_is_identified_by_spiffe_id() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    let issued = ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 200, "{body}");
+    let orders = body["orders"].as_array().unwrap();
+    assert_eq!(orders.len(), 3, "{body}");
+    assert_eq!(orders[0]["id"], 1001);
+    assert_eq!(body["db_server"]["spiffe_id"], POSTGRES_ID);
+
+    // PostgreSQL saw our certificate: the serial it reports is the SVID's.
+    let serials = pg.psql(
+        "postgres",
+        "SELECT client_serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'backend'",
+    );
+    assert!(serials.lines().any(|s| s == hex_to_dec(&issued.serial())), "{serials}");
+
+    let (status, ready) = get(&app, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["ready"], true);
+    // The log shows certificate authentication of user backend.
+    assert!(pg.log().contains("connection authenticated: identity=\"CN=backend"), "{}", pg.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_files_are_used_for_new_connections_without_a_failed_query() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    let first = ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    assert_eq!(get(&app, "/api/orders").await.0, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (app, stop, ok) = (app.clone(), stop.clone(), ok.clone());
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = get(&app, "/api/orders").await;
+                if status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.push(body);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failures
+        }));
+    }
+    // Three rotations, each written the way spiffe-helper writes: certificate, then key, in
+    // place, so the backend may read a half-written pair in between.
+    let mut serials = vec![first.serial()];
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let next = ca.issue(&backend_leaf());
+        std::fs::write(svids.path().join("svid.pem"), &next.cert_pem).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        write_files(svids.path(), &next.cert_pem, &next.key_pem, &ca.bundle_pem());
+        serials.push(next.serial());
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for task in load {
+        failures.extend(task.await.unwrap());
+    }
+    assert!(failures.is_empty(), "failed queries during rotation: {failures:?}");
+    assert!(ok.load(Ordering::Relaxed) > 50, "too few queries ran: {ok:?}");
+
+    let (_, identity) = get(&app, "/api/identity").await;
+    assert_eq!(identity["svid"]["serial"], serials[3].as_str(), "{identity}");
+    let seen = pg.psql(
+        "postgres",
+        "SELECT client_serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'backend'",
+    );
+    assert!(
+        seen.lines().any(|s| s == hex_to_dec(&serials[3])),
+        "no open connection presents the newest SVID {}: {seen}",
+        serials[3]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_another_spiffe_id_is_refused_and_named() {
+    let ca = TestCa::new("example.org");
+    let impostor = "spiffe://example.org/ns/demo/sa/impostor";
+    let pg = Postgres::start(&ca, &Leaf::new(impostor, Some("postgres")));
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "db_tls");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains(impostor) && reason.contains(POSTGRES_ID), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_certificate_from_another_ca_or_expired_is_refused() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf().expired());
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("expired") && reason.contains(POSTGRES_ID), "{reason}");
+
+    let other = TestCa::new("example.org");
+    pg.write_server_svid(&other, &postgres_leaf());
+    pg.reload();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("does not chain to our trust bundle"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_refuses_a_client_certificate_with_another_cn() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &Leaf::new(BACKEND_ID, Some("frontend")));
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "db_refused");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("certificate authentication failed for user \"backend\""), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_refuses_cn_backend_with_another_spiffe_id_and_names_it() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    let rogue = "spiffe://example.org/ns/demo/sa/rogue";
+    ca.write_svid(svids.path(), &Leaf::new(rogue, Some("backend")));
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "db_refused");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("SPIFFE ID {rogue} may not read orders")),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_refuses_plaintext() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let (config, connection) = {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1").port(pg.port).dbname("demo").user("backend");
+        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        (c, ())
+    };
+    let _ = connection;
+    let err = config.connect(tokio_postgres::NoTls).await.err().expect("plaintext was accepted");
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("no encryption"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_own_svid_is_not_used_and_not_ready() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf().expired());
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, ready) = get(&app, "/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["reason"].as_str().unwrap().contains("expired"), "{ready}");
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "no_svid");
+    assert!(
+        !pg.log().contains("identity=\"CN=backend"),
+        "an expired SVID reached PostgreSQL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_or_garbled_files_are_named_and_not_ready() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, ready) = get(&app, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(ready["reason"].as_str().unwrap().contains("svid.pem is missing"), "{ready}");
+
+    std::fs::write(svids.path().join("svid.pem"), "not a certificate").unwrap();
+    std::fs::write(svids.path().join("svid_key.pem"), "not a key").unwrap();
+    std::fs::write(svids.path().join("svid_bundle.pem"), "not a bundle").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, ready) = get(&app, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(ready["reason"].as_str().unwrap().contains("not valid PEM"), "{ready}");
+
+    ca.write_svid(svids.path(), &backend_leaf());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, ready) = get(&app, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_down_answers_503_quickly_and_recovers_without_restart() {
+    let ca = TestCa::new("example.org");
+    let mut pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    assert_eq!(get(&app, "/api/orders").await.0, 200);
+
+    pg.stop();
+    let started = Instant::now();
+    let (status, body) = get(&app, "/api/orders").await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert!(took < Duration::from_secs(2), "503 took {took:?}");
+    assert_eq!(body["error"], "db_unreachable", "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("unreachable"), "{body}");
+    let (status, _) = get(&app, "/readyz").await;
+    assert_eq!(status, 503);
+
+    pg.launch();
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 200, "no recovery after PostgreSQL came back: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_json_errors() {
+    let ca = TestCa::new("example.org");
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    // No database is needed to route: nothing listens on this port.
+    let state = backend::start(&backend_config(support::free_port(), svids.path()))
+        .await
+        .unwrap();
+    let app = backend::app(state);
+    let (status, body) = get(&app, "/api/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+}
+
+fn hex_to_dec(hex: &str) -> String {
+    openssl::bn::BigNum::from_hex_str(hex)
+        .unwrap()
+        .to_dec_str()
+        .unwrap()
+        .to_string()
+}

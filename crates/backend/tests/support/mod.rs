@@ -1,0 +1,298 @@
+//! A real PostgreSQL 15 for the backend's tests, started from the lab's own configuration files.
+//!
+//! The server's and the backend's certificates come from a test CA shaped like SPIRE's
+//! (see `svid::test_ca`); SPIRE-issued SVIDs are covered by the local runtime.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use svid::test_ca::{Leaf, TestCa};
+
+pub const BACKEND_ID: &str = "spiffe://example.org/ns/demo/sa/backend";
+pub const POSTGRES_ID: &str = "spiffe://example.org/ns/demo/sa/postgres";
+
+pub fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
+}
+
+/// The PostgreSQL 15 server binaries, or a panic that says how to install them.
+pub fn pg_bindir() -> PathBuf {
+    let candidates = std::env::var_os("LAB_PG_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/usr/lib/postgresql/15/bin")]);
+    for dir in candidates {
+        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
+            return dir;
+        }
+    }
+    panic!(
+        "PostgreSQL 15 server binaries (postgres, initdb) not found.\n\
+         Install them with `cargo xtask deps` or `sudo apt-get install postgresql-15 postgresql-contrib`,\n\
+         or point LAB_PG_BIN at the directory holding them."
+    );
+}
+
+/// The operating-system user PostgreSQL runs as: `postgres` when the tests run as root
+/// (PostgreSQL refuses to run as root), else the current user.
+fn pg_user() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("running as root needs the `postgres` user (created by the postgresql package)");
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f[2].parse().unwrap(), f[3].parse().unwrap()))
+}
+
+pub struct Postgres {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    pub port: u16,
+    bindir: PathBuf,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postgres {
+    /// initdb, the lab's postgresql.conf and pg_hba.conf, the server SVID `server`, init.sql.
+    pub fn start(ca: &TestCa, server: &Leaf) -> Postgres {
+        let bindir = pg_bindir();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let user = pg_user();
+        for sub in ["certs", "run", "config", "data"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        for file in ["postgresql.conf", "pg_hba.conf", "init.sql"] {
+            std::fs::copy(
+                manifests().join("postgres/config").join(file),
+                root.join("config").join(file),
+            )
+            .unwrap();
+        }
+        let mut pg = Postgres {
+            _dir: dir,
+            root,
+            port: free_port(),
+            bindir,
+            user,
+            child: None,
+        };
+        pg.write_server_svid(ca, server);
+        pg.chown_tree();
+        pg.run(
+            Command::new(pg.bindir.join("initdb"))
+                .arg("-D")
+                .arg(pg.root.join("data"))
+                .args(["--no-sync", "-E", "UTF8", "--locale=C", "--auth=peer"]),
+        );
+        pg.launch();
+        pg.psql("postgres", "CREATE DATABASE demo");
+        let init = pg.root.join("config/init.sql");
+        pg.run(
+            Command::new(pg.bindir.join("psql"))
+                .args(pg.socket_args())
+                .args(["-d", "demo", "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+                .arg(init),
+        );
+        pg
+    }
+
+    pub fn write_server_svid(&self, ca: &TestCa, server: &Leaf) {
+        ca.write_svid(&self.root.join("certs"), server);
+        self.chown_tree();
+    }
+
+    fn chown_tree(&self) {
+        if let Some((uid, gid)) = self.user {
+            for sub in ["certs", "run", "config", "data"] {
+                let p = self.root.join(sub);
+                if !p.exists() {
+                    continue;
+                }
+                chown(&p, Some(uid), Some(gid)).unwrap();
+                for e in std::fs::read_dir(&p).unwrap() {
+                    chown(e.unwrap().path(), Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
+    }
+
+    fn socket_args(&self) -> Vec<String> {
+        vec![
+            "-h".into(),
+            self.root.join("run").display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+        ]
+    }
+
+    fn as_pg_user<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        if let Some((uid, gid)) = self.user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn run(&self, cmd: &mut Command) -> String {
+        let out = self.as_pg_user(cmd).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs SQL as the superuser over the Unix socket; returns unaligned rows.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.run(
+            Command::new(self.bindir.join("psql"))
+                .args(self.socket_args())
+                .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-AtX", "-c", sql]),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn launch(&mut self) {
+        let r = |p: &str| self.root.join(p).display().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("postgres.log"))
+            .unwrap();
+        if let Some((uid, gid)) = self.user {
+            chown(self.root.join("postgres.log"), Some(uid), Some(gid)).unwrap();
+        }
+        let overrides = [
+            ("config_file", r("config/postgresql.conf")),
+            ("hba_file", r("config/pg_hba.conf")),
+            ("listen_addresses", "127.0.0.1".into()),
+            ("port", self.port.to_string()),
+            ("unix_socket_directories", r("run")),
+            ("external_pid_file", r("run/postgres.pid")),
+            ("ssl_cert_file", r("certs/svid.pem")),
+            ("ssl_key_file", r("certs/svid_key.pem")),
+            ("ssl_ca_file", r("certs/svid_bundle.pem")),
+        ];
+        let mut cmd = Command::new(self.bindir.join("postgres"));
+        cmd.arg("-D").arg(self.root.join("data"));
+        for (k, v) in overrides {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = self.as_pg_user(&mut cmd).spawn().unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self
+                .as_pg_user(
+                    Command::new(self.bindir.join("psql"))
+                        .args(self.socket_args())
+                        .args(["-d", "postgres", "-AtXc", "SELECT 1"]),
+                )
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("postgres exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres not ready in 20 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Fast shutdown (SIGINT), and wait for the server to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            child.wait().unwrap();
+        }
+    }
+
+    /// Tells the server to reload its configuration and certificates (SIGHUP).
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A backend configuration pointing at `pg`, with its SVID files in `svid_dir`.
+pub fn backend_config(pg_port: u16, svid_dir: &Path) -> backend::Config {
+    use clap::Parser;
+    backend::Config::parse_from([
+        "backend",
+        "--svid-dir",
+        &svid_dir.display().to_string(),
+        "--svid-poll-ms",
+        "100",
+        "--db-host",
+        "127.0.0.1",
+        "--db-port",
+        &pg_port.to_string(),
+    ])
+}
+
+/// GET `path` on the in-process app; the status and the JSON body.
+pub async fn get(app: &axum::Router, path: &str) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let res = app
+        .clone()
+        .oneshot(
+            axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or_else(|_| {
+        panic!("{path} answered non-JSON: {}", String::from_utf8_lossy(&body))
+    });
+    (status, json)
+}
