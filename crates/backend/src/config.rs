@@ -7,7 +7,10 @@ use std::time::Duration;
 use svid::SpiffeId;
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "backend", about = "Orders API reading PostgreSQL over SVID-based mTLS")]
+#[command(
+    name = "backend",
+    about = "Orders API reading PostgreSQL over SVID-based mTLS"
+)]
 pub struct Config {
     /// Address to serve the API on (only its Envoy should reach it).
     #[arg(long, env = "BACKEND_LISTEN", default_value = "127.0.0.1:9090")]
@@ -28,7 +31,11 @@ pub struct Config {
     #[arg(long, env = "BACKEND_DB_USER", default_value = "backend")]
     pub db_user: String,
     /// The SPIFFE ID PostgreSQL's server certificate must carry.
-    #[arg(long, env = "BACKEND_DB_SPIFFE_ID", default_value = "spiffe://example.org/ns/demo/sa/postgres")]
+    #[arg(
+        long,
+        env = "BACKEND_DB_SPIFFE_ID",
+        default_value = "spiffe://example.org/ns/demo/sa/postgres"
+    )]
     pub db_spiffe_id: SpiffeId,
     /// Upper bound for getting a connection and running one query, in milliseconds.
     #[arg(long, env = "BACKEND_DB_TIMEOUT_MS", default_value_t = 1500)]

@@ -99,7 +99,8 @@ impl Manager {
         let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
         b.set_certificate(svid.leaf()).map_err(tls_err)?;
         for intermediate in &svid.chain[1..] {
-            b.add_extra_chain_cert(intermediate.clone()).map_err(tls_err)?;
+            b.add_extra_chain_cert(intermediate.clone())
+                .map_err(tls_err)?;
         }
         b.set_private_key(&svid.key).map_err(tls_err)?;
         let mut store = X509StoreBuilder::new().map_err(tls_err)?;
@@ -180,7 +181,9 @@ impl Manager {
             source = s.source();
         }
         if tls || detail.contains("TLS") || detail.contains("ssl") {
-            DbError::Tls(format!("the handshake failed ({detail}); is our SVID trusted by PostgreSQL?"))
+            DbError::Tls(format!(
+                "the handshake failed ({detail}); is our SVID trusted by PostgreSQL?"
+            ))
         } else if detail.contains("timed out") {
             DbError::Unreachable(self.address(), detail)
         } else {
@@ -310,7 +313,10 @@ impl Database {
                     }
                 }
             }
-            Err(DbError::Unreachable("PostgreSQL".into(), "connection lost twice".into()))
+            Err(DbError::Unreachable(
+                "PostgreSQL".into(),
+                "connection lost twice".into(),
+            ))
         };
         tokio::time::timeout(self.timeout, work)
             .await

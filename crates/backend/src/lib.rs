@@ -28,7 +28,10 @@ pub async fn start(config: &Config) -> anyhow::Result<AppState> {
 }
 
 /// Runs the API until `shutdown` resolves.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = start(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -43,7 +46,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_target(false)
         .init();
 }

@@ -4,14 +4,12 @@
 //! Real SPIRE-issued SVIDs (and spiffe-helper's rotations) are covered by the local runtime:
 //! `cargo xtask up --local` and `cargo xtask scenario all --local`.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{BACKEND_ID, POSTGRES_ID, Postgres, backend_config, get};
 use svid::test_ca::{Leaf, TestCa, write_files};
+use testkit::{BACKEND_ID, POSTGRES_ID, Postgres, get_json as get};
 
 fn backend_leaf() -> Leaf {
     Leaf::new(BACKEND_ID, Some("backend"))
@@ -22,7 +20,9 @@ fn postgres_leaf() -> Leaf {
 }
 
 async fn backend_app(pg: &Postgres, svid_dir: &std::path::Path) -> axum::Router {
-    let state = backend::start(&backend_config(pg.port, svid_dir)).await.unwrap();
+    let state = backend::start(&backend_config(pg.port, svid_dir))
+        .await
+        .unwrap();
     backend::app(state)
 }
 
@@ -46,13 +46,21 @@ async fn orders_are_read_over_mtls_and_postgres_is_identified_by_spiffe_id() {
         "postgres",
         "SELECT client_serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'backend'",
     );
-    assert!(serials.lines().any(|s| s == hex_to_dec(&issued.serial())), "{serials}");
+    assert!(
+        serials.lines().any(|s| s == hex_to_dec(&issued.serial())),
+        "{serials}"
+    );
 
     let (status, ready) = get(&app, "/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["ready"], true);
     // The log shows certificate authentication of user backend.
-    assert!(pg.log().contains("connection authenticated: identity=\"CN=backend"), "{}", pg.log());
+    assert!(
+        pg.log()
+            .contains("connection authenticated: identity=\"CN=backend"),
+        "{}",
+        pg.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,7 +99,12 @@ async fn rotated_files_are_used_for_new_connections_without_a_failed_query() {
         let next = ca.issue(&backend_leaf());
         std::fs::write(svids.path().join("svid.pem"), &next.cert_pem).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        write_files(svids.path(), &next.cert_pem, &next.key_pem, &ca.bundle_pem());
+        write_files(
+            svids.path(),
+            &next.cert_pem,
+            &next.key_pem,
+            &ca.bundle_pem(),
+        );
         serials.push(next.serial());
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -100,11 +113,21 @@ async fn rotated_files_are_used_for_new_connections_without_a_failed_query() {
     for task in load {
         failures.extend(task.await.unwrap());
     }
-    assert!(failures.is_empty(), "failed queries during rotation: {failures:?}");
-    assert!(ok.load(Ordering::Relaxed) > 50, "too few queries ran: {ok:?}");
+    assert!(
+        failures.is_empty(),
+        "failed queries during rotation: {failures:?}"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "too few queries ran: {ok:?}"
+    );
 
     let (_, identity) = get(&app, "/api/identity").await;
-    assert_eq!(identity["svid"]["serial"], serials[3].as_str(), "{identity}");
+    assert_eq!(
+        identity["svid"]["serial"],
+        serials[3].as_str(),
+        "{identity}"
+    );
     let seen = pg.psql(
         "postgres",
         "SELECT client_serial FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE usename = 'backend'",
@@ -128,7 +151,10 @@ async fn a_server_with_another_spiffe_id_is_refused_and_named() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "db_tls");
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains(impostor) && reason.contains(POSTGRES_ID), "{reason}");
+    assert!(
+        reason.contains(impostor) && reason.contains(POSTGRES_ID),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -141,7 +167,10 @@ async fn a_server_certificate_from_another_ca_or_expired_is_refused() {
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("expired") && reason.contains(POSTGRES_ID), "{reason}");
+    assert!(
+        reason.contains("expired") && reason.contains(POSTGRES_ID),
+        "{reason}"
+    );
 
     let other = TestCa::new("example.org");
     pg.write_server_svid(&other, &postgres_leaf());
@@ -150,7 +179,10 @@ async fn a_server_certificate_from_another_ca_or_expired_is_refused() {
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("does not chain to our trust bundle"), "{reason}");
+    assert!(
+        reason.contains("does not chain to our trust bundle"),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,7 +196,10 @@ async fn postgres_refuses_a_client_certificate_with_another_cn() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "db_refused");
     let reason = body["reason"].as_str().unwrap();
-    assert!(reason.contains("certificate authentication failed for user \"backend\""), "{reason}");
+    assert!(
+        reason.contains("certificate authentication failed for user \"backend\""),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -191,13 +226,23 @@ async fn postgres_refuses_plaintext() {
     let pg = Postgres::start(&ca, &postgres_leaf());
     let (config, connection) = {
         let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1").port(pg.port).dbname("demo").user("backend");
+        c.host("127.0.0.1")
+            .port(pg.port)
+            .dbname("demo")
+            .user("backend");
         c.ssl_mode(tokio_postgres::config::SslMode::Disable);
         (c, ())
     };
     let _ = connection;
-    let err = config.connect(tokio_postgres::NoTls).await.err().expect("plaintext was accepted");
-    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let err = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("plaintext was accepted");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(message.contains("no encryption"), "{err}");
 }
 
@@ -210,7 +255,10 @@ async fn an_expired_own_svid_is_not_used_and_not_ready() {
     let app = backend_app(&pg, svids.path()).await;
     let (status, ready) = get(&app, "/readyz").await;
     assert_eq!(status, 503, "{ready}");
-    assert!(ready["reason"].as_str().unwrap().contains("expired"), "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap().contains("expired"),
+        "{ready}"
+    );
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "no_svid");
@@ -228,7 +276,13 @@ async fn missing_or_garbled_files_are_named_and_not_ready() {
     let app = backend_app(&pg, svids.path()).await;
     let (status, ready) = get(&app, "/readyz").await;
     assert_eq!(status, 503);
-    assert!(ready["reason"].as_str().unwrap().contains("svid.pem is missing"), "{ready}");
+    assert!(
+        ready["reason"]
+            .as_str()
+            .unwrap()
+            .contains("svid.pem is missing"),
+        "{ready}"
+    );
 
     std::fs::write(svids.path().join("svid.pem"), "not a certificate").unwrap();
     std::fs::write(svids.path().join("svid_key.pem"), "not a key").unwrap();
@@ -236,7 +290,10 @@ async fn missing_or_garbled_files_are_named_and_not_ready() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (status, ready) = get(&app, "/readyz").await;
     assert_eq!(status, 503);
-    assert!(ready["reason"].as_str().unwrap().contains("not valid PEM"), "{ready}");
+    assert!(
+        ready["reason"].as_str().unwrap().contains("not valid PEM"),
+        "{ready}"
+    );
 
     ca.write_svid(svids.path(), &backend_leaf());
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -260,13 +317,19 @@ async fn database_down_answers_503_quickly_and_recovers_without_restart() {
     assert_eq!(status, 503, "{body}");
     assert!(took < Duration::from_secs(2), "503 took {took:?}");
     assert_eq!(body["error"], "db_unreachable", "{body}");
-    assert!(body["reason"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert!(
+        body["reason"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     let (status, _) = get(&app, "/readyz").await;
     assert_eq!(status, 503);
 
     pg.launch();
     let (status, body) = get(&app, "/api/orders").await;
-    assert_eq!(status, 200, "no recovery after PostgreSQL came back: {body}");
+    assert_eq!(
+        status, 200,
+        "no recovery after PostgreSQL came back: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,7 +338,7 @@ async fn malformed_requests_get_json_errors() {
     let svids = tempfile::tempdir().unwrap();
     ca.write_svid(svids.path(), &backend_leaf());
     // No database is needed to route: nothing listens on this port.
-    let state = backend::start(&backend_config(support::free_port(), svids.path()))
+    let state = backend::start(&backend_config(testkit::free_port(), svids.path()))
         .await
         .unwrap();
     let app = backend::app(state);
@@ -290,4 +353,20 @@ fn hex_to_dec(hex: &str) -> String {
         .to_dec_str()
         .unwrap()
         .to_string()
+}
+
+/// A backend configuration pointing at PostgreSQL on `pg_port`, with its SVID files in `svid_dir`.
+fn backend_config(pg_port: u16, svid_dir: &std::path::Path) -> backend::Config {
+    use clap::Parser;
+    backend::Config::parse_from([
+        "backend",
+        "--svid-dir",
+        &svid_dir.display().to_string(),
+        "--svid-poll-ms",
+        "100",
+        "--db-host",
+        "127.0.0.1",
+        "--db-port",
+        &pg_port.to_string(),
+    ])
 }

@@ -40,7 +40,9 @@ pub enum SvidError {
     Unreadable { path: PathBuf, detail: String },
     #[error("SVID file {path} is not valid PEM of the expected kind: {detail}")]
     Garbled { path: PathBuf, detail: String },
-    #[error("the private key in {key} does not match the certificate in {cert} (a rotation half written?)")]
+    #[error(
+        "the private key in {key} does not match the certificate in {cert} (a rotation half written?)"
+    )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("certificate {serial} in {path} has no usable SPIFFE ID: {detail}")]
     NoSpiffeId {
@@ -83,7 +85,8 @@ impl SvidFiles {
         let leaf = chain
             .first()
             .ok_or_else(|| garbled(&self.cert, "no certificate in the file"))?;
-        let key = PKey::private_key_from_pem(&read(&self.key)?).map_err(|e| garbled(&self.key, e))?;
+        let key =
+            PKey::private_key_from_pem(&read(&self.key)?).map_err(|e| garbled(&self.key, e))?;
         let bundle =
             X509::stack_from_pem(&read(&self.bundle)?).map_err(|e| garbled(&self.bundle, e))?;
         if bundle.is_empty() {
@@ -146,7 +149,11 @@ impl std::fmt::Debug for Svid {
 pub fn spiffe_id_of(cert: &X509Ref) -> Result<SpiffeId, String> {
     let uris: Vec<String> = cert
         .subject_alt_names()
-        .map(|sans| sans.iter().filter_map(|n| n.uri().map(str::to_owned)).collect())
+        .map(|sans| {
+            sans.iter()
+                .filter_map(|n| n.uri().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     match uris.as_slice() {
         [one] => one.parse().map_err(|e: crate::SpiffeIdError| e.to_string()),

@@ -14,7 +14,9 @@ pub enum SpiffeIdError {
     Scheme(String),
     #[error("{0:?} is not a SPIFFE ID: the trust domain may hold only a-z, 0-9, '.', '-' and '_'")]
     TrustDomain(String),
-    #[error("{0:?} is not a SPIFFE ID: path segments must be non-empty, not '.' or '..', of a-z A-Z 0-9 '.' '-' '_'")]
+    #[error(
+        "{0:?} is not a SPIFFE ID: path segments must be non-empty, not '.' or '..', of a-z A-Z 0-9 '.' '-' '_'"
+    )]
     Path(String),
 }
 

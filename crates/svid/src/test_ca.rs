@@ -253,7 +253,11 @@ mod tests {
         let dir = tempdir();
         let err = SvidFiles::in_dir(&dir).load().unwrap_err();
         assert!(err.to_string().contains("svid.pem is missing"), "{err}");
-        std::fs::write(dir.join("svid.pem"), b"-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+        std::fs::write(
+            dir.join("svid.pem"),
+            b"-----BEGIN CERTIFICATE-----\ngarbage\n",
+        )
+        .unwrap();
         let err = SvidFiles::in_dir(&dir).load().unwrap_err();
         assert!(matches!(err, crate::SvidError::Garbled { .. }), "{err}");
     }

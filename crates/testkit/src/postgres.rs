@@ -1,13 +1,13 @@
-//! A real PostgreSQL 15 for the backend's tests, started from the lab's own configuration files.
+//! A real PostgreSQL 15 started from the lab's own postgresql.conf, pg_hba.conf and init.sql.
 //!
 //! The server's and the backend's certificates come from a test CA shaped like SPIRE's
 //! (see `svid::test_ca`); SPIRE-issued SVIDs are covered by the local runtime.
 
-#![allow(dead_code)]
-
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::manifests;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,6 @@ use svid::test_ca::{Leaf, TestCa};
 
 pub const BACKEND_ID: &str = "spiffe://example.org/ns/demo/sa/backend";
 pub const POSTGRES_ID: &str = "spiffe://example.org/ns/demo/sa/postgres";
-
-pub fn manifests() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
-}
 
 /// The PostgreSQL 15 server binaries, or a panic that says how to install them.
 pub fn pg_bindir() -> PathBuf {
@@ -81,7 +77,8 @@ impl Postgres {
         for sub in ["certs", "run", "config", "data"] {
             std::fs::create_dir(root.join(sub)).unwrap();
         }
-        std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
         for file in ["postgresql.conf", "pg_hba.conf", "init.sql"] {
             std::fs::copy(
                 manifests().join("postgres/config").join(file),
@@ -258,41 +255,4 @@ impl Drop for Postgres {
             let _ = child.wait();
         }
     }
-}
-
-/// A backend configuration pointing at `pg`, with its SVID files in `svid_dir`.
-pub fn backend_config(pg_port: u16, svid_dir: &Path) -> backend::Config {
-    use clap::Parser;
-    backend::Config::parse_from([
-        "backend",
-        "--svid-dir",
-        &svid_dir.display().to_string(),
-        "--svid-poll-ms",
-        "100",
-        "--db-host",
-        "127.0.0.1",
-        "--db-port",
-        &pg_port.to_string(),
-    ])
-}
-
-/// GET `path` on the in-process app; the status and the JSON body.
-pub async fn get(app: &axum::Router, path: &str) -> (u16, serde_json::Value) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let res = app
-        .clone()
-        .oneshot(
-            axum::http::Request::get(path)
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or_else(|_| {
-        panic!("{path} answered non-JSON: {}", String::from_utf8_lossy(&body))
-    });
-    (status, json)
 }

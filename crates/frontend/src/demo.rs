@@ -1,0 +1,301 @@
+//! One Run Demo: call the backend through the frontend's Envoy and explain what happened.
+//!
+//! The Envoys in this lab prefix their own replies with who they are ("frontend Envoy:",
+//! "backend Envoy:", see their `local_reply_config`), so a failure can be put on the right hop.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Config;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LinkStatus {
+    Success,
+    Failed,
+    /// Not reached: an earlier link failed.
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Link {
+    pub status: LinkStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    pub id: i64,
+    pub description: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoResult {
+    pub frontend_to_backend: Link,
+    pub backend_to_db: Link,
+    pub orders: Vec<Order>,
+    /// The SPIFFE ID the backend saw calling it (from Envoy's x-forwarded-client-cert).
+    pub caller_seen_by_backend: Option<String>,
+    /// The SPIFFE ID of the PostgreSQL server certificate the backend checked.
+    pub db_server_spiffe_id: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// What came back from the frontend's Envoy.
+#[derive(Debug)]
+pub enum Upstream {
+    Answered { status: u16, body: String },
+    ConnectFailed(String),
+    TimedOut(u64),
+    Failed(String),
+}
+
+const RBAC_REASON: &str =
+    "denied by the backend's Envoy RBAC policy: this caller's SPIFFE ID is not allowed";
+const NOT_REACHED: &str = "not reached: the call to the backend failed first";
+
+fn link(status: LinkStatus, reason: Option<String>) -> Link {
+    Link { status, reason }
+}
+
+fn backend_failed(reason: String) -> (Link, Link) {
+    (
+        link(LinkStatus::Failed, Some(reason)),
+        link(LinkStatus::Unknown, Some(NOT_REACHED.into())),
+    )
+}
+
+/// Turns the answer into both links' status and a reason a person understands.
+pub fn classify(upstream: Upstream, envoy: &str) -> DemoResult {
+    let mut result = DemoResult {
+        frontend_to_backend: link(LinkStatus::Unknown, None),
+        backend_to_db: link(LinkStatus::Unknown, None),
+        orders: Vec::new(),
+        caller_seen_by_backend: None,
+        db_server_spiffe_id: None,
+        elapsed_ms: 0,
+    };
+    let (f2b, b2db) = match upstream {
+        Upstream::ConnectFailed(e) => backend_failed(format!(
+            "backend unreachable: the frontend's Envoy at {envoy} is not accepting connections ({e})"
+        )),
+        Upstream::TimedOut(ms) => {
+            backend_failed(format!("backend unreachable: no answer within {ms} ms"))
+        }
+        Upstream::Failed(e) => backend_failed(format!("backend unreachable: {e}")),
+        Upstream::Answered { status: 200, body } => match serde_json::from_str::<Orders>(&body) {
+            Ok(orders) => {
+                result.orders = orders.orders;
+                result.caller_seen_by_backend = orders.caller;
+                result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
+                (
+                    link(LinkStatus::Success, None),
+                    link(LinkStatus::Success, None),
+                )
+            }
+            Err(e) => backend_failed(format!("the backend answered something unreadable: {e}")),
+        },
+        Upstream::Answered { status, body } => {
+            if let Ok(err) = serde_json::from_str::<BackendError>(&body) {
+                // The backend itself answered: the first link worked.
+                (
+                    link(LinkStatus::Success, None),
+                    link(LinkStatus::Failed, Some(err.reason)),
+                )
+            } else {
+                backend_failed(explain_envoy_reply(status, body.trim()))
+            }
+        }
+    };
+    result.frontend_to_backend = f2b;
+    result.backend_to_db = b2db;
+    result
+}
+
+fn explain_envoy_reply(status: u16, body: &str) -> String {
+    let detail = body
+        .trim_start_matches("frontend Envoy:")
+        .trim_start_matches("backend Envoy:")
+        .trim();
+    if status == 403 && body.contains("RBAC: access denied") {
+        return RBAC_REASON.into();
+    }
+    let tls = [
+        "TLS_error",
+        "CERTIFICATE_VERIFY_FAILED",
+        "SSL routines",
+        "TLS error",
+    ]
+    .iter()
+    .any(|m| body.contains(m));
+    if tls {
+        return format!(
+            "mTLS to the backend failed: the handshake between the Envoys was refused ({detail})"
+        );
+    }
+    if body.starts_with("backend Envoy:") {
+        return format!(
+            "backend unreachable: the backend's Envoy is up but the backend service did not answer (HTTP {status}: {detail})"
+        );
+    }
+    if body.contains("upstream connect error") || body.contains("no healthy upstream") {
+        return format!(
+            "mTLS to the backend failed / backend unreachable: the backend's Envoy could not be reached (HTTP {status}: {detail})"
+        );
+    }
+    let excerpt: String = detail.chars().take(200).collect();
+    format!("unexpected answer from the backend path: HTTP {status}: {excerpt}")
+}
+
+#[derive(Deserialize)]
+struct Orders {
+    orders: Vec<Order>,
+    caller: Option<String>,
+    db_server: Option<DbServer>,
+}
+
+#[derive(Deserialize)]
+struct DbServer {
+    spiffe_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BackendError {
+    #[allow(dead_code)]
+    error: String,
+    reason: String,
+}
+
+/// Calls `GET /api/orders` through the frontend's Envoy and classifies the outcome.
+pub async fn run(http: &reqwest::Client, config: &Config) -> DemoResult {
+    let started = std::time::Instant::now();
+    let url = format!("{}/api/orders", config.backend_url.trim_end_matches('/'));
+    let upstream = match http.get(&url).send().await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            match res.text().await {
+                Ok(body) => Upstream::Answered { status, body },
+                Err(e) if e.is_timeout() => Upstream::TimedOut(config.timeout_ms),
+                Err(e) => Upstream::Failed(e.to_string()),
+            }
+        }
+        Err(e) if e.is_connect() => Upstream::ConnectFailed(root_cause(&e)),
+        Err(e) if e.is_timeout() => Upstream::TimedOut(config.timeout_ms),
+        Err(e) => Upstream::Failed(root_cause(&e)),
+    };
+    let mut result = classify(upstream, &config.backend_url);
+    result.elapsed_ms = started.elapsed().as_millis() as u64;
+    if result.frontend_to_backend.status != LinkStatus::Success
+        || result.backend_to_db.status != LinkStatus::Success
+    {
+        tracing::warn!(
+            frontend_to_backend = ?result.frontend_to_backend,
+            backend_to_db = ?result.backend_to_db,
+            "run demo failed"
+        );
+    }
+    result
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: u16, body: &str) -> Upstream {
+        Upstream::Answered {
+            status,
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn success_carries_orders_and_caller() {
+        let r = classify(
+            answered(
+                200,
+                r#"{"orders":[{"id":1,"description":"x","status":"shipped"}],"caller":"spiffe://example.org/ns/demo/sa/frontend","db_server":{"spiffe_id":"spiffe://example.org/ns/demo/sa/postgres","serial":"AB"}}"#,
+            ),
+            "http://127.0.0.1:8001",
+        );
+        assert_eq!(r.frontend_to_backend.status, LinkStatus::Success);
+        assert_eq!(r.backend_to_db.status, LinkStatus::Success);
+        assert_eq!(r.orders.len(), 1);
+        assert_eq!(
+            r.caller_seen_by_backend.as_deref(),
+            Some("spiffe://example.org/ns/demo/sa/frontend")
+        );
+    }
+
+    #[test]
+    fn rbac_denial_is_named() {
+        let r = classify(answered(403, "backend Envoy: RBAC: access denied"), "e");
+        assert_eq!(r.frontend_to_backend.status, LinkStatus::Failed);
+        assert_eq!(r.frontend_to_backend.reason.as_deref(), Some(RBAC_REASON));
+        assert_eq!(r.backend_to_db.status, LinkStatus::Unknown);
+    }
+
+    #[test]
+    fn tls_failure_is_named() {
+        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end";
+        let r = classify(answered(503, body), "e");
+        let reason = r.frontend_to_backend.reason.unwrap();
+        assert!(reason.starts_with("mTLS to the backend failed"), "{reason}");
+        assert!(reason.contains("CERTIFICATE_VERIFY_FAILED"), "{reason}");
+    }
+
+    #[test]
+    fn backend_envoy_down_is_unreachable() {
+        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+        let r = classify(answered(503, body), "e");
+        let reason = r.frontend_to_backend.reason.unwrap();
+        assert!(reason.contains("backend unreachable"), "{reason}");
+        assert!(reason.contains("Connection refused"), "{reason}");
+    }
+
+    #[test]
+    fn backend_service_down_behind_its_envoy_is_named() {
+        let body = "backend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+        let r = classify(answered(503, body), "e");
+        let reason = r.frontend_to_backend.reason.unwrap();
+        assert!(
+            reason.contains("backend service did not answer"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn database_failure_keeps_the_first_link_green() {
+        let r = classify(
+            answered(
+                503,
+                r#"{"error":"db_unreachable","reason":"PostgreSQL at postgres:5432 is unreachable: Connection refused"}"#,
+            ),
+            "e",
+        );
+        assert_eq!(r.frontend_to_backend.status, LinkStatus::Success);
+        assert_eq!(r.backend_to_db.status, LinkStatus::Failed);
+        assert!(r.backend_to_db.reason.unwrap().contains("unreachable"));
+    }
+
+    #[test]
+    fn frontend_envoy_down_is_unreachable() {
+        let r = classify(
+            Upstream::ConnectFailed("Connection refused (os error 111)".into()),
+            "http://127.0.0.1:8001",
+        );
+        let reason = r.frontend_to_backend.reason.unwrap();
+        assert!(
+            reason.contains("127.0.0.1:8001") && reason.contains("backend unreachable"),
+            "{reason}"
+        );
+        assert_eq!(r.backend_to_db.status, LinkStatus::Unknown);
+    }
+}

@@ -1,0 +1,113 @@
+//! The frontend service: a page with **Run Demo**, which calls the backend through the frontend's
+//! own Envoy (plain HTTP to 127.0.0.1:8001; Envoy adds mTLS with the frontend's SVID) and shows
+//! both links' status with a reason a person understands.
+//!
+//! The frontend holds no certificate and never talks to the Workload API.
+
+mod config;
+mod demo;
+mod identity;
+mod page;
+
+use std::future::Future;
+
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use config::Config;
+pub use demo::{DemoResult, Link, LinkStatus, Order, Upstream, classify};
+pub use identity::{CertHolder, IdentityPanel};
+
+#[derive(Clone)]
+pub struct AppState {
+    config: Config,
+    http: reqwest::Client,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> AppState {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout())
+            .connect_timeout(config.timeout())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("build HTTP client");
+        AppState { config, http }
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/run-demo", post(run_demo_page).get(index))
+        .route("/api/run-demo", post(run_demo_json))
+        .route("/api/identity", get(identity_json))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "live": true })) }),
+        )
+        .route(
+            "/readyz",
+            get(|| async { Json(serde_json::json!({ "ready": true })) }),
+        )
+        .with_state(state)
+}
+
+async fn index(State(s): State<AppState>) -> Html<String> {
+    let panel = identity::gather(&s.http, &s.config).await;
+    Html(page::render(None, &panel))
+}
+
+async fn run_demo_page(State(s): State<AppState>) -> Html<String> {
+    let (result, panel) = tokio::join!(
+        demo::run(&s.http, &s.config),
+        identity::gather(&s.http, &s.config)
+    );
+    Html(page::render(Some(&result), &panel))
+}
+
+async fn run_demo_json(State(s): State<AppState>) -> Json<DemoResult> {
+    Json(demo::run(&s.http, &s.config).await)
+}
+
+async fn identity_json(State(s): State<AppState>) -> Json<IdentityPanel> {
+    Json(identity::gather(&s.http, &s.config).await)
+}
+
+/// Runs the UI until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    tracing::info!(listen = %config.listen, backend = %config.backend_url, "frontend ready to serve");
+    axum::serve(listener, app(AppState::new(config)))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
