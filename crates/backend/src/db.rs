@@ -170,13 +170,13 @@ impl Manager {
             {
                 tls = true;
             }
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                if matches!(
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && matches!(
                     io.kind(),
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
-                ) {
-                    return DbError::Unreachable(self.address(), io.to_string());
-                }
+                )
+            {
+                return DbError::Unreachable(self.address(), io.to_string());
             }
             source = s.source();
         }
@@ -184,8 +184,6 @@ impl Manager {
             DbError::Tls(format!(
                 "the handshake failed ({detail}); is our SVID trusted by PostgreSQL?"
             ))
-        } else if detail.contains("timed out") {
-            DbError::Unreachable(self.address(), detail)
         } else {
             DbError::Unreachable(self.address(), detail)
         }
