@@ -224,16 +224,13 @@ async fn postgres_refuses_cn_backend_with_another_spiffe_id_and_names_it() {
 async fn postgres_refuses_plaintext() {
     let ca = TestCa::new("example.org");
     let pg = Postgres::start(&ca, &postgres_leaf());
-    let (config, connection) = {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(pg.port)
-            .dbname("demo")
-            .user("backend");
-        c.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        (c, ())
-    };
-    let _ = connection;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(pg.port)
+        .dbname("demo")
+        .user("backend")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
     let err = config
         .connect(tokio_postgres::NoTls)
         .await
