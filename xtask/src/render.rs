@@ -1,0 +1,627 @@
+//! One config, two runtimes: the local runtime's configs are the files under `manifests/` with
+//! only addresses, socket and file paths, and attestation plugins changed — by a short list of
+//! typed edits per file, checked so that nothing else can differ.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// What an edit may change; nothing else is ever rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A listen or peer address or port.
+    Address,
+    /// A Unix socket (the Workload API, the SPIRE server API).
+    SocketPath,
+    /// A directory or file on disk (data, certificates, pid file, watched policy).
+    FilePath,
+    /// A node or workload attestation plugin, or a Kubernetes-only plugin beside them.
+    Attestation,
+}
+
+#[derive(Clone, Debug)]
+pub enum Edit {
+    /// Replace every occurrence of `from` (at least one) by `to`.
+    Text {
+        kind: Kind,
+        from: String,
+        to: String,
+    },
+    /// Replace the HCL block that starts with `header` (up to its matching brace) by `to`.
+    Block { header: String, to: String },
+}
+
+fn text(kind: Kind, from: &str, to: impl Into<String>) -> Edit {
+    Edit::Text {
+        kind,
+        from: from.into(),
+        to: to.into(),
+    }
+}
+
+fn block(header: &str, to: &str) -> Edit {
+    Edit::Block {
+        header: header.into(),
+        to: to.into(),
+    }
+}
+
+impl Edit {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Edit::Text { kind, .. } => *kind,
+            Edit::Block { .. } => Kind::Attestation,
+        }
+    }
+
+    /// Refuses an edit whose text is not of its kind, so an edit cannot smuggle in other changes.
+    fn check(&self) -> anyhow::Result<()> {
+        let ok = match self {
+            Edit::Text {
+                kind: Kind::Address,
+                from,
+                to,
+            } => {
+                let words = ["address", "port", "listen_addresses", "bind_"];
+                words.iter().any(|w| from.contains(w))
+                    && from.lines().count() == 1
+                    && to.lines().count() == 1
+            }
+            Edit::Text {
+                kind: Kind::SocketPath | Kind::FilePath,
+                from,
+                to,
+            } => {
+                from.starts_with('/') && to.starts_with('/') && !from.contains(char::is_whitespace)
+            }
+            Edit::Text {
+                kind: Kind::Attestation,
+                ..
+            } => false,
+            Edit::Block { header, to } => {
+                let plugin = |s: &str| {
+                    ["NodeAttestor ", "WorkloadAttestor ", "Notifier "]
+                        .iter()
+                        .any(|p| s.trim_start().starts_with(p))
+                };
+                plugin(header) && (to.is_empty() || plugin(to))
+            }
+        };
+        if !ok {
+            bail!("edit {self:?} is not of its kind");
+        }
+        Ok(())
+    }
+
+    fn apply(&self, src: &str) -> anyhow::Result<String> {
+        self.check()?;
+        match self {
+            Edit::Text { from, to, .. } => {
+                if !src.contains(from.as_str()) {
+                    bail!("{from:?} not found");
+                }
+                Ok(src.replace(from.as_str(), to))
+            }
+            Edit::Block { header, to } => {
+                let (start, end) = find_block(src, header)
+                    .with_context(|| format!("block {header:?} not found"))?;
+                // Keep the block's indentation; drop its line entirely when it goes away.
+                let line_start = src[..start].rfind('\n').map_or(0, |i| i + 1);
+                let indent = &src[line_start..start];
+                let mut out = String::from(&src[..line_start]);
+                if !to.is_empty() {
+                    out.push_str(indent);
+                    out.push_str(&to.replace('\n', &format!("\n{indent}")));
+                    out.push_str(&src[end..]);
+                } else {
+                    let rest = src[end..].strip_prefix('\n').unwrap_or(&src[end..]);
+                    let rest = rest.strip_prefix('\n').unwrap_or(rest);
+                    out.push_str(rest);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Byte range of an HCL block: from its header to its closing brace.
+fn find_block(src: &str, header: &str) -> Option<(usize, usize)> {
+    let start = src.find(header)?;
+    let open = start + src[start..].find('{')?;
+    let mut depth = 0;
+    for (i, c) in src[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((start, open + i + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+pub fn apply(src: &str, edits: &[Edit]) -> anyhow::Result<String> {
+    edits
+        .iter()
+        .try_fold(src.to_owned(), |acc, e| e.apply(&acc))
+}
+
+/// The nodes of the local runtime: one SPIRE agent each, as on a cluster of three machines.
+pub const NODES: [&str; 3] = ["frontend-node", "backend-node", "postgres-node"];
+
+/// Ports of the local runtime, all on 127.0.0.1; `--port-offset` shifts them all.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ports {
+    pub frontend: u16,
+    pub frontend_envoy: u16,
+    pub frontend_envoy_admin: u16,
+    pub backend_envoy: u16,
+    pub backend_envoy_admin: u16,
+    pub backend: u16,
+    pub postgres: u16,
+    pub spire_server: u16,
+    pub spire_server_health: u16,
+    pub agent_health: [u16; 3],
+    pub backend_helper_health: u16,
+    pub postgres_helper_health: u16,
+}
+
+impl Ports {
+    pub fn with_offset(offset: u16) -> Ports {
+        let p = |n: u16| n + offset;
+        Ports {
+            frontend: p(8080),
+            frontend_envoy: p(8001),
+            frontend_envoy_admin: p(9901),
+            backend_envoy: p(8443),
+            backend_envoy_admin: p(9902),
+            backend: p(9090),
+            postgres: p(15432),
+            spire_server: p(18081),
+            spire_server_health: p(18080),
+            agent_health: [p(18090), p(18091), p(18092)],
+            backend_helper_health: p(18100),
+            postgres_helper_health: p(18101),
+        }
+    }
+
+    /// Every port with the component that listens on it, for "port in use" messages.
+    pub fn named(&self) -> Vec<(u16, String)> {
+        let mut v = vec![
+            (self.frontend, "frontend UI".to_owned()),
+            (
+                self.frontend_envoy,
+                "frontend Envoy (outbound listener)".into(),
+            ),
+            (self.frontend_envoy_admin, "frontend Envoy admin".into()),
+            (self.backend_envoy, "backend Envoy (mTLS listener)".into()),
+            (self.backend_envoy_admin, "backend Envoy admin".into()),
+            (self.backend, "backend API".into()),
+            (self.postgres, "PostgreSQL".into()),
+            (self.spire_server, "SPIRE server".into()),
+            (self.spire_server_health, "SPIRE server health".into()),
+            (
+                self.backend_helper_health,
+                "backend spiffe-helper health".into(),
+            ),
+            (
+                self.postgres_helper_health,
+                "PostgreSQL spiffe-helper health".into(),
+            ),
+        ];
+        for (node, port) in NODES.iter().zip(self.agent_health) {
+            v.push((port, format!("SPIRE agent {node} health")));
+        }
+        v
+    }
+}
+
+/// Where the local runtime keeps everything, under one state directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub ports: Ports,
+}
+
+impl Layout {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    fn s(&self, rel: &str) -> String {
+        self.p(rel).display().to_string()
+    }
+    pub fn server_socket(&self) -> PathBuf {
+        self.p("spire-server/api.sock")
+    }
+    pub fn agent_socket(&self, node: &str) -> PathBuf {
+        self.p(&format!("agents/{node}/api.sock"))
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.p("bundle.crt")
+    }
+    pub fn certs(&self, workload: &str) -> PathBuf {
+        self.p(&format!("certs/{workload}"))
+    }
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.p(&format!("config/{name}"))
+    }
+    pub fn rbac_dir(&self) -> PathBuf {
+        self.p("envoy-rbac")
+    }
+    pub fn pg_run(&self) -> PathBuf {
+        self.p("postgres/run")
+    }
+}
+
+const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n    plugin_data {}\n}";
+const UNIX_ATTESTOR: &str = "WorkloadAttestor \"unix\" {\n    plugin_data {\n        discover_workload_path = true\n    }\n}";
+
+/// A shared config file and the edits that make it the local runtime's.
+pub struct Render {
+    /// Relative to `manifests/`.
+    pub source: &'static str,
+    /// File name under the state directory's `config/`.
+    pub target: String,
+    pub edits: Vec<Edit>,
+}
+
+/// Every config the local runtime uses, each from its file under `manifests/`.
+pub fn local_configs(l: &Layout) -> Vec<Render> {
+    let port = |p: u16| p.to_string();
+    let ports = &l.ports;
+    let agent_sock = |node: &str| l.agent_socket(node).display().to_string();
+    let wl_api = "/spiffe-workload-api/spire-agent.sock";
+    let mut v = vec![
+        Render {
+            source: "spire/config/server.conf",
+            target: "spire-server.conf".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "bind_address = \"0.0.0.0\"",
+                    "bind_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8081\"",
+                    format!("bind_port = \"{}\"", port(ports.spire_server)),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8080\"",
+                    format!("bind_port = \"{}\"", port(ports.spire_server_health)),
+                ),
+                text(
+                    Kind::SocketPath,
+                    "/tmp/spire-server/private/api.sock",
+                    l.server_socket().display().to_string(),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/run/spire/server/data",
+                    l.s("spire-server/data"),
+                ),
+                block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
+                block("Notifier \"k8sbundle\"", ""),
+            ],
+        },
+        Render {
+            source: "frontend/config/envoy.yaml",
+            target: "envoy-frontend.yaml".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "{ address: 127.0.0.1, port_value: 9901 }",
+                    format!(
+                        "{{ address: 127.0.0.1, port_value: {} }}",
+                        ports.frontend_envoy_admin
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "{ address: 127.0.0.1, port_value: 8001 }",
+                    format!(
+                        "{{ address: 127.0.0.1, port_value: {} }}",
+                        ports.frontend_envoy
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "{ address: backend.demo.svc.cluster.local, port_value: 8443 }",
+                    format!(
+                        "{{ address: 127.0.0.1, port_value: {} }}",
+                        ports.backend_envoy
+                    ),
+                ),
+                text(Kind::SocketPath, wl_api, agent_sock("frontend-node")),
+            ],
+        },
+        Render {
+            source: "backend/config/envoy.yaml",
+            target: "envoy-backend.yaml".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "{ address: 127.0.0.1, port_value: 9901 }",
+                    format!(
+                        "{{ address: 127.0.0.1, port_value: {} }}",
+                        ports.backend_envoy_admin
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "{ address: 0.0.0.0, port_value: 8443 }",
+                    format!(
+                        "{{ address: 127.0.0.1, port_value: {} }}",
+                        ports.backend_envoy
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "{ address: 127.0.0.1, port_value: 9090 }",
+                    format!("{{ address: 127.0.0.1, port_value: {} }}", ports.backend),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/etc/envoy/rbac",
+                    l.rbac_dir().display().to_string(),
+                ),
+                text(Kind::SocketPath, wl_api, agent_sock("backend-node")),
+            ],
+        },
+        Render {
+            source: "backend/config/helper.conf",
+            target: "helper-backend.conf".into(),
+            edits: vec![
+                text(Kind::SocketPath, wl_api, agent_sock("backend-node")),
+                text(
+                    Kind::FilePath,
+                    "/spiffe-certs",
+                    l.certs("backend").display().to_string(),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = 8081",
+                    format!("bind_port = {}", ports.backend_helper_health),
+                ),
+            ],
+        },
+        Render {
+            source: "postgres/config/helper.conf",
+            target: "helper-postgres.conf".into(),
+            edits: vec![
+                text(Kind::SocketPath, wl_api, agent_sock("postgres-node")),
+                text(
+                    Kind::FilePath,
+                    "/spiffe-certs",
+                    l.certs("postgres").display().to_string(),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/var/run/postgresql",
+                    l.pg_run().display().to_string(),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = 8081",
+                    format!("bind_port = {}", ports.postgres_helper_health),
+                ),
+            ],
+        },
+        Render {
+            source: "postgres/config/postgresql.conf",
+            target: "postgresql.conf".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "listen_addresses = '*'",
+                    "listen_addresses = '127.0.0.1'",
+                ),
+                text(
+                    Kind::Address,
+                    "port = 5432",
+                    format!("port = {}", ports.postgres),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/var/run/postgresql",
+                    l.pg_run().display().to_string(),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/etc/postgresql/pg_hba.conf",
+                    l.config("pg_hba.conf").display().to_string(),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/spiffe-certs",
+                    l.certs("postgres").display().to_string(),
+                ),
+            ],
+        },
+        Render {
+            source: "postgres/config/pg_hba.conf",
+            target: "pg_hba.conf".into(),
+            edits: vec![],
+        },
+        Render {
+            source: "postgres/config/init.sql",
+            target: "init.sql".into(),
+            edits: vec![],
+        },
+    ];
+    for (node, health) in NODES.iter().zip(ports.agent_health) {
+        v.push(Render {
+            source: "spire/config/agent.conf",
+            target: format!("agent-{node}.conf"),
+            edits: vec![
+                text(
+                    Kind::FilePath,
+                    "/run/spire/agent/data",
+                    l.s(&format!("agents/{node}/data")),
+                ),
+                text(
+                    Kind::Address,
+                    "server_address = \"spire-server.spire-system.svc\"",
+                    "server_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "server_port = \"8081\"",
+                    format!("server_port = \"{}\"", ports.spire_server),
+                ),
+                text(
+                    Kind::SocketPath,
+                    "/run/spire/agent-sockets/spire-agent.sock",
+                    agent_sock(node),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/run/spire/bundle/bundle.crt",
+                    l.bundle().display().to_string(),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_address = \"0.0.0.0\"",
+                    "bind_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8080\"",
+                    format!("bind_port = \"{health}\""),
+                ),
+                block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
+                block("WorkloadAttestor \"k8s\"", UNIX_ATTESTOR),
+            ],
+        });
+    }
+    v
+}
+
+/// Renders every local config into the state directory's `config/`.
+pub fn write_local_configs(manifests: &Path, layout: &Layout) -> anyhow::Result<()> {
+    let dir = layout.p("config");
+    std::fs::create_dir_all(&dir)?;
+    for r in local_configs(layout) {
+        let src = std::fs::read_to_string(manifests.join(r.source))
+            .with_context(|| format!("read manifests/{}", r.source))?;
+        let out =
+            apply(&src, &r.edits).with_context(|| format!("render manifests/{}", r.source))?;
+        std::fs::write(dir.join(&r.target), out)?;
+    }
+    Ok(())
+}
+
+/// A unified-ish list of the lines that differ, for test failure messages.
+pub fn line_diff(a: &str, b: &str) -> String {
+    let mut out = String::new();
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            let _ = writeln!(out, "{:>4}- {x}\n{:>4}+ {y}", i + 1, i + 1);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            root: PathBuf::from("/tmp/spire-lab-test"),
+            ports: Ports::with_offset(3),
+        }
+    }
+
+    fn manifests() -> PathBuf {
+        crate::project_root().join("manifests")
+    }
+
+    /// The local configs differ from the manifests' only by their listed, typed edits: undoing
+    /// the text edits and putting the original plugin blocks back gives the source byte for byte.
+    #[test]
+    fn local_configs_differ_from_manifests_only_in_addresses_paths_and_attestation() {
+        for r in local_configs(&layout()) {
+            let src = std::fs::read_to_string(manifests().join(r.source)).unwrap();
+            let rendered = apply(&src, &r.edits).unwrap_or_else(|e| panic!("{}: {e:#}", r.source));
+            let mut undone = rendered.clone();
+            for e in r.edits.iter().rev() {
+                match e {
+                    Edit::Text { from, to, .. } => {
+                        assert!(!to.is_empty());
+                        undone = undone.replace(to.as_str(), from);
+                    }
+                    Edit::Block { header, to } => {
+                        let (s, e2) = find_block(&src, header).unwrap();
+                        let original = &src[s..e2];
+                        if to.is_empty() {
+                            // A removed block: its absence is the only difference.
+                            assert!(!rendered.contains(header.as_str()));
+                            continue;
+                        }
+                        let new_header = to.lines().next().unwrap();
+                        let (ns, ne) = find_block(&undone, new_header).unwrap();
+                        undone.replace_range(ns..ne, original);
+                    }
+                }
+            }
+            let removed: Vec<&Edit> = r
+                .edits
+                .iter()
+                .filter(|e| matches!(e, Edit::Block { to, .. } if to.is_empty()))
+                .collect();
+            if removed.is_empty() {
+                assert_eq!(
+                    undone,
+                    src,
+                    "{} drifted:\n{}",
+                    r.source,
+                    line_diff(&src, &undone)
+                );
+            } else {
+                // Compare with the removed blocks taken out of the source the same way.
+                let expected =
+                    apply(&src, &removed.into_iter().cloned().collect::<Vec<_>>()).unwrap();
+                assert_eq!(
+                    undone,
+                    expected,
+                    "{} drifted:\n{}",
+                    r.source,
+                    line_diff(&expected, &undone)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn edits_of_the_wrong_kind_are_refused() {
+        let sneaky = text(Kind::Address, "action: ALLOW", "action: DENY");
+        assert!(sneaky.apply("action: ALLOW").is_err());
+        let path = text(Kind::FilePath, "principal_name", "/x");
+        assert!(path.apply("principal_name").is_err());
+        let plugin = block("DataStore \"sql\"", "");
+        assert!(plugin.apply("DataStore \"sql\" { }").is_err());
+        let missing = text(Kind::Address, "port = 1", "port = 2");
+        assert!(missing.apply("nothing here").is_err());
+    }
+
+    #[test]
+    fn plugin_blocks_are_replaced_whole() {
+        let src = "plugins {\n    A \"x\" {\n        plugin_data { a = 1 }\n    }\n\n    NodeAttestor \"k8s_psat\" {\n        plugin_data {\n            cluster = \"c\"\n        }\n    }\n}\n";
+        let out = block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN)
+            .apply(src)
+            .unwrap();
+        assert!(
+            out.contains("    NodeAttestor \"join_token\" {\n        plugin_data {}\n    }\n}"),
+            "{out}"
+        );
+        assert!(!out.contains("k8s_psat"));
+    }
+}
