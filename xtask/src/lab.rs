@@ -232,4 +232,17 @@ pub trait Lab {
     fn holdings(&self) -> Vec<anyhow::Result<Holding>>;
     /// The chains the backend Envoy and PostgreSQL present, and the backend's files.
     fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)>;
+    /// The backend's `/readyz`: status and body.
+    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)>;
+    /// host:port of the backend Envoy's mTLS listener, reachable from here.
+    fn backend_envoy_addr(&self) -> String;
+    /// Asks the backend node's Workload API for an SVID from a process no entry describes.
+    fn fetch_svid_unregistered(&self) -> anyhow::Result<String>;
+    /// Registers `spiffe://example.org/ns/demo/sa/rogue` (DNS name `backend`, so its CN passes
+    /// PostgreSQL's `cert` check) and fetches its SVID: the directory with svid.0.pem,
+    /// svid.0.key and bundle.0.pem.
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf>;
+    fn remove_rogue(&mut self) -> anyhow::Result<()>;
+    /// Connects to PostgreSQL as user `backend` with the certificate in `dir` and reads orders.
+    fn query_postgres_with(&self, dir: &std::path::Path) -> anyhow::Result<String>;
 }

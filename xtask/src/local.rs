@@ -1032,6 +1032,110 @@ impl Lab for LocalLab {
             ),
         ]
     }
+
+    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, body) =
+            probe::get(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?;
+        Ok((
+            status,
+            serde_json::from_str(&body).context("/readyz answered non-JSON")?,
+        ))
+    }
+
+    fn backend_envoy_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports().backend_envoy)
+    }
+
+    fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
+        let sh = Shell::new()?;
+        let agent = &self.state.tools.spire_agent;
+        let sock = self.layout().agent_socket("backend-node");
+        // spire-agent itself is no registered workload: its binary path matches no entry.
+        let out = cmd!(sh, "{agent} api fetch x509 -socketPath {sock} -timeout 3s")
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text)
+        } else {
+            bail!("{}", text.trim())
+        }
+    }
+
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<PathBuf> {
+        let sh = Shell::new()?;
+        let agent = std::fs::canonicalize(&self.state.tools.spire_agent)?;
+        let uid = unsafe { libc::geteuid() };
+        let entry = Entry {
+            id: String::new(),
+            spiffe_id: workload_id("rogue"),
+            parent_id: node_id("backend-node"),
+            selectors: vec![
+                format!("unix:uid:{uid}"),
+                format!("unix:path:{}", agent.display()),
+            ],
+            dns: Some("backend".into()),
+        };
+        let id = self.entry_create(&sh, &entry, None)?;
+        self.state.entries.push(Entry { id, ..entry });
+        self.save()?;
+        let dir = self.layout().p("rogue");
+        std::fs::create_dir_all(&dir)?;
+        chmod(&dir, 0o700)?;
+        let sock = self.layout().agent_socket("backend-node");
+        // The agent learns of the new entry on its next sync (every 5 s).
+        wait_for(Duration::from_secs(20), || {
+            cmd!(
+                sh,
+                "{agent} api fetch x509 -socketPath {sock} -timeout 2s -write {dir}"
+            )
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .map_err(Into::into)
+        })?;
+        Ok(dir)
+    }
+
+    fn remove_rogue(&mut self) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let server = &self.state.tools.spire_server;
+        let sock = self.layout().server_socket();
+        let rogue = workload_id("rogue");
+        for e in self.state.entries.iter().filter(|e| e.spiffe_id == rogue) {
+            let id = &e.id;
+            cmd!(sh, "{server} entry delete -socketPath {sock} -entryID {id}")
+                .quiet()
+                .ignore_stdout()
+                .run()?;
+        }
+        self.state.entries.retain(|e| e.spiffe_id != rogue);
+        let _ = std::fs::remove_dir_all(self.layout().p("rogue"));
+        self.save()
+    }
+
+    fn query_postgres_with(&self, dir: &Path) -> anyhow::Result<String> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} dbname=demo user=backend sslmode=verify-ca sslcert={} sslkey={} sslrootcert={}",
+            self.ports().postgres,
+            dir.join("svid.0.pem").display(),
+            dir.join("svid.0.key").display(),
+            dir.join("bundle.0.pem").display()
+        );
+        let out = std::process::Command::new(self.state.tools.pg_bin.join("psql"))
+            .args([conninfo.as_str(), "-AtXc", "SELECT count(*) FROM orders"])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
 }
 
 pub fn now() -> i64 {

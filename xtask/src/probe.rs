@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -146,4 +147,78 @@ pub fn serial(cert: &X509) -> String {
         .ok()
         .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
         .unwrap_or_default()
+}
+
+/// One HTTPS request with a client certificate; the server must prove `server_id`.
+pub fn https_get_with_cert(
+    addr: &str,
+    path: &str,
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+    server_id: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_certificate_chain_file(cert)?;
+    b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM)?;
+    b.set_ca_file(bundle)?;
+    let expected = server_id.to_owned();
+    b.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+        if ctx.error_depth() != 0 {
+            return ok;
+        }
+        ok && ctx
+            .current_cert()
+            .and_then(|c| svid::spiffe_id_of(c).ok())
+            .is_some_and(|id| id.as_str() == expected)
+    });
+    let mut conf = b.build().configure()?;
+    conf.set_verify_hostname(false);
+    let tcp = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = conf
+        .connect("backend", tcp)
+        .map_err(|e| anyhow::anyhow!("TLS with {addr}: {e}"))?;
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A TLS handshake with no client certificate: the error the server answers with.
+pub fn tls_without_client_cert(addr: &str) -> anyhow::Result<String> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_verify(SslVerifyMode::NONE);
+    let conf = b.build().configure()?;
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
+    match conf.verify_hostname(false).connect("backend", tcp) {
+        Ok(mut tls) => {
+            // With TLS 1.3 the refusal arrives after the handshake, on the first read.
+            let _ = write!(tls, "GET / HTTP/1.1\r\nHost: backend\r\n\r\n");
+            let mut buf = [0u8; 256];
+            match tls.ssl_read(&mut buf) {
+                Ok(n) if n > 0 => bail!(
+                    "the server answered without a client certificate: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                ),
+                Ok(_) => Ok("connection closed without an answer".into()),
+                Err(e) => Ok(e.to_string()),
+            }
+        }
+        Err(e) => Ok(e.to_string()),
+    }
 }

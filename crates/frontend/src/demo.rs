@@ -133,6 +133,19 @@ fn explain_envoy_reply(status: u16, body: &str) -> String {
             "mTLS to the backend failed: the handshake between the Envoys was refused ({detail})"
         );
     }
+    let refused = [
+        "Connection refused",
+        "Connection_refused",
+        "connect_error",
+        "connection failure",
+    ]
+    .iter()
+    .any(|m| body.contains(m));
+    if refused && body.starts_with("frontend Envoy:") {
+        return format!(
+            "backend unreachable: the backend's Envoy does not accept connections (HTTP {status}: {detail})"
+        );
+    }
     if body.starts_with("backend Envoy:") {
         return format!(
             "backend unreachable: the backend's Envoy is up but the backend service did not answer (HTTP {status}: {detail})"
@@ -244,7 +257,7 @@ mod tests {
 
     #[test]
     fn tls_failure_is_named() {
-        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end";
+        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure (upstream transport: TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end)";
         let r = classify(answered(503, body), "e");
         let reason = r.frontend_to_backend.reason.unwrap();
         assert!(reason.starts_with("mTLS to the backend failed"), "{reason}");
@@ -253,16 +266,20 @@ mod tests {
 
     #[test]
     fn backend_envoy_down_is_unreachable() {
-        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+        // The body Envoy 1.40 sends with this lab's local_reply_config.
+        let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure (upstream transport: delayed_connect_error:_Connection_refused)";
         let r = classify(answered(503, body), "e");
         let reason = r.frontend_to_backend.reason.unwrap();
-        assert!(reason.contains("backend unreachable"), "{reason}");
-        assert!(reason.contains("Connection refused"), "{reason}");
+        assert!(
+            reason.starts_with("backend unreachable: the backend's Envoy"),
+            "{reason}"
+        );
+        assert!(reason.contains("Connection_refused"), "{reason}");
     }
 
     #[test]
     fn backend_service_down_behind_its_envoy_is_named() {
-        let body = "backend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
+        let body = "backend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure (upstream transport: delayed_connect_error:_Connection_refused)";
         let r = classify(answered(503, body), "e");
         let reason = r.frontend_to_backend.reason.unwrap();
         assert!(

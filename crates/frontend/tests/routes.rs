@@ -54,7 +54,7 @@ async fn rbac_denial_reads_as_such() {
 
 #[tokio::test]
 async fn tls_failure_reads_as_such() {
-    let app = frontend(&envoy_stand_in(503, "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end").await);
+    let app = frontend(&envoy_stand_in(503, "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure (upstream transport: TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end)").await);
     let r = run_demo(&app).await;
     assert!(
         r["frontend_to_backend"]["reason"]
