@@ -241,8 +241,10 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
             step(n, total, &format!("{} …", c.name()));
             let took = lab.launch(sh, c)?;
             println!("        ready in {:.1} s", took.as_secs_f64());
-            if c == Component::Agent(2) {
+            if c == Component::SpireServer {
+                // Entries first: each agent then gets its workloads' SVIDs on its first sync.
                 n += 1;
+                current = "spire-server".into();
                 step(
                     n,
                     total,
@@ -774,10 +776,7 @@ impl LocalLab {
             "Local lab in {} (linked from .lab/local)\n",
             self.root.display()
         );
-        println!(
-            "{:<22} {:>8}  {:<28} {}",
-            "COMPONENT", "PID", "ADDRESS", "READY"
-        );
+        println!("COMPONENT                   PID   RSS MB  ADDRESS                         READY");
         for c in Component::ALL {
             let address = match c {
                 Component::SpireServer => format!("127.0.0.1:{}", p.spire_server),
@@ -811,11 +810,21 @@ impl LocalLab {
                 ),
                 None => ("-".into(), "not running".into()),
             };
-            println!("{:<22} {:>8}  {:<28} {}", c.name(), pid, address, ready);
+            let rss = self
+                .pid(c)
+                .and_then(procs::rss_kib)
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+            println!(
+                "{:<22} {:>8} {:>8}  {:<30} {}",
+                c.name(),
+                pid,
+                rss,
+                address,
+                ready
+            );
         }
         println!(
-            "\n{:<26} {:<42} {:<34} {}",
-            "SVID HOLDER", "SPIFFE ID", "SERIAL", "EXPIRES IN"
+            "\nSVID HOLDER                SPIFFE ID                                  SERIAL                             EXPIRES IN"
         );
         for h in self.holdings() {
             match h {
@@ -852,8 +861,10 @@ pub fn down() -> anyhow::Result<()> {
     let mut stopped = 0;
     let mut left = Vec::new();
     for r in lab.state.components.iter().rev() {
-        if let Some(pid) = r.pid {
-            if procs::is_ours(pid, &r.spec.program) {
+        if let Some(pid) = r.pid
+            && procs::is_ours(pid, &r.spec.program)
+        {
+            {
                 if procs::stop(pid, &r.spec.program, Duration::from_secs(5)) {
                     println!("stopped {:<20} pid {pid}", r.name);
                     stopped += 1;
@@ -899,10 +910,10 @@ impl Lab for LocalLab {
             .running(c)
             .with_context(|| format!("{} was never started", c.name()))?
             .clone();
-        if let Some(pid) = r.pid {
-            if !procs::stop(pid, &r.spec.program, Duration::from_secs(10)) {
-                bail!("{} (pid {pid}) did not stop", c.name());
-            }
+        if let Some(pid) = r.pid
+            && !procs::stop(pid, &r.spec.program, Duration::from_secs(10))
+        {
+            bail!("{} (pid {pid}) did not stop", c.name());
         }
         if let Some(r) = self
             .state

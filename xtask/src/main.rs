@@ -44,6 +44,8 @@ enum Command {
     Logs(lab::Logs),
     /// Run a scenario (or all of them) against the running lab.
     Scenario(scenario::Scenario),
+    /// Show the pinned versions and images (nix/pins.json).
+    Pins(pins::PinsCmd),
     /// What CI runs: formatting, lints, tests, then the lab on the local runtime with all scenarios.
     Ci(ci::Ci),
 }
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logs(cmd) => cmd.run(&sh),
         Command::Scenario(cmd) => cmd.run(&sh),
         Command::Ci(cmd) => cmd.run(&sh),
+        Command::Pins(cmd) => cmd.run(&sh),
     }
     .context("cargo xtask failed")
 }

@@ -58,7 +58,77 @@ pub struct Kind {
     pub node_digest: Option<String>,
 }
 
+#[derive(clap::Args)]
+pub struct PinsCmd {}
+
+impl PinsCmd {
+    pub fn run(self, _sh: &xshell::Shell) -> anyhow::Result<()> {
+        let pins = Pins::load(&crate::project_root())?;
+        println!("Local binaries:");
+        println!(
+            "  SPIRE          {} (go: {}, Go >= {})",
+            pins.spire.version, pins.spire.go_module, pins.spire.go_min
+        );
+        println!(
+            "  spiffe-helper  {} (go: {}, Go >= {})",
+            pins.spiffe_helper.version, pins.spiffe_helper.go_module, pins.spiffe_helper.go_min
+        );
+        println!(
+            "  Envoy          {} (PyPI: {})",
+            pins.envoy.version, pins.envoy.pypi
+        );
+        println!(
+            "  PostgreSQL     {} (Debian: {})",
+            pins.postgres.major, pins.postgres.debian_package
+        );
+        println!(
+            "  kind           {} (cluster {})",
+            pins.kind.version, pins.kind.cluster_name
+        );
+        println!("Images (a missing digest is not verified yet):");
+        for (name, image, digest) in pins.images() {
+            println!(
+                "  {name:<14} {image}@{}",
+                digest.unwrap_or("<no digest yet>")
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Pins {
+    /// Every third-party image: a name, the tagged reference and its digest when known.
+    pub fn images(&self) -> Vec<(&'static str, &str, Option<&str>)> {
+        vec![
+            (
+                "spire-server",
+                &self.spire.server_image,
+                self.spire.server_digest.as_deref(),
+            ),
+            (
+                "spire-agent",
+                &self.spire.agent_image,
+                self.spire.agent_digest.as_deref(),
+            ),
+            (
+                "spiffe-helper",
+                &self.spiffe_helper.image,
+                self.spiffe_helper.digest.as_deref(),
+            ),
+            ("envoy", &self.envoy.image, self.envoy.digest.as_deref()),
+            (
+                "postgres",
+                &self.postgres.image,
+                self.postgres.digest.as_deref(),
+            ),
+            (
+                "kind node",
+                &self.kind.node_image,
+                self.kind.node_digest.as_deref(),
+            ),
+        ]
+    }
+
     pub fn load(root: &Path) -> anyhow::Result<Pins> {
         let path = root.join("nix/pins.json");
         let text =

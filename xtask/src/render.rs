@@ -2,7 +2,6 @@
 //! only addresses, socket and file paths, and attestation plugins changed — by a short list of
 //! typed edits per file, checked so that nothing else can differ.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -17,8 +16,6 @@ pub enum Kind {
     SocketPath,
     /// A directory or file on disk (data, certificates, pid file, watched policy).
     FilePath,
-    /// A node or workload attestation plugin, or a Kubernetes-only plugin beside them.
-    Attestation,
 }
 
 #[derive(Clone, Debug)]
@@ -29,7 +26,8 @@ pub enum Edit {
         from: String,
         to: String,
     },
-    /// Replace the HCL block that starts with `header` (up to its matching brace) by `to`.
+    /// Replace the HCL block that starts with `header` (up to its matching brace) by `to`:
+    /// only attestation plugins, and the Kubernetes-only notifier beside them.
     Block { header: String, to: String },
 }
 
@@ -49,13 +47,6 @@ fn block(header: &str, to: &str) -> Edit {
 }
 
 impl Edit {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Edit::Text { kind, .. } => *kind,
-            Edit::Block { .. } => Kind::Attestation,
-        }
-    }
-
     /// Refuses an edit whose text is not of its kind, so an edit cannot smuggle in other changes.
     fn check(&self) -> anyhow::Result<()> {
         let ok = match self {
@@ -76,10 +67,6 @@ impl Edit {
             } => {
                 from.starts_with('/') && to.starts_with('/') && !from.contains(char::is_whitespace)
             }
-            Edit::Text {
-                kind: Kind::Attestation,
-                ..
-            } => false,
             Edit::Block { header, to } => {
                 let plugin = |s: &str| {
                     ["NodeAttestor ", "WorkloadAttestor ", "Notifier "]
@@ -518,8 +505,10 @@ pub fn write_local_configs(manifests: &Path, layout: &Layout) -> anyhow::Result<
     Ok(())
 }
 
-/// A unified-ish list of the lines that differ, for test failure messages.
-pub fn line_diff(a: &str, b: &str) -> String {
+/// The lines that differ, for test failure messages.
+#[cfg(test)]
+fn line_diff(a: &str, b: &str) -> String {
+    use std::fmt::Write as _;
     let mut out = String::new();
     for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
         if x != y {
@@ -598,6 +587,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The rendered local configs pass the real tools' own validation.
+    #[test]
+    fn rendered_local_configs_pass_envoy_and_spire_validation() {
+        let pins = crate::pins::Pins::load(&crate::project_root()).unwrap();
+        let tools = crate::deps::find(&pins).unwrap_or_else(|e| panic!("{e:#}"));
+        let root = std::env::temp_dir().join(format!("render-validate-{}", std::process::id()));
+        let layout = Layout {
+            root: root.clone(),
+            ports: Ports::with_offset(7),
+        };
+        std::fs::create_dir_all(layout.rbac_dir()).unwrap();
+        std::fs::copy(
+            manifests().join("backend/config/rbac.yaml"),
+            layout.rbac_dir().join("rbac.yaml"),
+        )
+        .unwrap();
+        write_local_configs(&manifests(), &layout).unwrap();
+        let run = |program: &Path, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "{} {args:?} failed:\n{text}",
+                program.display()
+            );
+            text
+        };
+        for envoy in ["envoy-frontend.yaml", "envoy-backend.yaml"] {
+            let cfg = layout.config(envoy).display().to_string();
+            let out = run(&tools.envoy, &["--mode", "validate", "-c", &cfg]);
+            assert!(out.contains("OK"), "{out}");
+        }
+        let cfg = layout.config("spire-server.conf").display().to_string();
+        run(&tools.spire_server, &["validate", "-config", &cfg]);
+        for node in NODES {
+            let cfg = layout
+                .config(&format!("agent-{node}.conf"))
+                .display()
+                .to_string();
+            run(&tools.spire_agent, &["validate", "-config", &cfg]);
+        }
+        std::fs::remove_dir_all(root).unwrap();
     }
 
     #[test]

@@ -466,7 +466,7 @@ impl Load {
 fn rotation(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     shorten_ttl(lab, r, ttl)?;
     let result = (|| -> anyhow::Result<()> {
-        let run_for = Duration::from_secs(3 * u64::from(ttl) + 5);
+        let run_for = Duration::from_secs(3 * u64::from(ttl) + 2);
         step(&format!(
             "continuous Run Demo requests for {} s (3 TTLs) while SPIRE rotates every SVID",
             run_for.as_secs()
@@ -740,6 +740,13 @@ fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
         );
         let d = run_demo(lab)?;
         r.say(d.line());
+        ensure!(
+            d.b2db == "FAILED"
+                && d.b2db_reason
+                    .as_deref()
+                    .is_some_and(|s| s.contains("expired")),
+            "the backend still reaches PostgreSQL with an expired SVID"
+        );
         step("start the backend's spiffe-helper");
         lab.start(Component::HelperBackend)?;
         let started = Instant::now();

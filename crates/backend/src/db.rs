@@ -61,6 +61,8 @@ pub struct Order {
 pub struct Connection {
     client: tokio_postgres::Client,
     generation: u64,
+    /// When the SVID this connection was opened with expires (Unix seconds).
+    svid_not_after: i64,
 }
 
 pub struct Manager {
@@ -196,6 +198,7 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Connection, DbError> {
         let generation = self.svids.generation();
+        let svid_not_after = self.svids.current().map_err(DbError::NoSvid)?.not_after;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let tls = self.tls(seen.clone())?;
         let mut config = tokio_postgres::Config::new();
@@ -219,7 +222,11 @@ impl managed::Manager for Manager {
                     tracing::debug!(server_serial = %server.serial, "new PostgreSQL connection");
                 }
                 *self.last_server.lock().unwrap() = server;
-                Ok(Connection { client, generation })
+                Ok(Connection {
+                    client,
+                    generation,
+                    svid_not_after,
+                })
             }
             Err(e) => Err(self.explain(&e, &seen.lock().unwrap())),
         }
@@ -231,6 +238,12 @@ impl managed::Manager for Manager {
         }
         if conn.generation != self.svids.generation() {
             return Err(RecycleError::message("opened with an older SVID"));
+        }
+        // An identity that has expired is not used any more, not even on an open connection.
+        if conn.svid_not_after <= svid::unix_now() {
+            return Err(RecycleError::message(
+                "opened with an SVID that has expired",
+            ));
         }
         Ok(())
     }

@@ -189,7 +189,8 @@ pub fn unix_time(t: &Asn1TimeRef) -> i64 {
     }
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -8,5 +8,7 @@ mod id;
 #[cfg(feature = "test-ca")]
 pub mod test_ca;
 
-pub use files::{Svid, SvidError, SvidFiles, describe_certificate, spiffe_id_of, unix_time};
+pub use files::{
+    Svid, SvidError, SvidFiles, describe_certificate, now_unix as unix_now, spiffe_id_of, unix_time,
+};
 pub use id::{SpiffeId, SpiffeIdError};
