@@ -192,7 +192,7 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
         }
     }
 
-    let total = 13;
+    let total = 7;
     step(1, total, "building frontend and backend (release)");
     cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
         .run()
@@ -232,19 +232,59 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
     let _ = std::fs::remove_file(link());
     std::os::unix::fs::symlink(&root, link())?;
 
+    // Independent components start together; each is then awaited where the next needs it.
+    use Component::*;
+    let plan: [(&[Component], &[Component]); 5] = [
+        (&[SpireServer], &[SpireServer]),
+        (
+            &[Agent(0), Agent(1), Agent(2)],
+            &[Agent(0), Agent(1), Agent(2)],
+        ),
+        // The first SVIDs appear once the server's entry cache has the new entries (about 5 s);
+        // Envoys started later find their SDS secrets at once instead of backing off.
+        (
+            &[HelperPostgres, HelperBackend],
+            &[HelperPostgres, HelperBackend],
+        ),
+        (
+            &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend],
+            &[Postgres],
+        ),
+        (
+            &[Backend],
+            &[Backend, EnvoyBackend, EnvoyFrontend, Frontend],
+        ),
+    ];
+    // initdb runs while SPIRE starts.
+    let mut initdb = lab.start_initdb()?;
     let mut current = String::new();
     let result = (|| -> anyhow::Result<()> {
         let mut n = 1;
-        for c in Component::ALL {
+        for (start, wait) in plan {
+            let names: Vec<String> = start.iter().map(|c| c.name()).collect();
             n += 1;
-            current = c.name();
-            step(n, total, &format!("{} …", c.name()));
-            let took = lab.launch(sh, c)?;
-            println!("        ready in {:.1} s", took.as_secs_f64());
-            if c == Component::SpireServer {
-                // Entries first: each agent then gets its workloads' SVIDs on its first sync.
+            step(n, total, &format!("start {}", names.join(", ")));
+            for &c in start {
+                current = c.name();
+                if c == Postgres
+                    && let Some(child) = initdb.take()
+                {
+                    finish_initdb(child)?;
+                }
+                lab.spawn(sh, c)?;
+            }
+            for &c in wait {
+                current = c.name();
+                let took = lab.wait_ready(sh, c)?;
+                println!(
+                    "        {:<20} ready ({:.1} s)",
+                    c.name(),
+                    took.as_secs_f64()
+                );
+            }
+            if start == [SpireServer] {
+                // Entries before the agents: each agent gets its workloads' entries on attesting.
                 n += 1;
-                current = "spire-server".into();
                 step(
                     n,
                     total,
@@ -441,6 +481,7 @@ impl LocalLab {
             env: vec![],
             user,
             log,
+            stop_signal: (c == Component::Postgres).then_some(libc::SIGINT),
         })
     }
 
@@ -455,7 +496,12 @@ impl LocalLab {
 
     /// Starts one component (first-time setup included) and waits until it is ready.
     fn launch(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
-        let limit = Duration::from_secs(if c == Component::SpireServer { 60 } else { 30 });
+        self.spawn(sh, c)?;
+        self.wait_ready(sh, c)
+    }
+
+    /// Starts one component's process (first-time setup included), without waiting.
+    fn spawn(&mut self, sh: &Shell, c: Component) -> anyhow::Result<()> {
         match c {
             Component::Agent(i) => self.join_token(sh, NODES[i])?,
             Component::Postgres => self.initdb()?,
@@ -471,17 +517,24 @@ impl LocalLab {
         {
             Some(r) => {
                 r.pid = Some(pid);
-                r.spec = spec.clone();
+                r.spec = spec;
             }
             None => self.state.components.push(Running {
                 name: c.name(),
-                spec: spec.clone(),
+                spec,
                 pid: Some(pid),
             }),
         }
-        self.save()?;
+        self.save()
+    }
+
+    /// Waits until a started component is ready, then does what follows its start once.
+    fn wait_ready(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
+        let limit = Duration::from_secs(if c == Component::SpireServer { 60 } else { 30 });
+        let r = self.running(c).context("not started")?.clone();
+        let pid = r.pid.context("not started")?;
         let (_, took) = wait_for(limit, || {
-            if !procs::is_ours(pid, &spec.program) {
+            if !procs::is_ours(pid, &r.spec.program) {
                 bail!("{} exited", c.name());
             }
             self.ready(sh, c)
@@ -712,19 +765,27 @@ impl LocalLab {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    fn initdb(&self) -> anyhow::Result<()> {
+    /// Starts `initdb` for a new data directory (None when it exists); wait on the child.
+    fn start_initdb(&self) -> anyhow::Result<Option<std::process::Child>> {
         let data = self.layout().p("postgres/data");
         if data.join("PG_VERSION").exists() {
-            return Ok(());
+            return Ok(None);
         }
-        let out = self
+        let child = self
             .pg_command("initdb")
             .arg("-D")
             .arg(&data)
             .args(["--auth=peer", "-E", "UTF8", "--locale=C", "--no-sync"])
-            .output()?;
-        if !out.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("start initdb")?;
+        Ok(Some(child))
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        if let Some(child) = self.start_initdb()? {
+            finish_initdb(child)?;
         }
         Ok(())
     }
@@ -842,6 +903,14 @@ impl LocalLab {
     }
 }
 
+fn finish_initdb(child: std::process::Child) -> anyhow::Result<()> {
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn expect_ok(url: &str) -> anyhow::Result<()> {
     let (status, body) = probe::get(url)?;
     if status != 200 {
@@ -865,7 +934,7 @@ pub fn down() -> anyhow::Result<()> {
             && procs::is_ours(pid, &r.spec.program)
         {
             {
-                if procs::stop(pid, &r.spec.program, Duration::from_secs(5)) {
+                if procs::stop(pid, &r.spec, Duration::from_secs(5)) {
                     println!("stopped {:<20} pid {pid}", r.name);
                     stopped += 1;
                 } else {
@@ -911,7 +980,7 @@ impl Lab for LocalLab {
             .with_context(|| format!("{} was never started", c.name()))?
             .clone();
         if let Some(pid) = r.pid
-            && !procs::stop(pid, &r.spec.program, Duration::from_secs(10))
+            && !procs::stop(pid, &r.spec, Duration::from_secs(10))
         {
             bail!("{} (pid {pid}) did not stop", c.name());
         }

@@ -20,6 +20,9 @@ pub struct Spec {
     /// uid and gid to run as (PostgreSQL and its helper when the lab runs as root).
     pub user: Option<(u32, u32)>,
     pub log: PathBuf,
+    /// The signal that asks it to stop (SIGTERM when unset; PostgreSQL's fast shutdown is SIGINT).
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
 }
 
 pub fn spawn(spec: &Spec) -> anyhow::Result<u32> {
@@ -71,12 +74,13 @@ pub fn is_ours(pid: u32, program: &Path) -> bool {
     argv0 == program.as_os_str().as_encoded_bytes() || argv0.ends_with(name)
 }
 
-/// SIGTERM, then SIGKILL after `grace`; true when the process is gone.
-pub fn stop(pid: u32, program: &Path, grace: Duration) -> bool {
+/// The spec's stop signal, then SIGKILL after `grace`; true when the process is gone.
+pub fn stop(pid: u32, spec: &Spec, grace: Duration) -> bool {
+    let program = &spec.program;
     if !is_ours(pid, program) {
         return true;
     }
-    signal(pid, libc::SIGTERM);
+    signal(pid, spec.stop_signal.unwrap_or(libc::SIGTERM));
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         reap(pid);
