@@ -74,3 +74,46 @@ pub fn project_root() -> PathBuf {
         .expect("xtask lives in the repository root")
         .to_owned()
 }
+
+#[cfg(test)]
+mod tidy {
+    use clap::CommandFactory;
+
+    /// The README names every xtask command.
+    #[test]
+    fn readme_mentions_every_command() {
+        let readme = std::fs::read_to_string(crate::project_root().join("README.md")).unwrap();
+        for sub in crate::Cli::command().get_subcommands() {
+            let name = sub.get_name();
+            assert!(
+                readme.contains(&format!("cargo xtask {name}")),
+                "README.md does not mention `cargo xtask {name}`"
+            );
+        }
+    }
+
+    /// Every Rust module starts with a `//!` line saying what it is for.
+    #[test]
+    fn every_module_says_what_it_is_for() {
+        let root = crate::project_root();
+        let mut missing = Vec::new();
+        let mut stack = vec![root.join("crates"), root.join("xtask")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() && !p.ends_with("target") {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    if !text.trim_start().starts_with("//!") {
+                        missing.push(p.strip_prefix(&root).unwrap().display().to_string());
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "modules without a //! line: {missing:?}"
+        );
+    }
+}
