@@ -41,6 +41,10 @@ impl Ci {
         crate::deps::ensure(sh, true)?;
         times.push(("deps", t.elapsed()));
 
+        let t = stage("the Nix flake, as far as it can be checked without nixpkgs");
+        crate::nix::check(sh)?;
+        times.push(("nix", t.elapsed()));
+
         let t = stage("tests (PostgreSQL, Chromium, config drift)");
         cmd!(sh, "cargo test --workspace").run().context("tests")?;
         times.push(("tests", t.elapsed()));

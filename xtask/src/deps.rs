@@ -12,9 +12,9 @@ use crate::pins::Pins;
 
 #[derive(clap::Args)]
 pub struct Deps {
-    /// Skip Chromium and chromedriver (only the browser test needs them).
+    /// Skip what only the tests need (Chromium, chromedriver, nix-instantiate).
     #[arg(long)]
-    no_browser: bool,
+    no_test_tools: bool,
 }
 
 /// Where each external program of the local runtime is.
@@ -30,7 +30,7 @@ pub struct Tools {
 
 impl Deps {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        let tools = ensure(sh, !self.no_browser)?;
+        let tools = ensure(sh, !self.no_test_tools)?;
         println!("\nAll set. Local binaries:");
         for (name, path) in [
             ("spire-server", &tools.spire_server),
@@ -163,7 +163,7 @@ fn find_pg(pins: &Pins) -> Option<PathBuf> {
 }
 
 /// Finds every tool, installing what is missing.
-pub fn ensure(sh: &Shell, browser: bool) -> anyhow::Result<Tools> {
+pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
     let pins = Pins::load(&crate::project_root())?;
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
@@ -241,8 +241,12 @@ pub fn ensure(sh: &Shell, browser: bool) -> anyhow::Result<Tools> {
     }
     report("PostgreSQL", &pins.postgres.major.to_string());
 
-    if browser {
+    if test_tools {
         let have = |n: &str| on_path(n).is_some();
+        if !have("nix-instantiate") {
+            apt.install(sh, &["nix-bin"], "Nix (to parse and evaluate the flake)")?;
+        }
+        println!("  ok  nix-instantiate");
         if !(have("chromium") || have("chromium-browser") || have("google-chrome"))
             || !have("chromedriver")
         {

@@ -7,6 +7,7 @@ mod ci;
 mod deps;
 mod lab;
 mod local;
+mod nix;
 mod pins;
 mod probe;
 mod procs;

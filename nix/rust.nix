@@ -1,0 +1,57 @@
+# The Rust workspace with crane: dependencies built once, one package per crate, and the checks.
+{ pkgs, crane, root }:
+let
+  craneLib = crane.mkLib pkgs;
+  lib = pkgs.lib;
+
+  # Cargo sources plus the files the tests read: the shared configs, the pins and the README.
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.unions [
+      (craneLib.fileset.commonCargoSources root)
+      (root + "/manifests")
+      (root + "/nix/pins.json")
+      (root + "/README.md")
+    ];
+  };
+
+  commonArgs = {
+    inherit src;
+    strictDeps = true;
+    nativeBuildInputs = [ pkgs.pkg-config ];
+    buildInputs = [ pkgs.openssl ];
+  };
+
+  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  crate = name: craneLib.buildPackage (commonArgs // {
+    inherit cargoArtifacts;
+    pname = name;
+    cargoExtraArgs = "-p ${name}";
+    doCheck = false;
+  });
+in
+{
+  frontend = crate "frontend";
+  backend = crate "backend";
+  xtask = crate "xtask";
+
+  checks = {
+    clippy = craneLib.cargoClippy (commonArgs // {
+      inherit cargoArtifacts;
+      cargoClippyExtraArgs = "--workspace --all-targets -- --deny warnings";
+    });
+
+    fmt = craneLib.cargoFmt { inherit src; };
+
+    # The tests that need no network: PostgreSQL comes from nixpkgs. The browser test and the
+    # validation by the pinned SPIRE/Envoy binaries run in `cargo xtask ci` (nixpkgs carries other
+    # versions of SPIRE than the pinned one).
+    tests = craneLib.cargoNextest (commonArgs // {
+      inherit cargoArtifacts;
+      nativeCheckInputs = [ pkgs.postgresql_15 ];
+      LAB_PG_BIN = "${pkgs.postgresql_15}/bin";
+      cargoNextestExtraArgs = "--workspace -E 'not (binary(browser) | test(rendered_local_configs_pass_envoy_and_spire_validation))'";
+    });
+  };
+}

@@ -1,0 +1,28 @@
+# `nix develop`: every tool xtask and both runtimes use.
+# nixpkgs carries SPIRE 1.14.x and spiffe-helper 0.10.x; `cargo xtask deps` builds the pinned
+# versions (nix/pins.json) with the Go from this shell when the ones on PATH differ.
+{ pkgs }:
+pkgs.mkShell {
+  packages = with pkgs; [
+    cargo
+    rustc
+    clippy
+    rustfmt
+    pkg-config
+    openssl
+    go
+    kind
+    kubectl
+    kustomize
+    kubeconform
+    skopeo
+    spire
+    spiffe-helper
+    envoy-bin
+    postgresql_15
+    chromium
+    chromedriver
+    nix
+  ];
+  LAB_PG_BIN = "${pkgs.postgresql_15}/bin";
+}
