@@ -57,6 +57,11 @@ impl Ci {
             down?;
             ensure_nothing_left()?;
             times.push(("local lab and scenarios", t.elapsed()));
+
+            let t = stage("bench --quick (every figure produced, no failures; no timing asserted)");
+            crate::bench::Bench::quick().run(sh)?;
+            ensure_nothing_left()?;
+            times.push(("bench --quick", t.elapsed()));
         }
 
         println!("\n══ ci: all green");

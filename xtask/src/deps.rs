@@ -299,16 +299,25 @@ fn check_go(sh: &Shell, min: &str) -> anyhow::Result<()> {
     let out = cmd!(sh, "go version").quiet().read().context(
         "Go is needed to build SPIRE and spiffe-helper: install Go or use `nix develop`",
     )?;
-    let found = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("go"))
-        .filter(|v| v.starts_with(char::is_numeric))
-        .unwrap_or("0");
-    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    if parse(found) < parse(min) {
+    let found = go_version(&out).unwrap_or("0");
+    if !at_least(found, min) {
         bail!("Go {min} or newer is needed (found {found}): update Go or use `nix develop`");
     }
     Ok(())
+}
+
+/// The version in `go version` output: `go version go1.26.8 linux/amd64` → `1.26.8`.
+fn go_version(out: &str) -> Option<&str> {
+    out.split_whitespace().find_map(|w| {
+        w.strip_prefix("go")
+            .filter(|v| v.starts_with(char::is_numeric))
+    })
+}
+
+/// Dotted versions compared numerically: `1.26.10` is at least `1.26.6`.
+fn at_least(found: &str, min: &str) -> bool {
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(found) >= parse(min)
 }
 
 /// `go mod download` one module version; its unpacked (read-only) source directory.
@@ -399,4 +408,21 @@ fn build_helper(sh: &Shell, pins: &Pins, helper: &Path) -> anyhow::Result<()> {
     .context("build spiffe-helper")?;
     std::fs::rename(&partial, helper)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions_are_read_and_compared_numerically() {
+        assert_eq!(
+            go_version("go version go1.26.8 linux/amd64"),
+            Some("1.26.8")
+        );
+        assert_eq!(go_version("go version devel"), None);
+        assert!(at_least("1.26.8", "1.26.6"));
+        assert!(at_least("1.26.10", "1.26.6"));
+        assert!(!at_least("1.25.9", "1.26.6"));
+    }
 }

@@ -81,11 +81,17 @@ pub struct Up {
     /// Shift every local port by this much (to run beside something on the default ports).
     #[arg(long, default_value_t = 0)]
     pub port_offset: u16,
+    /// The benchmark's plaintext baseline instead of the lab (for debugging `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub bench_plaintext: bool,
 }
 
 impl Up {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         match self.runtime.resolve(sh)? {
+            Runtime::Local if self.bench_plaintext => {
+                local::up_profile(sh, self.port_offset, local::Profile::Plaintext).map(|_| ())
+            }
             Runtime::Local => local::up(sh, self.port_offset).map(|_| ()),
             Runtime::Kind => unreachable!(),
         }
@@ -94,7 +100,14 @@ impl Up {
 
 pub fn down(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
     match args.resolve(sh)? {
-        Runtime::Local => local::down(),
+        Runtime::Local => {
+            // A plaintext baseline left by an interrupted `cargo xtask bench` goes too.
+            let plaintext = local::Profile::Plaintext.root();
+            if plaintext.exists() {
+                local::down_at(&plaintext)?;
+            }
+            local::down()
+        }
         Runtime::Kind => unreachable!(),
     }
 }

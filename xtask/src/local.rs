@@ -47,6 +47,8 @@ pub struct Running {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
+    #[serde(default)]
+    profile: Profile,
     layout: Layout,
     tools: ToolPaths,
     pg_user: Option<(u32, u32)>,
@@ -153,12 +155,47 @@ fn chown(path: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lab, or the benchmark's plaintext baseline of the same topology.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Profile {
+    #[default]
+    Mtls,
+    /// No SPIRE, no TLS anywhere: only `cargo xtask bench` uses it, to price mTLS.
+    Plaintext,
+}
+
+impl Profile {
+    pub fn root(self) -> PathBuf {
+        match self {
+            Profile::Mtls => state_root(),
+            Profile::Plaintext => PathBuf::from(format!("{}-plaintext", state_root().display())),
+        }
+    }
+
+    pub fn components(self) -> Vec<Component> {
+        match self {
+            Profile::Mtls => Component::ALL.to_vec(),
+            Profile::Plaintext => vec![
+                Component::Postgres,
+                Component::Backend,
+                Component::EnvoyBackend,
+                Component::EnvoyFrontend,
+                Component::Frontend,
+            ],
+        }
+    }
+}
+
 /// Starts the lab; returns the handle when every component is ready.
 pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
+    up_profile(sh, port_offset, Profile::Mtls)
+}
+
+pub fn up_profile(sh: &Shell, port_offset: u16, profile: Profile) -> anyhow::Result<LocalLab> {
     let started = Instant::now();
-    let root = state_root();
+    let root = profile.root();
     if state_file(&root).exists() {
-        let lab = LocalLab::open()?;
+        let lab = LocalLab::open_at(&root)?;
         let dead: Vec<String> = lab
             .state
             .components
@@ -166,7 +203,7 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
             .filter(|c| !c.pid.is_some_and(|p| procs::is_ours(p, &c.spec.program)))
             .map(|c| c.name.clone())
             .collect();
-        if dead.is_empty() && lab.state.components.len() == Component::ALL.len() {
+        if dead.is_empty() && lab.state.components.len() == profile.components().len() {
             println!(
                 "The local lab is already up ({} components running): {}\n`cargo xtask status --local` shows them; `cargo xtask down --local` stops them.",
                 lab.state.components.len(),
@@ -178,7 +215,7 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
             "Recovering from an earlier run ({} not running): stopping what is left and starting again.",
             dead.join(", ")
         );
-        down()?;
+        down_at(&root)?;
     }
 
     let pins = Pins::load(&crate::project_root())?;
@@ -192,8 +229,11 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
         }
     }
 
-    let total = 7;
-    step(1, total, "building frontend and backend (release)");
+    step(
+        1,
+        2 + if profile == Profile::Mtls { 5 } else { 2 },
+        "building frontend and backend (release)",
+    );
     cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
         .run()
         .context("build the services")?;
@@ -205,6 +245,9 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
     let pg_user = pg_user()?;
     prepare_dirs(&layout, pg_user)?;
     render::write_local_configs(&crate::project_root().join("manifests"), &layout)?;
+    if profile == Profile::Plaintext {
+        render::write_plaintext_profile(&layout)?;
+    }
     std::fs::copy(
         crate::project_root().join("manifests/backend/config/rbac.yaml"),
         layout.rbac_dir().join("rbac.yaml"),
@@ -215,46 +258,62 @@ pub fn up(sh: &Shell, port_offset: u16) -> anyhow::Result<LocalLab> {
             layout,
             tools: ToolPaths::from(&tools),
             pg_user,
+            profile,
             components: Vec::new(),
             entries: Vec::new(),
         },
     };
     lab.save()?;
-    if pg_user.is_some() {
+    if pg_user.is_some() && profile == Profile::Mtls {
         let bin = lab.layout().p("bin");
         std::fs::create_dir_all(&bin)?;
         chmod(&bin, 0o755)?;
         std::fs::copy(&tools.spiffe_helper, lab.pg_helper())?;
     }
-    if let Some(parent) = link().parent() {
-        std::fs::create_dir_all(parent)?;
+    if profile == Profile::Mtls {
+        if let Some(parent) = link().parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let _ = std::fs::remove_file(link());
+        std::os::unix::fs::symlink(&root, link())?;
     }
-    let _ = std::fs::remove_file(link());
-    std::os::unix::fs::symlink(&root, link())?;
 
     // Independent components start together; each is then awaited where the next needs it.
     use Component::*;
-    let plan: [(&[Component], &[Component]); 5] = [
-        (&[SpireServer], &[SpireServer]),
-        (
-            &[Agent(0), Agent(1), Agent(2)],
-            &[Agent(0), Agent(1), Agent(2)],
-        ),
-        // The first SVIDs appear once the server's entry cache has the new entries (about 5 s);
-        // Envoys started later find their SDS secrets at once instead of backing off.
-        (
-            &[HelperPostgres, HelperBackend],
-            &[HelperPostgres, HelperBackend],
-        ),
-        (
-            &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend],
-            &[Postgres],
-        ),
-        (
-            &[Backend],
-            &[Backend, EnvoyBackend, EnvoyFrontend, Frontend],
-        ),
-    ];
+    let plan: Vec<(&[Component], &[Component])> = match profile {
+        Profile::Mtls => vec![
+            (&[SpireServer], &[SpireServer]),
+            (
+                &[Agent(0), Agent(1), Agent(2)],
+                &[Agent(0), Agent(1), Agent(2)],
+            ),
+            // The first SVIDs appear once the server's entry cache has the new entries (about
+            // 5 s); Envoys started later find their SDS secrets at once instead of backing off.
+            (
+                &[HelperPostgres, HelperBackend],
+                &[HelperPostgres, HelperBackend],
+            ),
+            (
+                &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend],
+                &[Postgres],
+            ),
+            (
+                &[Backend],
+                &[Backend, EnvoyBackend, EnvoyFrontend, Frontend],
+            ),
+        ],
+        Profile::Plaintext => vec![
+            (
+                &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend],
+                &[Postgres],
+            ),
+            (
+                &[Backend],
+                &[Backend, EnvoyBackend, EnvoyFrontend, Frontend],
+            ),
+        ],
+    };
+    let total = plan.len() + 2;
     // initdb runs while SPIRE starts.
     let mut initdb = lab.start_initdb()?;
     let mut current = String::new();
@@ -352,8 +411,17 @@ fn prepare_dirs(l: &Layout, pg: Option<(u32, u32)>) -> anyhow::Result<()> {
 
 impl LocalLab {
     /// The running lab of this checkout.
+    /// The backend's SVID directory and PostgreSQL's port (for the bench's direct connections).
+    pub fn backend_svid_dir_and_db_port(&self) -> (PathBuf, u16) {
+        (self.layout().certs("backend"), self.ports().postgres)
+    }
+
     pub fn open() -> anyhow::Result<LocalLab> {
-        let root = state_root();
+        Self::open_at(&state_root())
+    }
+
+    pub fn open_at(root: &Path) -> anyhow::Result<LocalLab> {
+        let root = root.to_owned();
         let text = std::fs::read_to_string(state_file(&root)).map_err(|_| {
             anyhow::anyhow!(
                 "the local lab is not up (no {}): run `cargo xtask up --local`",
@@ -439,7 +507,13 @@ impl LocalLab {
                     "127.0.0.1".into(),
                     "--db-port".into(),
                     self.ports().postgres.to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    (self.state.profile == Profile::Plaintext)
+                        .then(|| "--db-insecure-plaintext".into()),
+                )
+                .collect(),
                 None,
             ),
             Component::EnvoyBackend | Component::EnvoyFrontend => {
@@ -585,7 +659,9 @@ impl LocalLab {
             }
             Component::Postgres => {
                 self.psql("postgres", "SELECT 1")?;
-                probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true)?;
+                if self.state.profile == Profile::Mtls {
+                    probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true)?;
+                }
             }
             Component::Backend => {
                 expect_ok(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?
@@ -593,7 +669,9 @@ impl LocalLab {
             Component::EnvoyBackend | Component::EnvoyFrontend => {
                 let admin = self.envoy_admin_url(c == Component::EnvoyBackend);
                 expect_ok(&format!("{admin}/ready"))?;
-                probe::envoy_cert(&admin)?;
+                if self.state.profile == Profile::Mtls {
+                    probe::envoy_cert(&admin)?;
+                }
             }
             Component::Frontend => expect_ok(&format!("{}/readyz", self.frontend_url()))?,
         }
@@ -818,6 +896,10 @@ impl LocalLab {
         if !out.status.success() {
             bail!("init.sql failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        if self.state.profile == Profile::Plaintext {
+            // No client certificate, no SPIFFE ID: the baseline reads without the identity check.
+            self.psql("demo", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY")?;
+        }
         Ok(())
     }
 
@@ -921,10 +1003,17 @@ fn expect_ok(url: &str) -> anyhow::Result<()> {
 
 /// Stops every component of this checkout's lab by pid, then removes its state.
 pub fn down() -> anyhow::Result<()> {
-    let root = state_root();
-    let Ok(lab) = LocalLab::open() else {
+    down_at(&state_root())
+}
+
+/// Stops the lab whose state is in `root` (the lab, or the bench's plaintext profile).
+pub fn down_at(root: &Path) -> anyhow::Result<()> {
+    let root = root.to_owned();
+    let Ok(lab) = LocalLab::open_at(&root) else {
         println!("The local lab is not up; nothing to stop.");
-        let _ = std::fs::remove_file(link());
+        if root == state_root() {
+            let _ = std::fs::remove_file(link());
+        }
         return Ok(());
     };
     let mut stopped = 0;
@@ -951,7 +1040,9 @@ pub fn down() -> anyhow::Result<()> {
         );
     }
     std::fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
-    let _ = std::fs::remove_file(link());
+    if root == state_root() {
+        let _ = std::fs::remove_file(link());
+    }
     println!("The local lab is down: {stopped} processes stopped, state removed.");
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Each command is a module with a `run`; only xtask shells out, and it never holds the services'
 //! business logic.
 
+mod bench;
 mod ci;
 mod deps;
 mod lab;
@@ -47,6 +48,8 @@ enum Command {
     Scenario(scenario::Scenario),
     /// Show the pinned versions and images (nix/pins.json).
     Pins(pins::PinsCmd),
+    /// Measure time to ready, the request path (mTLS against plaintext), footprint, rotation.
+    Bench(bench::Bench),
     /// What CI runs: formatting, lints, tests, then the lab on the local runtime with all scenarios.
     Ci(ci::Ci),
 }
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logs(cmd) => cmd.run(&sh),
         Command::Scenario(cmd) => cmd.run(&sh),
         Command::Ci(cmd) => cmd.run(&sh),
+        Command::Bench(cmd) => cmd.run(&sh),
         Command::Pins(cmd) => cmd.run(&sh),
     }
     .context("cargo xtask failed")

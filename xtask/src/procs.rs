@@ -122,3 +122,30 @@ pub fn tail(path: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// Resident memory of a process and all its descendants, in KiB (PostgreSQL forks a process
+/// per connection). Shared pages are counted once per process, so this over-counts a little.
+pub fn tree_rss_kib(pid: u32) -> Option<u64> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            && let Some(ppid) = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+        {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        total += rss_kib(p).unwrap_or(0);
+        stack.extend(children.get(&p).into_iter().flatten());
+    }
+    (total > 0).then_some(total)
+}

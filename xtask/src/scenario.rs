@@ -464,72 +464,86 @@ impl Load {
 }
 
 fn rotation(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
-    shorten_ttl(lab, r, ttl)?;
-    let result = (|| -> anyhow::Result<()> {
-        let run_for = Duration::from_secs(3 * u64::from(ttl) + 2);
-        step(&format!(
-            "continuous Run Demo requests for {} s (3 TTLs) while SPIRE rotates every SVID",
-            run_for.as_secs()
-        ));
-        let load = Load::start(lab.frontend_url(), 2, Duration::from_millis(100));
-        let mut seen: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
-        let started = Instant::now();
-        let mut last_print = Instant::now();
-        while started.elapsed() < run_for {
-            for (holder, (serial, _)) in holder_serials(lab) {
-                if seen.entry(holder).or_default().insert(serial.clone())
-                    && last_print.elapsed() > Duration::from_millis(0)
-                {
-                    println!(
-                        "      {:>5.1} s  {holder}: new serial {serial}",
-                        started.elapsed().as_secs_f64()
-                    );
-                    last_print = Instant::now();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let (ok, failures) = load.finish();
-        let total = ok + failures.len();
-        r.say(format!(
-            "{total} requests in {:.0} s ({:.1}/s), {} failed",
-            run_for.as_secs_f64(),
-            total as f64 / run_for.as_secs_f64(),
-            failures.len()
-        ));
-        r.figure("requests", total);
-        r.figure("failures", failures.len());
-        for (holder, serials) in &seen {
-            r.say(format!("{holder}: {} distinct serials", serials.len()));
-            r.figure(
-                &format!("serials_{}", holder.replace(' ', "_")),
-                serials.len(),
-            );
-        }
-        for f in failures.iter().take(5) {
-            r.say(format!("failure: {f}"));
-        }
-        ensure!(
-            failures.is_empty(),
-            "{} requests failed during rotation",
-            failures.len()
-        );
-        ensure!(
-            seen.len() == 4,
-            "not every certificate holder could be observed: {:?}",
-            seen.keys()
-        );
-        for (holder, serials) in &seen {
-            ensure!(
-                serials.len() >= 3,
-                "{holder} showed only {} serials",
-                serials.len()
-            );
-        }
-        Ok(())
-    })();
+    let run_for = Duration::from_secs(3 * u64::from(ttl) + 2);
+    let outcome = rotation_under_load(lab, r, ttl, run_for);
     restore_ttl(lab)?;
-    result
+    let outcome = outcome?;
+    ensure!(
+        outcome.failures == 0,
+        "{} requests failed during rotation",
+        outcome.failures
+    );
+    ensure!(
+        outcome.serials.len() == 4,
+        "not every certificate holder could be observed: {:?}",
+        outcome.serials.keys()
+    );
+    for (holder, n) in &outcome.serials {
+        ensure!(*n >= 3, "{holder} showed only {n} serials");
+    }
+    Ok(())
+}
+
+/// What a run of requests under rotation saw.
+pub struct Rotation {
+    pub requests: usize,
+    pub failures: usize,
+    /// Distinct serials seen per certificate holder.
+    pub serials: BTreeMap<&'static str, usize>,
+}
+
+/// Shortens the SVID TTL, then runs continuous Run Demo requests for `run_for` while sampling
+/// every holder's serial. The caller restores the TTL.
+pub fn rotation_under_load(
+    lab: &mut dyn Lab,
+    r: &mut Report,
+    ttl: u32,
+    run_for: Duration,
+) -> anyhow::Result<Rotation> {
+    shorten_ttl(lab, r, ttl)?;
+    step(&format!(
+        "continuous Run Demo requests for {} s while SPIRE rotates every SVID",
+        run_for.as_secs()
+    ));
+    let load = Load::start(lab.frontend_url(), 2, Duration::from_millis(100));
+    let mut seen: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let started = Instant::now();
+    while started.elapsed() < run_for {
+        for (holder, (serial, _)) in holder_serials(lab) {
+            if seen.entry(holder).or_default().insert(serial.clone()) {
+                println!(
+                    "      {:>5.1} s  {holder}: new serial {serial}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (ok, failures) = load.finish();
+    let total = ok + failures.len();
+    r.say(format!(
+        "{total} requests in {:.0} s ({:.1}/s), {} failed",
+        run_for.as_secs_f64(),
+        total as f64 / run_for.as_secs_f64(),
+        failures.len()
+    ));
+    r.figure("requests", total);
+    r.figure("failures", failures.len());
+    for (holder, serials) in &seen {
+        r.say(format!("{holder}: {} distinct serials", serials.len()));
+        r.figure(
+            &format!("serials_{}", holder.replace(' ', "_")),
+            serials.len(),
+        );
+    }
+    for f in failures.iter().take(5) {
+        r.say(format!("failure: {f}"));
+    }
+    Ok(Rotation {
+        requests: total,
+        failures: failures.len(),
+        serials: seen.into_iter().map(|(h, s)| (h, s.len())).collect(),
+    })
 }
 
 fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {

@@ -16,11 +16,17 @@ use crate::{Database, SvidSource};
 pub struct AppState {
     svids: Arc<SvidSource>,
     db: Database,
+    /// The benchmark's plaintext baseline: readiness does not ask for an SVID.
+    plaintext: bool,
 }
 
 impl AppState {
-    pub fn new(svids: Arc<SvidSource>, db: Database) -> Self {
-        AppState { svids, db }
+    pub fn new(svids: Arc<SvidSource>, db: Database, plaintext: bool) -> Self {
+        AppState {
+            svids,
+            db,
+            plaintext,
+        }
     }
 }
 
@@ -82,6 +88,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         "svid_serial": svid.as_ref().ok().map(|svid| svid.serial.clone()),
     });
     let reason = match (&svid, s.svids.problem()) {
+        _ if s.plaintext => s.db.ping().await.err().map(|e| e.to_string()),
         (Err(e), _) => Some(format!("SVID not usable: {e}")),
         (Ok(_), Some(problem)) => Some(format!("SVID files not usable: {problem}")),
         (Ok(_), None) => match s.db.ping().await {

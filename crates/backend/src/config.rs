@@ -42,6 +42,10 @@ pub struct Config {
     pub db_timeout_ms: u64,
     #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: usize,
+    /// For the benchmark's plaintext baseline only (`cargo xtask bench`): talk to PostgreSQL
+    /// without TLS and without an SVID. Never use it elsewhere; the lab refuses plaintext.
+    #[arg(long, hide = true)]
+    pub db_insecure_plaintext: bool,
 }
 
 impl Config {

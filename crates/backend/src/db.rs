@@ -66,6 +66,7 @@ pub struct Connection {
 }
 
 pub struct Manager {
+    plaintext: bool,
     host: String,
     port: u16,
     dbname: String,
@@ -192,11 +193,38 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// The benchmark's plaintext baseline: no TLS, no SVID.
+    async fn create_plaintext(&self) -> Result<Connection, DbError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .dbname(&self.dbname)
+            .user(&self.user)
+            .ssl_mode(SslMode::Disable)
+            .connect_timeout(self.connect_timeout);
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| self.explain(&e, &Seen::default()))?;
+        tokio::spawn(connection);
+        Ok(Connection {
+            client,
+            generation: self.svids.generation(),
+            svid_not_after: i64::MAX,
+        })
+    }
+}
+
 impl managed::Manager for Manager {
     type Type = Connection;
     type Error = DbError;
 
     async fn create(&self) -> Result<Connection, DbError> {
+        if self.plaintext {
+            return self.create_plaintext().await;
+        }
         let generation = self.svids.generation();
         let svid_not_after = self.svids.current().map_err(DbError::NoSvid)?.not_after;
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -254,6 +282,7 @@ impl Database {
         let last_server = Arc::new(Mutex::new(None));
         let timeout = config.db_timeout();
         let manager = Manager {
+            plaintext: config.db_insecure_plaintext,
             host: config.db_host.clone(),
             port: config.db_port,
             dbname: config.db_name.clone(),

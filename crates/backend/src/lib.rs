@@ -24,7 +24,10 @@ pub async fn start(config: &Config) -> anyhow::Result<AppState> {
     svids.refresh().await;
     tokio::spawn(svids.clone().watch(config.svid_poll()));
     let db = Database::new(config, svids.clone())?;
-    Ok(AppState::new(svids, db))
+    if config.db_insecure_plaintext {
+        tracing::warn!("PLAINTEXT to PostgreSQL and no SVID: a benchmark baseline, not the lab");
+    }
+    Ok(AppState::new(svids, db, config.db_insecure_plaintext))
 }
 
 /// Runs the API until `shutdown` resolves.
