@@ -117,7 +117,7 @@ fn load(url: &str, concurrency: usize, length: Duration) -> LoadResult {
 fn rss_mb(lab: &LocalLab, c: Component) -> Option<f64> {
     let pid = lab.pid(c)?;
     let kib = if c == Component::Postgres {
-        procs::tree_rss_kib(pid)
+        procs::tree_memory_kib(pid)
     } else {
         procs::rss_kib(pid)
     }?;
@@ -127,7 +127,14 @@ fn rss_mb(lab: &LocalLab, c: Component) -> Option<f64> {
 fn footprint(lab: &LocalLab) -> BTreeMap<String, f64> {
     Component::ALL
         .iter()
-        .filter_map(|&c| rss_mb(lab, c).map(|mb| (c.name(), mb)))
+        .filter_map(|&c| {
+            let name = if c == Component::Postgres {
+                "postgres (PSS, all its processes)".into()
+            } else {
+                c.name()
+            };
+            rss_mb(lab, c).map(|mb| (name, mb))
+        })
         .collect()
 }
 

@@ -123,9 +123,18 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Resident memory of a process and all its descendants, in KiB (PostgreSQL forks a process
-/// per connection). Shared pages are counted once per process, so this over-counts a little.
-pub fn tree_rss_kib(pid: u32) -> Option<u64> {
+/// Proportional memory (PSS) of a process, in KiB: shared pages split among their sharers.
+fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Memory of a process and all its descendants, in KiB (PostgreSQL forks a process per
+/// connection, all sharing its buffers): the sum of their PSS, so shared pages count once.
+pub fn tree_memory_kib(pid: u32) -> Option<u64> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -144,7 +153,7 @@ pub fn tree_rss_kib(pid: u32) -> Option<u64> {
     let mut total = 0;
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        total += rss_kib(p).unwrap_or(0);
+        total += pss_kib(p).or_else(|| rss_kib(p)).unwrap_or(0);
         stack.extend(children.get(&p).into_iter().flatten());
     }
     (total > 0).then_some(total)
