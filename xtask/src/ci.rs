@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use xshell::{Shell, cmd};
 
 use crate::lab::Lab;
@@ -91,27 +91,8 @@ fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
         println!("{holder}: chains to the running SPIRE server's bundle");
     }
     let reports = scenario::run_all(&mut lab, &scenario::NAMES, 20);
-    println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
-    for r in &reports {
-        println!(
-            "{:<15} {:<6} {:>9.1}",
-            r.name,
-            if r.passed { "PASS" } else { "FAIL" },
-            r.seconds
-        );
-    }
-    let failed: Vec<&str> = reports
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| r.name.as_str())
-        .collect();
-    let passed = reports.len() - failed.len();
-    // The plain closing line CI readers look for.
-    println!("scenarios: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        bail!("scenario(s) failed: {}", failed.join(", "));
-    }
-    Ok(())
+    scenario::print_summary(&reports);
+    scenario::verdict(&reports)
 }
 
 /// After `down`, no process may still run from the lab's state directory or its binaries.

@@ -754,8 +754,8 @@ impl LocalLab {
         self.save()
     }
 
-    pub fn entry_create(&self, sh: &Shell, e: &Entry, ttl: Option<u32>) -> anyhow::Result<String> {
-        let sock = self.layout().server_socket();
+    /// The `spire-server entry create|update` arguments that describe `e`.
+    fn entry_args(e: &Entry, ttl: Option<u32>) -> Vec<String> {
         let mut args = vec![
             "-parentID".to_owned(),
             e.parent_id.clone(),
@@ -771,6 +771,12 @@ impl LocalLab {
         if let Some(t) = ttl {
             args.extend(["-x509SVIDTTL".into(), t.to_string()]);
         }
+        args
+    }
+
+    pub fn entry_create(&self, sh: &Shell, e: &Entry, ttl: Option<u32>) -> anyhow::Result<String> {
+        let sock = self.layout().server_socket();
+        let args = Self::entry_args(e, ttl);
         let server = &self.state.tools.spire_server;
         let out = cmd!(
             sh,
@@ -786,29 +792,20 @@ impl LocalLab {
             .with_context(|| format!("no entry id in {out}"))
     }
 
+    /// Sets the entry's X.509-SVID TTL (`None`: the server's default).
     fn entry_update(&self, sh: &Shell, e: &Entry, ttl: Option<u32>) -> anyhow::Result<()> {
         let sock = self.layout().server_socket();
-        let mut args = vec![
-            "-entryID".to_owned(),
-            e.id.clone(),
-            "-parentID".into(),
-            e.parent_id.clone(),
-            "-spiffeID".into(),
-            e.spiffe_id.clone(),
-        ];
-        for s in &e.selectors {
-            args.extend(["-selector".into(), s.clone()]);
-        }
-        if let Some(d) = &e.dns {
-            args.extend(["-dns".into(), d.clone()]);
-        }
-        args.extend(["-x509SVIDTTL".into(), ttl.unwrap_or(0).to_string()]);
+        let id = &e.id;
+        let args = Self::entry_args(e, Some(ttl.unwrap_or(0)));
         let server = &self.state.tools.spire_server;
-        cmd!(sh, "{server} entry update -socketPath {sock} {args...}")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .with_context(|| format!("update the entry for {}", e.spiffe_id))
+        cmd!(
+            sh,
+            "{server} entry update -socketPath {sock} -entryID {id} {args...}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("update the entry for {}", e.spiffe_id))
     }
 
     fn pg_command(&self, program: &str) -> std::process::Command {
@@ -820,11 +817,13 @@ impl LocalLab {
         cmd
     }
 
-    /// SQL as the database superuser over the Unix socket (peer authentication).
-    pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+    /// psql as the database superuser over the Unix socket (peer authentication), with `input`
+    /// (`-c SQL` or `-f FILE`); its unaligned output.
+    fn psql_run(&self, db: &str, input: [&std::ffi::OsStr; 2]) -> anyhow::Result<String> {
         let out = self
             .pg_command("psql")
-            .args(["-h", &self.layout().pg_run().display().to_string()])
+            .arg("-h")
+            .arg(self.layout().pg_run())
             .args([
                 "-p",
                 &self.ports().postgres.to_string(),
@@ -833,14 +832,18 @@ impl LocalLab {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-AtXq",
-                "-c",
-                sql,
             ])
+            .args(input)
             .output()?;
         if !out.status.success() {
             bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// SQL as the database superuser.
+    pub fn psql(&self, db: &str, sql: &str) -> anyhow::Result<String> {
+        self.psql_run(db, ["-c".as_ref(), sql.as_ref()])
     }
 
     /// Starts `initdb` for a new data directory (None when it exists); wait on the child.
@@ -878,24 +881,9 @@ impl LocalLab {
             return Ok(());
         }
         self.psql("postgres", "CREATE DATABASE demo")?;
-        let out = self
-            .pg_command("psql")
-            .args(["-h", &self.layout().pg_run().display().to_string()])
-            .args([
-                "-p",
-                &self.ports().postgres.to_string(),
-                "-d",
-                "demo",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qX",
-                "-f",
-            ])
-            .arg(self.layout().config("init.sql"))
-            .output()?;
-        if !out.status.success() {
-            bail!("init.sql failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let init = self.layout().config("init.sql");
+        self.psql_run("demo", ["-f".as_ref(), init.as_os_str()])
+            .context("init.sql")?;
         if self.state.profile == Profile::Plaintext {
             // No client certificate, no SPIFFE ID: the baseline reads without the identity check.
             self.psql("demo", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY")?;

@@ -658,15 +658,13 @@ mod tests {
         }
     }
 
-    /// The rendered local configs pass the real tools' own validation.
-    #[test]
-    fn rendered_local_configs_pass_envoy_and_spire_validation() {
+    /// The pinned tools and rendered local configs in a fresh directory (removed by the caller).
+    fn rendered(name: &str, offset: u16) -> (crate::deps::Tools, Layout) {
         let pins = crate::pins::Pins::load(&crate::project_root()).unwrap();
         let tools = crate::deps::find(&pins).unwrap_or_else(|e| panic!("{e:#}"));
-        let root = std::env::temp_dir().join(format!("render-validate-{}", std::process::id()));
         let layout = Layout {
-            root: root.clone(),
-            ports: Ports::with_offset(7),
+            root: std::env::temp_dir().join(format!("{name}-{}", std::process::id())),
+            ports: Ports::with_offset(offset),
         };
         std::fs::create_dir_all(layout.rbac_dir()).unwrap();
         std::fs::copy(
@@ -675,51 +673,54 @@ mod tests {
         )
         .unwrap();
         write_local_configs(&manifests(), &layout).unwrap();
-        let run = |program: &Path, args: &[&str]| {
-            let out = std::process::Command::new(program)
-                .args(args)
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success(),
-                "{} {args:?} failed:\n{text}",
-                program.display()
-            );
-            text
-        };
+        (tools, layout)
+    }
+
+    /// Runs a validator; its output, or a panic with it.
+    fn validates(program: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed:\n{text}",
+            program.display()
+        );
+        text
+    }
+
+    /// The rendered local configs pass the real tools' own validation.
+    #[test]
+    fn rendered_local_configs_pass_envoy_and_spire_validation() {
+        let (tools, layout) = rendered("render-validate", 7);
+        let cfg = |name: &str| layout.config(name).display().to_string();
         for envoy in ["envoy-frontend.yaml", "envoy-backend.yaml"] {
-            let cfg = layout.config(envoy).display().to_string();
-            let out = run(&tools.envoy, &["--mode", "validate", "-c", &cfg]);
-            assert!(out.contains("OK"), "{out}");
+            assert!(
+                validates(&tools.envoy, &["--mode", "validate", "-c", &cfg(envoy)]).contains("OK")
+            );
         }
-        let cfg = layout.config("spire-server.conf").display().to_string();
-        run(&tools.spire_server, &["validate", "-config", &cfg]);
+        validates(
+            &tools.spire_server,
+            &["validate", "-config", &cfg("spire-server.conf")],
+        );
         for node in NODES {
-            let cfg = layout
-                .config(&format!("agent-{node}.conf"))
-                .display()
-                .to_string();
-            run(&tools.spire_agent, &["validate", "-config", &cfg]);
+            validates(
+                &tools.spire_agent,
+                &["validate", "-config", &cfg(&format!("agent-{node}.conf"))],
+            );
         }
-        std::fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(layout.root).unwrap();
     }
 
     #[test]
     fn plaintext_profile_drops_tls_and_still_validates() {
-        let pins = crate::pins::Pins::load(&crate::project_root()).unwrap();
-        let tools = crate::deps::find(&pins).unwrap_or_else(|e| panic!("{e:#}"));
-        let root = std::env::temp_dir().join(format!("render-plaintext-{}", std::process::id()));
-        let layout = Layout {
-            root: root.clone(),
-            ports: Ports::with_offset(1000),
-        };
-        std::fs::create_dir_all(layout.rbac_dir()).unwrap();
-        write_local_configs(&manifests(), &layout).unwrap();
+        let (tools, layout) = rendered("render-plaintext", 1000);
         write_plaintext_profile(&layout).unwrap();
         for envoy in ["envoy-frontend.yaml", "envoy-backend.yaml"] {
             let text = std::fs::read_to_string(layout.config(envoy)).unwrap();
@@ -727,16 +728,8 @@ mod tests {
                 !text.contains("transport_socket") && !text.contains("backend-rbac"),
                 "{text}"
             );
-            let out = std::process::Command::new(&tools.envoy)
-                .args(["--mode", "validate", "-c"])
-                .arg(layout.config(envoy))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let cfg = layout.config(envoy).display().to_string();
+            validates(&tools.envoy, &["--mode", "validate", "-c", &cfg]);
         }
         let backend = std::fs::read_to_string(layout.config("envoy-backend.yaml")).unwrap();
         assert!(backend.contains("    - filters:"), "{backend}");
@@ -745,7 +738,7 @@ mod tests {
                 .unwrap()
                 .contains("ssl = off")
         );
-        std::fs::remove_dir_all(root).unwrap();
+        std::fs::remove_dir_all(layout.root).unwrap();
     }
 
     #[test]

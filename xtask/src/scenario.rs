@@ -86,33 +86,48 @@ impl Scenario {
         };
         let reports = run_all(lab.as_mut(), &names, self.ttl);
         if names.len() > 1 {
-            println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
-            for r in &reports {
-                println!(
-                    "{:<15} {:<6} {:>9.1}",
-                    r.name,
-                    if r.passed { "PASS" } else { "FAIL" },
-                    r.seconds
-                );
-            }
-            let total: f64 = reports.iter().map(|r| r.seconds).sum();
-            println!("{:<15} {:<6} {:>9.1}", "total", "", total);
+            print_summary(&reports);
         }
         if let Some(path) = &self.json {
             std::fs::write(path, serde_json::to_string_pretty(&reports)?)
                 .with_context(|| format!("write {}", path.display()))?;
             println!("report written to {}", path.display());
         }
-        let failed: Vec<&str> = reports
-            .iter()
-            .filter(|r| !r.passed)
-            .map(|r| r.name.as_str())
-            .collect();
-        if !failed.is_empty() {
-            bail!("scenario(s) failed: {}", failed.join(", "));
-        }
-        Ok(())
+        verdict(&reports)
     }
+}
+
+/// The summary table: one line a scenario, and the total.
+pub fn print_summary(reports: &[Report]) {
+    println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
+    for r in reports {
+        println!(
+            "{:<15} {:<6} {:>9.1}",
+            r.name,
+            if r.passed { "PASS" } else { "FAIL" },
+            r.seconds
+        );
+    }
+    let total: f64 = reports.iter().map(|r| r.seconds).sum();
+    println!("{:<15} {:<6} {:>9.1}", "total", "", total);
+}
+
+/// The closing line (`N passed, N failed`, as CI readers look for it) and the outcome.
+pub fn verdict(reports: &[Report]) -> anyhow::Result<()> {
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name.as_str())
+        .collect();
+    println!(
+        "scenarios: {} passed, {} failed",
+        reports.len() - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        bail!("scenario(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 pub fn run_all(lab: &mut dyn Lab, names: &[&str], ttl: u32) -> Vec<Report> {
@@ -340,7 +355,7 @@ fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         }
     };
     r.say(d.line());
-    r.say(format!("switch to effect: {:.1} s", took.as_secs_f64()));
+    r.say(format!("switch to effect: {:.2} s", took.as_secs_f64()));
     r.figure("deny_effect_seconds", took.as_secs_f64());
     let reason = d.f2b_reason.clone().unwrap_or_default();
     let denied = reason.contains("RBAC policy");
@@ -352,7 +367,7 @@ fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     );
     let (d, took) = until(lab, limit, Demo::ok)?;
     r.say(d.line());
-    r.say(format!("restore to effect: {:.1} s", took.as_secs_f64()));
+    r.say(format!("restore to effect: {:.2} s", took.as_secs_f64()));
     r.figure("restore_effect_seconds", took.as_secs_f64());
     let after = (
         lab.instance(Component::Frontend),
@@ -789,22 +804,9 @@ fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     result
 }
 
-/// Seconds from now until an RFC 3339 UTC time (`2026-11-22T06:11:08Z`).
+/// Seconds from now until an RFC 3339 UTC time (`2026-11-22T06:11:08Z`, as Envoy prints expiry).
 pub fn rfc3339_left(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time
-        .split('.')
-        .next()?
-        .split(':')
-        .map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss - crate::local::now())
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(secs - crate::local::now())
 }

@@ -194,17 +194,23 @@ impl Manager {
 }
 
 impl Manager {
-    /// The benchmark's plaintext baseline: no TLS, no SVID.
-    async fn create_plaintext(&self) -> Result<Connection, DbError> {
+    fn pg_config(&self, ssl: SslMode) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.host)
             .port(self.port)
             .dbname(&self.dbname)
             .user(&self.user)
-            .ssl_mode(SslMode::Disable)
-            .connect_timeout(self.connect_timeout);
-        let (client, connection) = config
+            .ssl_mode(ssl)
+            .connect_timeout(self.connect_timeout)
+            .application_name("backend");
+        config
+    }
+
+    /// The benchmark's plaintext baseline: no TLS, no SVID.
+    async fn create_plaintext(&self) -> Result<Connection, DbError> {
+        let (client, connection) = self
+            .pg_config(SslMode::Disable)
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| self.explain(&e, &Seen::default()))?;
@@ -229,16 +235,7 @@ impl managed::Manager for Manager {
         let svid_not_after = self.svids.current().map_err(DbError::NoSvid)?.not_after;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let tls = self.tls(seen.clone())?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&self.host)
-            .port(self.port)
-            .dbname(&self.dbname)
-            .user(&self.user)
-            .ssl_mode(SslMode::Require)
-            .connect_timeout(self.connect_timeout)
-            .application_name("backend");
-        match config.connect(tls).await {
+        match self.pg_config(SslMode::Require).connect(tls).await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
