@@ -12,7 +12,8 @@ use crate::pins::Pins;
 
 #[derive(clap::Args)]
 pub struct Deps {
-    /// Skip what only the tests need (Chromium, chromedriver, nix-instantiate).
+    /// Skip what only the tests need (Chromium, chromedriver, nix-instantiate, kustomize and the
+    /// Kubernetes OpenAPI document).
     #[arg(long)]
     no_test_tools: bool,
 }
@@ -90,6 +91,76 @@ fn pinned(name: &str, cached: &Path, flag: &str, version: &str) -> Option<PathBu
     on_path(name)
         .filter(|p| matches(p))
         .or_else(|| Some(cached.to_owned()).filter(|p| p.is_file() && matches(p)))
+}
+
+/// What the static validation of the Kubernetes manifests needs.
+#[derive(Clone, Debug)]
+pub struct KubeTools {
+    pub kustomize: PathBuf,
+    /// Kubernetes' OpenAPI v2 document (swagger.json) of the pinned release.
+    pub openapi: PathBuf,
+}
+
+fn kube_paths(pins: &Pins) -> (PathBuf, PathBuf) {
+    let cache = cache_dir();
+    (
+        cache.join(format!("kustomize-{}/kustomize", pins.kind.kustomize)),
+        cache.join(format!(
+            "kubernetes-openapi-{}/swagger.json",
+            pins.kind.kubernetes_openapi
+        )),
+    )
+}
+
+/// kustomize at the pinned version (PATH or cache) and the cached OpenAPI document.
+pub fn find_kube(pins: &Pins) -> anyhow::Result<KubeTools> {
+    let (kustomize, openapi) = kube_paths(pins);
+    let kustomize =
+        pinned("kustomize", &kustomize, "version", &pins.kind.kustomize).with_context(|| {
+            format!(
+                "kustomize {} is not installed: run `cargo xtask deps`",
+                pins.kind.kustomize
+            )
+        })?;
+    anyhow::ensure!(
+        openapi.is_file(),
+        "the Kubernetes {} OpenAPI document is not cached: run `cargo xtask deps`",
+        pins.kind.kubernetes_openapi
+    );
+    Ok(KubeTools { kustomize, openapi })
+}
+
+fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
+    let (kustomize, openapi) = kube_paths(pins);
+    if pinned("kustomize", &kustomize, "version", &pins.kind.kustomize).is_none() {
+        println!(
+            "building kustomize {} with Go (first time only)…",
+            pins.kind.kustomize
+        );
+        let dir = module_dir(sh, &pins.kind.kustomize_go_module, &pins.kind.kustomize)?;
+        let _dir = sh.push_dir(&dir);
+        let partial = kustomize.with_extension("partial");
+        let ldflags = format!(
+            "-X sigs.k8s.io/kustomize/api/provenance.version=v{}",
+            pins.kind.kustomize
+        );
+        cmd!(sh, "go build -trimpath -ldflags {ldflags} -o {partial} .")
+            .run()
+            .context("build kustomize")?;
+        std::fs::rename(&partial, &kustomize)?;
+    }
+    println!("  ok  kustomize {}", pins.kind.kustomize);
+    if !openapi.is_file() {
+        println!(
+            "fetching the Kubernetes {} OpenAPI document (the k8s.io/kubernetes module)…",
+            pins.kind.kubernetes_openapi
+        );
+        let dir = module_dir(sh, "k8s.io/kubernetes", &pins.kind.kubernetes_openapi)?;
+        std::fs::create_dir_all(openapi.parent().unwrap())?;
+        std::fs::copy(dir.join("api/openapi-spec/swagger.json"), &openapi)?;
+    }
+    println!("  ok  Kubernetes {} OpenAPI", pins.kind.kubernetes_openapi);
+    Ok(())
 }
 
 /// Finds every tool without installing anything; a missing one is an error naming the fix.
@@ -242,6 +313,7 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
     report("PostgreSQL", &pins.postgres.major.to_string());
 
     if test_tools {
+        ensure_kube(sh, &pins)?;
         let have = |n: &str| on_path(n).is_some();
         if !have("nix-instantiate") {
             apt.install(sh, &["nix-bin"], "Nix (to parse and evaluate the flake)")?;

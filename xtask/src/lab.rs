@@ -65,11 +65,6 @@ impl RuntimeArgs {
                 }
             }
         };
-        if runtime == Runtime::Kind {
-            bail!(
-                "the kind runtime is not built yet (tracked in its own issue); run the same lab as processes with --local"
-            );
-        }
         Ok(runtime)
     }
 }
@@ -81,6 +76,9 @@ pub struct Up {
     /// Shift every local port by this much (to run beside something on the default ports).
     #[arg(long, default_value_t = 0)]
     pub port_offset: u16,
+    /// Print the plan of commands (kind runtime) without running them.
+    #[arg(long)]
+    pub dry_run: bool,
     /// The benchmark's plaintext baseline instead of the lab (for debugging `cargo xtask bench`).
     #[arg(long, hide = true)]
     pub bench_plaintext: bool,
@@ -92,8 +90,13 @@ impl Up {
             Runtime::Local if self.bench_plaintext => {
                 local::up_profile(sh, self.port_offset, local::Profile::Plaintext).map(|_| ())
             }
+            Runtime::Local if self.dry_run => {
+                bail!(
+                    "--dry-run prints the kind runtime's plan: cargo xtask up --runtime kind --dry-run"
+                )
+            }
             Runtime::Local => local::up(sh, self.port_offset).map(|_| ()),
-            Runtime::Kind => unreachable!(),
+            Runtime::Kind => crate::kind::up(sh, self.dry_run),
         }
     }
 }
@@ -108,14 +111,14 @@ pub fn down(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
             }
             local::down()
         }
-        Runtime::Kind => unreachable!(),
+        Runtime::Kind => crate::kind::down(sh),
     }
 }
 
 pub fn status(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
     match args.resolve(sh)? {
         Runtime::Local => LocalLab::open()?.print_status(),
-        Runtime::Kind => unreachable!(),
+        Runtime::Kind => crate::kind::not_yet("status"),
     }
 }
 
@@ -146,7 +149,7 @@ impl Logs {
                 println!("{}", lines[from..].join("\n"));
                 Ok(())
             }
-            Runtime::Kind => unreachable!(),
+            Runtime::Kind => crate::kind::not_yet("logs"),
         }
     }
 }

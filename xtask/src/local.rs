@@ -667,8 +667,16 @@ impl LocalLab {
                 expect_ok(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?
             }
             Component::EnvoyBackend | Component::EnvoyFrontend => {
-                let admin = self.envoy_admin_url(c == Component::EnvoyBackend);
-                expect_ok(&format!("{admin}/ready"))?;
+                let backend = c == Component::EnvoyBackend;
+                let admin = self.envoy_admin_url(backend);
+                // Through the readiness listener the kubelet probes on kind.
+                let p = self.ports();
+                let ready = if backend {
+                    p.backend_envoy_ready
+                } else {
+                    p.frontend_envoy_ready
+                };
+                expect_ok(&format!("http://127.0.0.1:{ready}/ready"))?;
                 if self.state.profile == Profile::Mtls {
                     probe::envoy_cert(&admin)?;
                 }

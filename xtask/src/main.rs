@@ -6,6 +6,8 @@
 mod bench;
 mod ci;
 mod deps;
+mod kind;
+mod kube;
 mod lab;
 mod local;
 mod nix;
@@ -46,6 +48,8 @@ enum Command {
     Logs(lab::Logs),
     /// Run a scenario (or all of them) against the running lab.
     Scenario(scenario::Scenario),
+    /// Render the Kubernetes manifests and check them without a cluster.
+    Manifests(kube::ManifestsCmd),
     /// Show the pinned versions and images (nix/pins.json).
     Pins(pins::PinsCmd),
     /// Measure time to ready, the request path (mTLS against plaintext), footprint, rotation.
@@ -68,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci(cmd) => cmd.run(&sh),
         Command::Bench(cmd) => cmd.run(&sh),
         Command::Pins(cmd) => cmd.run(&sh),
+        Command::Manifests(cmd) => cmd.run(&sh),
     }
     .context("cargo xtask failed")
 }

@@ -10,9 +10,28 @@ use serde::Deserialize;
 pub struct Pins {
     pub spire: Spire,
     pub spiffe_helper: SpiffeHelper,
+    pub spiffe_csi_driver: CsiDriver,
     pub envoy: Envoy,
     pub postgres: Postgres,
     pub kind: Kind,
+    pub services: Services,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CsiDriver {
+    pub version: String,
+    pub image: String,
+    pub digest: Option<String>,
+    pub registrar_image: String,
+    pub registrar_digest: Option<String>,
+}
+
+/// The lab's own images, built from this repository (the flake, or `cargo xtask up`'s fallback).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Services {
+    pub version: String,
+    pub frontend_image: String,
+    pub backend_image: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -57,6 +76,11 @@ pub struct Kind {
     pub cluster_name: String,
     pub node_image: String,
     pub node_digest: Option<String>,
+    /// kustomize renders the manifests (built with Go for the static validation).
+    pub kustomize: String,
+    pub kustomize_go_module: String,
+    /// The Kubernetes release whose OpenAPI (k8s.io/kubernetes, api/openapi-spec) validates them.
+    pub kubernetes_openapi: String,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +130,13 @@ impl PinsCmd {
                 println!(
                     "  kind           {} (cluster {})",
                     pins.kind.version, pins.kind.cluster_name
+                );
+                println!(
+                    "  SPIFFE CSI     {}; the lab's services {} ({}, {})",
+                    pins.spiffe_csi_driver.version,
+                    pins.services.version,
+                    pins.services.frontend_image,
+                    pins.services.backend_image
                 );
                 println!("Images (a missing digest is not verified yet):");
                 for i in pins.images() {
@@ -264,6 +295,20 @@ impl Pins {
                 &self.spire.agent_digest,
                 "spire",
                 "agent_digest",
+            ),
+            image(
+                "spiffe-csi-driver",
+                &self.spiffe_csi_driver.image,
+                &self.spiffe_csi_driver.digest,
+                "spiffe_csi_driver",
+                "digest",
+            ),
+            image(
+                "csi-registrar",
+                &self.spiffe_csi_driver.registrar_image,
+                &self.spiffe_csi_driver.registrar_digest,
+                "spiffe_csi_driver",
+                "registrar_digest",
             ),
             image(
                 "spiffe-helper",

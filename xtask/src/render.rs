@@ -39,6 +39,15 @@ fn text(kind: Kind, from: &str, to: impl Into<String>) -> Edit {
     }
 }
 
+/// An Envoy socket address moved to 127.0.0.1 and the local runtime's port.
+fn loopback(from: &str, port: u16) -> Edit {
+    text(
+        Kind::Address,
+        from,
+        format!("{{ address: 127.0.0.1, port_value: {port} }}"),
+    )
+}
+
 fn block(header: &str, to: &str) -> Edit {
     Edit::Block {
         header: header.into(),
@@ -148,8 +157,10 @@ pub struct Ports {
     pub frontend: u16,
     pub frontend_envoy: u16,
     pub frontend_envoy_admin: u16,
+    pub frontend_envoy_ready: u16,
     pub backend_envoy: u16,
     pub backend_envoy_admin: u16,
+    pub backend_envoy_ready: u16,
     pub backend: u16,
     pub postgres: u16,
     pub spire_server: u16,
@@ -166,8 +177,10 @@ impl Ports {
             frontend: p(8080),
             frontend_envoy: p(8001),
             frontend_envoy_admin: p(9901),
+            frontend_envoy_ready: p(9911),
             backend_envoy: p(8443),
             backend_envoy_admin: p(9902),
+            backend_envoy_ready: p(9912),
             backend: p(9090),
             postgres: p(15432),
             spire_server: p(18081),
@@ -187,6 +200,8 @@ impl Ports {
                 "frontend Envoy (outbound listener)".into(),
             ),
             (self.frontend_envoy_admin, "frontend Envoy admin".into()),
+            (self.frontend_envoy_ready, "frontend Envoy readiness".into()),
+            (self.backend_envoy_ready, "backend Envoy readiness".into()),
             (self.backend_envoy, "backend Envoy (mTLS listener)".into()),
             (self.backend_envoy_admin, "backend Envoy admin".into()),
             (self.backend, "backend API".into()),
@@ -302,29 +317,21 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             source: "frontend/config/envoy.yaml",
             target: "envoy-frontend.yaml".into(),
             edits: vec![
-                text(
-                    Kind::Address,
+                loopback(
                     "{ address: 127.0.0.1, port_value: 9901 }",
-                    format!(
-                        "{{ address: 127.0.0.1, port_value: {} }}",
-                        ports.frontend_envoy_admin
-                    ),
+                    ports.frontend_envoy_admin,
                 ),
-                text(
-                    Kind::Address,
+                loopback(
+                    "{ address: 0.0.0.0, port_value: 9911 }",
+                    ports.frontend_envoy_ready,
+                ),
+                loopback(
                     "{ address: 127.0.0.1, port_value: 8001 }",
-                    format!(
-                        "{{ address: 127.0.0.1, port_value: {} }}",
-                        ports.frontend_envoy
-                    ),
+                    ports.frontend_envoy,
                 ),
-                text(
-                    Kind::Address,
+                loopback(
                     "{ address: backend.demo.svc.cluster.local, port_value: 8443 }",
-                    format!(
-                        "{{ address: 127.0.0.1, port_value: {} }}",
-                        ports.backend_envoy
-                    ),
+                    ports.backend_envoy,
                 ),
                 text(Kind::SocketPath, wl_api, agent_sock("frontend-node")),
             ],
@@ -333,27 +340,19 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             source: "backend/config/envoy.yaml",
             target: "envoy-backend.yaml".into(),
             edits: vec![
-                text(
-                    Kind::Address,
+                loopback(
                     "{ address: 127.0.0.1, port_value: 9901 }",
-                    format!(
-                        "{{ address: 127.0.0.1, port_value: {} }}",
-                        ports.backend_envoy_admin
-                    ),
+                    ports.backend_envoy_admin,
                 ),
-                text(
-                    Kind::Address,
+                loopback(
+                    "{ address: 0.0.0.0, port_value: 9911 }",
+                    ports.backend_envoy_ready,
+                ),
+                loopback(
                     "{ address: 0.0.0.0, port_value: 8443 }",
-                    format!(
-                        "{{ address: 127.0.0.1, port_value: {} }}",
-                        ports.backend_envoy
-                    ),
+                    ports.backend_envoy,
                 ),
-                text(
-                    Kind::Address,
-                    "{ address: 127.0.0.1, port_value: 9090 }",
-                    format!("{{ address: 127.0.0.1, port_value: {} }}", ports.backend),
-                ),
+                loopback("{ address: 127.0.0.1, port_value: 9090 }", ports.backend),
                 text(
                     Kind::FilePath,
                     "/etc/envoy/rbac",

@@ -41,6 +41,15 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Only `/healthz` and `/readyz`, for a listener the kubelet can reach.
+pub fn health_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "live": true })) }))
+        .route("/readyz", get(readyz))
+        .fallback(|uri: Uri| async move { AppError::NotFound(uri.path().to_owned()) })
+        .with_state(state)
+}
+
 /// The caller's SPIFFE ID, as the backend's Envoy forwards it in `x-forwarded-client-cert`.
 pub fn caller_from_xfcc(headers: &HeaderMap) -> Option<String> {
     let xfcc = headers.get("x-forwarded-client-cert")?.to_str().ok()?;

@@ -15,6 +15,10 @@ pub struct Config {
     /// Address to serve the API on (only its Envoy should reach it).
     #[arg(long, env = "BACKEND_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: SocketAddr,
+    /// Where to serve only `/healthz` and `/readyz` for the kubelet's probes (the API itself
+    /// stays on the loopback address behind Envoy); none by default.
+    #[arg(long, env = "BACKEND_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Directory where spiffe-helper writes svid.pem, svid_key.pem and svid_bundle.pem.
     #[arg(long, env = "BACKEND_SVID_DIR", default_value = "/spiffe-certs")]
     pub svid_dir: PathBuf,

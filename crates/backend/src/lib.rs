@@ -12,7 +12,7 @@ mod svid_source;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use api::{AppState, app};
+pub use api::{AppState, app, health_app};
 pub use config::Config;
 pub use db::{Database, DbError};
 pub use error::AppError;
@@ -36,12 +36,35 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = start(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let listener = bind(config.listen).await?;
+    // One shutdown signal for both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(());
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    if let Some(addr) = config.health_listen {
+        let health = bind(addr).await?;
+        tracing::info!(listen = %addr, "health endpoints for probes");
+        let serve = axum::serve(health, health_app(state.clone()))
+            .with_graceful_shutdown(until_stopped(stopped.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        });
+    }
     tracing::info!(listen = %config.listen, svid_dir = %config.svid_dir.display(), "backend ready to serve");
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(until_stopped(stopped))
         .await?;
     Ok(())
 }

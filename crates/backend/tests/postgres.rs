@@ -342,6 +342,14 @@ async fn malformed_requests_get_json_errors() {
     let (status, body) = get(&app, "/api/nothing-here").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"], "not_found");
+
+    // The probes' listener serves health, never the API.
+    let state = backend::start(&backend_config(testkit::free_port(), svids.path()))
+        .await
+        .unwrap();
+    let health = backend::health_app(state);
+    assert_eq!(get(&health, "/healthz").await.0, 200);
+    assert_eq!(get(&health, "/api/orders").await.0, 404);
 }
 
 fn hex_to_dec(hex: &str) -> String {

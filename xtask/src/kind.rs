@@ -1,0 +1,448 @@
+//! The kind runtime, kept thin: a plan of commands (kind, docker, kubectl, nix) built from the
+//! pins and `manifests/`, printed by `cargo xtask up --runtime kind --dry-run` and run step by
+//! step otherwise. It cannot run on machines without a Docker engine (CI included), where the
+//! plan and the manifests are checked statically instead.
+
+use std::fmt;
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use crate::pins::Pins;
+
+pub const NAMESPACE: &str = "demo";
+const CONTEXT_PREFIX: &str = "kind-";
+/// Every agent of the cluster gets this alias; workload entries hang below it.
+const CLUSTER_ALIAS: &str = "spiffe://example.org/k8s-cluster/spire-demo";
+
+/// A registration entry on Kubernetes: the same SPIFFE IDs as the local runtime, k8s selectors.
+#[derive(Clone, Debug)]
+pub struct KindEntry {
+    pub spiffe_id: String,
+    pub selectors: Vec<String>,
+    pub dns: Option<&'static str>,
+}
+
+/// `spiffe://example.org/ns/{namespace}/sa/{service account}` for the three workloads.
+pub fn registrations() -> Vec<KindEntry> {
+    [
+        ("frontend", None),
+        ("backend", Some("backend")),
+        ("postgres", Some("postgres")),
+    ]
+    .into_iter()
+    .map(|(sa, dns)| KindEntry {
+        spiffe_id: crate::local::workload_id(sa),
+        selectors: vec![format!("k8s:ns:{NAMESPACE}"), format!("k8s:sa:{sa}")],
+        dns,
+    })
+    .collect()
+}
+
+/// One step of the plan: what it does, and the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub what: String,
+    pub argv: Vec<String>,
+    /// Run only when the cluster does not exist yet.
+    pub only_if_new_cluster: bool,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let quoted: Vec<String> = self
+            .argv
+            .iter()
+            .map(|a| {
+                if a.contains(' ') || a.is_empty() {
+                    format!("'{a}'")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        write!(f, "{}", quoted.join(" "))
+    }
+}
+
+fn step(what: &str, argv: &[&str]) -> Step {
+    Step {
+        what: what.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        only_if_new_cluster: false,
+    }
+}
+
+/// Everything `cargo xtask up` does on kind, in order.
+pub fn plan(pins: &Pins) -> Vec<Step> {
+    let cluster = pins.kind.cluster_name.as_str();
+    let context = format!("{CONTEXT_PREFIX}{cluster}");
+    let kubectl = |what: &str, args: &[&str]| {
+        let mut argv = vec!["kubectl", "--context", &context];
+        argv.extend_from_slice(args);
+        step(what, &argv)
+    };
+    let mut plan = vec![Step {
+        only_if_new_cluster: true,
+        ..step(
+            "create the kind cluster",
+            &[
+                "kind",
+                "create",
+                "cluster",
+                "--name",
+                cluster,
+                "--config",
+                "manifests/kind/cluster.yaml",
+                "--wait",
+                "120s",
+            ],
+        )
+    }];
+    for (attr, image) in [
+        ("frontend-image", &pins.services.frontend_image),
+        ("backend-image", &pins.services.backend_image),
+    ] {
+        plan.push(step(
+            &format!("build {image} with Nix and load it into docker"),
+            &["nix-image-load", &format!(".#{attr}"), image],
+        ));
+    }
+    for i in pins.images() {
+        if i.name == "kind node" {
+            continue;
+        }
+        plan.push(step(
+            &format!("pull {}", i.name),
+            &["docker", "pull", i.reference],
+        ));
+    }
+    let mut load = vec!["kind", "load", "docker-image", "--name", cluster];
+    load.push(&pins.services.frontend_image);
+    load.push(&pins.services.backend_image);
+    let third: Vec<&str> = pins
+        .images()
+        .iter()
+        .filter(|i| i.name != "kind node")
+        .map(|i| i.reference)
+        .collect();
+    load.extend(third);
+    plan.push(step("load every image into the cluster's nodes", &load));
+    plan.push(kubectl(
+        "namespaces first (the Secret below lives in demo)",
+        &["apply", "-f", "manifests/namespaces.yaml"],
+    ));
+    plan.push(kubectl(
+        "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
+        &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, "--from-literal=password=<random>"],
+    ));
+    plan.push(kubectl(
+        "apply the manifests",
+        &["apply", "-k", "manifests"],
+    ));
+    for (kind, name) in [
+        ("statefulset", "spire-server"),
+        ("daemonset", "spire-agent"),
+        ("daemonset", "spiffe-csi-driver"),
+    ] {
+        plan.push(kubectl(
+            &format!("wait for {name}"),
+            &[
+                "-n",
+                "spire-system",
+                "rollout",
+                "status",
+                &format!("{kind}/{name}"),
+                "--timeout=180s",
+            ],
+        ));
+    }
+    let server = [
+        "-n",
+        "spire-system",
+        "exec",
+        "spire-server-0",
+        "-c",
+        "spire-server",
+        "--",
+        "/opt/spire/bin/spire-server",
+        "entry",
+        "create",
+    ];
+    let mut alias = server.to_vec();
+    alias.extend([
+        "-node",
+        "-spiffeID",
+        CLUSTER_ALIAS,
+        "-selector",
+        "k8s_psat:cluster:spire-demo",
+    ]);
+    plan.push(kubectl(
+        "register the cluster's agents under one alias",
+        &alias,
+    ));
+    for e in registrations() {
+        let mut args: Vec<&str> = server.to_vec();
+        args.extend(["-parentID", CLUSTER_ALIAS, "-spiffeID", &e.spiffe_id]);
+        for s in &e.selectors {
+            args.extend(["-selector", s]);
+        }
+        if let Some(d) = e.dns {
+            args.extend(["-dns", d]);
+        }
+        plan.push(kubectl(&format!("register {}", e.spiffe_id), &args));
+    }
+    for (kind, name) in [
+        ("statefulset", "postgres"),
+        ("deployment", "backend"),
+        ("deployment", "frontend"),
+    ] {
+        plan.push(kubectl(
+            &format!("wait for {name}"),
+            &[
+                "-n",
+                NAMESPACE,
+                "rollout",
+                "status",
+                &format!("{kind}/{name}"),
+                "--timeout=180s",
+            ],
+        ));
+    }
+    plan
+}
+
+/// `docker`, `kind` and `kubectl` answer; each missing one is named with how to get it.
+fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if cmd!(sh, "docker info")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        missing.push("a running Docker engine (`docker info` fails)".to_owned());
+    }
+    match cmd!(sh, "kind version").quiet().read() {
+        Ok(v) if v.contains(&format!("v{}", pins.kind.version)) => {}
+        Ok(v) => println!(
+            "note: kind {} is pinned, found {}",
+            pins.kind.version,
+            v.trim()
+        ),
+        Err(_) => missing.push(format!("kind {} (in `nix develop`)", pins.kind.version)),
+    }
+    if cmd!(sh, "kubectl version --client")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        missing.push("kubectl (in `nix develop`)".into());
+    }
+    if cmd!(sh, "nix --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        missing.push("Nix, to build the services' images (`nix build .#frontend-image`)".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the kind runtime needs: {}. Without them, run the same lab as processes: cargo xtask up --local",
+            missing.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the plan (or prints it with `dry_run`).
+pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
+    let pins = Pins::load(&crate::project_root())?;
+    let plan = plan(&pins);
+    if dry_run {
+        println!("cargo xtask up --runtime kind would run, in order:");
+        for (i, s) in plan.iter().enumerate() {
+            println!("{:>3}. {}\n     $ {s}", i + 1, s.what);
+        }
+        return Ok(());
+    }
+    prerequisites(sh, &pins)?;
+    let exists = cmd!(sh, "kind get clusters")
+        .quiet()
+        .read()
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == pins.kind.cluster_name);
+    for (i, s) in plan.iter().enumerate() {
+        if s.only_if_new_cluster && exists {
+            println!("[{:>2}/{}] {} (exists already)", i + 1, plan.len(), s.what);
+            continue;
+        }
+        println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
+        run_step(sh, s).with_context(|| format!("step {}: {}\n  $ {s}", i + 1, s.what))?;
+    }
+    println!("\nThe lab is up on kind: open http://localhost:8080");
+    Ok(())
+}
+
+/// Deletes the kind cluster.
+pub fn down(sh: &Shell) -> anyhow::Result<()> {
+    let pins = Pins::load(&crate::project_root())?;
+    let name = &pins.kind.cluster_name;
+    cmd!(sh, "kind delete cluster --name {name}")
+        .run()
+        .context("kind delete cluster")?;
+    Ok(())
+}
+
+/// What the kind runtime does not do yet, said plainly.
+pub fn not_yet<T>(what: &str) -> anyhow::Result<T> {
+    bail!(
+        "`cargo xtask {what}` does not work on the kind runtime yet (only up and down do); use kubectl --context kind-spire-demo, or run the lab with --local"
+    )
+}
+
+fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
+    let argv: Vec<String> = s
+        .argv
+        .iter()
+        .map(|a| {
+            if a == "--from-literal=password=<random>" {
+                format!("--from-literal=password={}", random_password())
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    if argv[0] == "nix-image-load" {
+        // The flake's streamLayeredImage script writes an image archive to stdout: docker load it.
+        let attr = &argv[1];
+        let script = cmd!(sh, "nix build --no-link --print-out-paths {attr}").read()?;
+        let mut stream = std::process::Command::new(script.trim())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let status = std::process::Command::new("docker")
+            .arg("load")
+            .stdin(stream.stdout.take().context("no stdout")?)
+            .status()?;
+        anyhow::ensure!(
+            stream.wait()?.success() && status.success(),
+            "loading {} failed",
+            argv[2]
+        );
+        return Ok(());
+    }
+    if argv.iter().any(|a| a == "secret") {
+        // Created once; a second `up` keeps it.
+        let out = sh
+            .cmd(&argv[0])
+            .args(&argv[1..])
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.success() || err.contains("AlreadyExists"),
+            "{err}"
+        );
+        return Ok(());
+    }
+    if argv.iter().any(|a| a == "entry") {
+        let out = sh
+            .cmd(&argv[0])
+            .args(&argv[1..])
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(
+            out.status.success()
+                || text.contains("AlreadyExists")
+                || text.contains("similar entry already exists"),
+            "{text}"
+        );
+        return Ok(());
+    }
+    sh.cmd(&argv[0]).args(&argv[1..]).run()?;
+    Ok(())
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 24];
+    openssl::rand::rand_bytes(&mut bytes).expect("random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dry-run plan: cluster, images, namespaces and Secret before the manifests, the SPIRE
+    /// rollouts before registration, registration before the workloads are awaited.
+    #[test]
+    fn up_dry_run_plan_is_complete_and_ordered() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let plan = plan(&pins);
+        let lines: Vec<String> = plan.iter().map(|s| s.to_string()).collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no step `{needle}` in:\n{}", lines.join("\n")))
+        };
+        assert!(plan[0].only_if_new_cluster);
+        assert_eq!(
+            lines[0],
+            "kind create cluster --name spire-demo --config manifests/kind/cluster.yaml --wait 120s"
+        );
+        let load = at("kind load docker-image");
+        for image in [
+            &pins.services.frontend_image,
+            &pins.services.backend_image,
+            &pins.envoy.image,
+            &pins.spire.server_image,
+        ] {
+            assert!(
+                lines[load].contains(image.as_str()),
+                "{image} is not loaded"
+            );
+        }
+        assert!(!lines[load].contains("kindest/node"));
+        assert!(at("nix-image-load .#frontend-image") < load);
+        assert!(
+            at("apply -f manifests/namespaces.yaml")
+                < at("create secret generic postgres-superuser")
+        );
+        assert!(at("create secret generic") < at("apply -k manifests"));
+        assert!(at("rollout status statefulset/spire-server") < at("-node -spiffeID"));
+        for e in registrations() {
+            assert!(
+                at(&format!("-spiffeID {}", e.spiffe_id))
+                    < at("rollout status deployment/frontend")
+            );
+        }
+        assert!(at("-spiffeID spiffe://example.org/ns/demo/sa/backend") > at("-node -spiffeID"));
+        assert!(lines[at("sa/backend")].ends_with("-dns backend"));
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("password=") || l.contains("<random>")),
+            "a secret in the plan"
+        );
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("kubectl"))
+                .all(|l| l.starts_with("kubectl --context kind-spire-demo"))
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! The Kubernetes manifests, checked without a cluster: rendered by the pinned kustomize,
+//! validated against the pinned Kubernetes release's OpenAPI schemas, their Envoy and SPIRE
+//! configs validated by the real binaries exactly as mounted, and the lab's invariants.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use xshell::{Shell, cmd};
+
+#[derive(clap::Args)]
+pub struct ManifestsCmd {
+    /// Also print the rendered objects (YAML, as kustomize renders them).
+    #[arg(long)]
+    print: bool,
+}
+
+impl ManifestsCmd {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let pins = crate::pins::Pins::load(&crate::project_root())?;
+        let kube = crate::deps::find_kube(&pins)?;
+        if self.print {
+            let manifests = crate::project_root().join("manifests");
+            let kustomize = &kube.kustomize;
+            println!(
+                "{}",
+                cmd!(sh, "{kustomize} build {manifests}").quiet().read()?
+            );
+        }
+        check(sh, &kube)
+    }
+}
+
+/// Renders the manifests and checks them without a cluster: the Kubernetes schemas, then the
+/// Envoy and SPIRE configs with the real binaries, exactly as mounted.
+pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
+    let pins = crate::pins::Pins::load(&crate::project_root())?;
+    let tools = crate::deps::find(&pins)?;
+    let objects = render(sh, &kube.kustomize)?;
+    println!(
+        "rendered {} objects with kustomize {}",
+        objects.len(),
+        pins.kind.kustomize
+    );
+    let schemas = Schemas::load(&kube.openapi)?;
+    let violations: Vec<String> = objects.iter().flat_map(|o| schemas.violations(o)).collect();
+    anyhow::ensure!(
+        violations.is_empty(),
+        "schema violations:\n{}",
+        violations.join("\n")
+    );
+    println!(
+        "every object validates against the Kubernetes {} schemas (strict)",
+        pins.kind.kubernetes_openapi
+    );
+    let mut pinned: Vec<&str> = pins.images().iter().map(|i| i.reference).collect();
+    pinned.extend([
+        pins.services.frontend_image.as_str(),
+        pins.services.backend_image.as_str(),
+    ]);
+    let unpinned: Vec<String> = images(&objects)
+        .into_iter()
+        .filter(|(image, _)| !pinned.contains(&image.as_str()))
+        .map(|(image, place)| format!("{place}: {image}"))
+        .collect();
+    anyhow::ensure!(
+        unpinned.is_empty(),
+        "images not in nix/pins.json:\n{}",
+        unpinned.join("\n")
+    );
+    println!("every image is pinned in nix/pins.json");
+    let data = |map: &str, key: &str| -> anyhow::Result<String> {
+        config_map(&objects, map)?[key]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("{map} has no {key}"))
+    };
+    validate_envoy_as_mounted(
+        sh,
+        &tools.envoy,
+        &data("frontend-envoy", "envoy.yaml")?,
+        None,
+    )?;
+    validate_envoy_as_mounted(
+        sh,
+        &tools.envoy,
+        &data("backend-envoy", "envoy.yaml")?,
+        Some(&data("backend-rbac", "rbac.yaml")?),
+    )?;
+    println!("both Envoy bootstraps pass `envoy --mode validate` as mounted");
+    let dir = tempdir("spire-mounted")?;
+    for (map, key, program) in [
+        ("spire-server", "server.conf", &tools.spire_server),
+        ("spire-agent", "agent.conf", &tools.spire_agent),
+    ] {
+        let path = dir.join(key);
+        std::fs::write(&path, data(map, key)?)?;
+        let out = std::process::Command::new(program)
+            .arg("validate")
+            .arg("-config")
+            .arg(&path)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(dir)?;
+    println!("the SPIRE server and agent configs pass `validate`");
+    Ok(())
+}
+
+/// `kustomize build manifests`: every object, as JSON.
+pub fn render(sh: &Shell, kustomize: &Path) -> anyhow::Result<Vec<Value>> {
+    let manifests = crate::project_root().join("manifests");
+    let yaml = cmd!(sh, "{kustomize} build {manifests}")
+        .quiet()
+        .read()
+        .context("kustomize build manifests")?;
+    let mut objects = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+        let v = Value::deserialize(doc).context("kustomize printed YAML that does not parse")?;
+        if !v.is_null() {
+            objects.push(v);
+        }
+    }
+    Ok(objects)
+}
+
+/// A short name for messages: `Deployment demo/backend`.
+pub fn describe(o: &Value) -> String {
+    let ns = o["metadata"]["namespace"]
+        .as_str()
+        .map(|n| format!("{n}/"))
+        .unwrap_or_default();
+    format!(
+        "{} {ns}{}",
+        o["kind"].as_str().unwrap_or("?"),
+        o["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// The schemas of one Kubernetes release, from its OpenAPI v2 document, made strict: an object
+/// with declared properties accepts no others, so a misspelt field is an error.
+pub struct Schemas {
+    root: Value,
+    by_kind: BTreeMap<(String, String, String), String>,
+}
+
+impl Schemas {
+    pub fn load(openapi: &Path) -> anyhow::Result<Schemas> {
+        let doc: Value = serde_json::from_slice(&std::fs::read(openapi)?)
+            .context("parse the OpenAPI document")?;
+        let mut defs = doc["definitions"]
+            .as_object()
+            .context("no definitions")?
+            .clone();
+        let mut by_kind = BTreeMap::new();
+        for (name, def) in defs.iter_mut() {
+            for gvk in def["x-kubernetes-group-version-kind"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let s = |k: &str| gvk[k].as_str().unwrap_or_default().to_owned();
+                by_kind.insert((s("group"), s("version"), s("kind")), name.clone());
+            }
+            strict(def);
+        }
+        // Kubernetes encodes these as strings with a format; YAML gives numbers too.
+        for name in [
+            "io.k8s.apimachinery.pkg.util.intstr.IntOrString",
+            "io.k8s.apimachinery.pkg.api.resource.Quantity",
+        ] {
+            defs.insert(
+                name.into(),
+                json!({ "type": ["string", "integer", "number"] }),
+            );
+        }
+        Ok(Schemas {
+            root: json!({ "definitions": defs }),
+            by_kind,
+        })
+    }
+
+    /// Every schema violation of one object; an unknown kind is one too.
+    pub fn violations(&self, o: &Value) -> Vec<String> {
+        let api = o["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api.rsplit_once('/').unwrap_or(("", api));
+        let kind = o["kind"].as_str().unwrap_or_default().to_owned();
+        let Some(def) = self
+            .by_kind
+            .get(&(group.to_owned(), version.to_owned(), kind.clone()))
+        else {
+            return vec![format!(
+                "{}: no schema for {api} {kind} in this Kubernetes release",
+                describe(o)
+            )];
+        };
+        let mut schema = self.root.clone();
+        schema["$ref"] = json!(format!("#/definitions/{def}"));
+        let validator = match jsonschema::validator_for(&schema) {
+            Ok(v) => v,
+            Err(e) => return vec![format!("{}: the schema does not compile: {e}", describe(o))],
+        };
+        validator
+            .iter_errors(o)
+            .map(|e| format!("{} at {}: {e}", describe(o), e.instance_path()))
+            .collect()
+    }
+}
+
+fn strict(def: &mut Value) {
+    match def {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            // Swagger 2.0's vendor keys mean nothing to a JSON Schema validator.
+            map.retain(|k, _| !k.starts_with("x-kubernetes-"));
+            for v in map.values_mut() {
+                strict(v);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strict),
+        _ => {}
+    }
+}
+
+/// Every container image the manifests use, with where it appears.
+pub fn images(objects: &[Value]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for o in objects {
+        let spec = &o["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                if let Some(image) = c["image"].as_str() {
+                    out.push((
+                        image.to_owned(),
+                        format!("{} {}", describe(o), c["name"].as_str().unwrap_or("?")),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The data of the generated ConfigMap whose name starts with `prefix` (kustomize adds a hash).
+pub fn config_map<'a>(
+    objects: &'a [Value],
+    prefix: &str,
+) -> anyhow::Result<&'a serde_json::Map<String, Value>> {
+    objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "ConfigMap"
+                && o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n == prefix || n.starts_with(&format!("{prefix}-")))
+        })
+        .and_then(|o| o["data"].as_object())
+        .with_context(|| format!("no ConfigMap {prefix}"))
+}
+
+/// `envoy --mode validate` on an Envoy bootstrap exactly where its pod mounts it: inside a
+/// private mount namespace, /etc is an empty tmpfs holding /etc/envoy/envoy.yaml and, for the
+/// backend, /etc/envoy/rbac/rbac.yaml. The host's /etc is not touched.
+pub fn validate_envoy_as_mounted(
+    sh: &Shell,
+    envoy: &Path,
+    bootstrap: &str,
+    rbac: Option<&str>,
+) -> anyhow::Result<String> {
+    let dir = tempdir("envoy-mounted")?;
+    std::fs::write(dir.join("envoy.yaml"), bootstrap)?;
+    let mut script = format!(
+        "set -e; mount -t tmpfs tmpfs /etc; mkdir -p /etc/envoy/rbac; cp '{d}/envoy.yaml' /etc/envoy/envoy.yaml;",
+        d = dir.display()
+    );
+    if let Some(rbac) = rbac {
+        std::fs::write(dir.join("rbac.yaml"), rbac)?;
+        script += &format!(
+            " cp '{}/rbac.yaml' /etc/envoy/rbac/rbac.yaml;",
+            dir.display()
+        );
+    }
+    script += &format!(
+        " exec '{}' --mode validate -c /etc/envoy/envoy.yaml",
+        envoy.display()
+    );
+    // As root the namespace needs no more; otherwise map ourselves to root in a user namespace.
+    let user_ns: &[&str] = if unsafe { libc::geteuid() } == 0 {
+        &[]
+    } else {
+        &["--map-root-user"]
+    };
+    let out = cmd!(
+        sh,
+        "unshare --mount --propagation private {user_ns...} sh -c {script}"
+    )
+    .quiet()
+    .ignore_status()
+    .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("envoy --mode validate failed:\n{text}");
+    }
+    text.lines()
+        .find(|l| l.contains("configuration '/etc/envoy/envoy.yaml' OK"))
+        .map(str::to_owned)
+        .with_context(|| format!("envoy did not say OK:\n{text}"))
+}
+
+fn tempdir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        crate::local::now()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pins::Pins;
+
+    fn rendered() -> (Shell, crate::deps::KubeTools, Vec<Value>) {
+        let sh = Shell::new().unwrap();
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let kube = crate::deps::find_kube(&pins).unwrap_or_else(|e| panic!("{e:#}"));
+        let objects = render(&sh, &kube.kustomize).unwrap_or_else(|e| panic!("{e:#}"));
+        (sh, kube, objects)
+    }
+
+    /// Every rendered object validates against Kubernetes' own (strict) schemas.
+    #[test]
+    fn manifests_validate_against_the_kubernetes_schemas() {
+        let (_, kube, objects) = rendered();
+        let schemas = Schemas::load(&kube.openapi).unwrap();
+        let violations: Vec<String> = objects.iter().flat_map(|o| schemas.violations(o)).collect();
+        assert!(violations.is_empty(), "{}", violations.join("\n"));
+        assert!(
+            objects.len() > 20,
+            "only {} objects rendered",
+            objects.len()
+        );
+
+        // The validator does catch mistakes: a misspelt field and a wrong type.
+        let mut broken = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment")
+            .unwrap()
+            .clone();
+        broken["spec"]["replicaz"] = json!(1);
+        broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] =
+            json!("eighty");
+        let found = schemas.violations(&broken);
+        assert!(found.len() >= 2, "{found:?}");
+    }
+
+    /// The Envoy bootstraps pass `envoy --mode validate` exactly as their pods mount them, and
+    /// the SPIRE configs pass `spire-server validate` / `spire-agent validate`.
+    #[test]
+    fn mounted_envoy_and_spire_configs_validate() {
+        let (sh, kube, objects) = rendered();
+        check(&sh, &kube).unwrap_or_else(|e| panic!("{e:#}"));
+        // Without its policy file the backend's bootstrap is refused: the check is real.
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let tools = crate::deps::find(&pins).unwrap();
+        let backend = config_map(&objects, "backend-envoy").unwrap()["envoy.yaml"]
+            .as_str()
+            .unwrap();
+        assert!(validate_envoy_as_mounted(&sh, &tools.envoy, backend, None).is_err());
+    }
+
+    /// The lab's invariants, on the rendered objects.
+    #[test]
+    fn manifests_keep_the_labs_invariants() {
+        let (_, _, objects) = rendered();
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let in_demo = |o: &&Value| o["metadata"]["namespace"] == "demo";
+        let id = |sa: &str| format!("spiffe://example.org/ns/demo/sa/{sa}");
+
+        // SPIFFE IDs agree across service accounts, registration, RBAC, Envoy, the backend and init.sql.
+        let accounts: Vec<&str> = objects
+            .iter()
+            .filter(in_demo)
+            .filter(|o| o["kind"] == "ServiceAccount")
+            .filter_map(|o| o["metadata"]["name"].as_str())
+            .collect();
+        assert_eq!(accounts.len(), 3, "{accounts:?}");
+        let registered: Vec<String> = crate::kind::registrations()
+            .iter()
+            .map(|e| e.spiffe_id.clone())
+            .collect();
+        for sa in &accounts {
+            assert!(
+                registered.contains(&id(sa)),
+                "no registration for the {sa} service account"
+            );
+            assert!(
+                registered.contains(&crate::local::workload_id(sa)),
+                "the local runtime does not register {sa}"
+            );
+        }
+        let rbac = config_map(&objects, "backend-rbac").unwrap()["rbac.yaml"]
+            .as_str()
+            .unwrap();
+        let principals: Vec<&str> = rbac
+            .lines()
+            .filter_map(|l| l.split("exact: \"").nth(1))
+            .map(|r| r.trim_end_matches(['"', ' ', '}']))
+            .collect();
+        assert_eq!(
+            principals,
+            [id("frontend")],
+            "the RBAC policy must allow exactly the frontend"
+        );
+        let deny = std::fs::read_to_string(
+            crate::project_root().join("manifests/backend/config/rbac-deny.yaml"),
+        )
+        .unwrap();
+        assert!(
+            !deny.contains(&id("frontend")),
+            "the deny policy still names the frontend"
+        );
+        let fe = config_map(&objects, "frontend-envoy").unwrap()["envoy.yaml"]
+            .as_str()
+            .unwrap();
+        assert!(
+            fe.contains(&format!("- name: {}", id("frontend"))),
+            "the frontend Envoy asks SDS for another SVID"
+        );
+        assert!(
+            fe.contains(&format!("matcher: {{ exact: \"{}\" }}", id("backend"))),
+            "the frontend Envoy does not require the backend's ID"
+        );
+        let be = config_map(&objects, "backend-envoy").unwrap()["envoy.yaml"]
+            .as_str()
+            .unwrap();
+        assert!(
+            be.contains(&format!("- name: {}", id("backend"))),
+            "the backend Envoy asks SDS for another SVID"
+        );
+        let init = config_map(&objects, "postgres-init").unwrap()["init.sql"]
+            .as_str()
+            .unwrap();
+        assert!(init.contains(&format!("require_client_spiffe_id('{}')", id("backend"))));
+        let backend = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "backend")
+            .unwrap();
+        let env = backend["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let db_id = env
+            .iter()
+            .find(|e| e["name"] == "BACKEND_DB_SPIFFE_ID")
+            .map(|e| e["value"].clone());
+        assert_eq!(
+            db_id,
+            Some(json!(id("postgres"))),
+            "the backend must check PostgreSQL for its ID"
+        );
+
+        // Every pod whose containers use the Workload API mounts it through the CSI driver.
+        for o in objects
+            .iter()
+            .filter(in_demo)
+            .filter(|o| o["spec"]["template"].is_object())
+        {
+            let spec = &o["spec"]["template"]["spec"];
+            let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+            let csi = volumes.iter().find(|v| v["name"] == "spiffe-workload-api");
+            assert!(
+                csi.is_some_and(|v| v["csi"]["driver"] == "csi.spiffe.io"),
+                "{} has no Workload API volume",
+                describe(o)
+            );
+            for list in ["initContainers", "containers"] {
+                for c in spec[list].as_array().into_iter().flatten() {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    let mounts: Vec<&str> = c["volumeMounts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m["mountPath"].as_str())
+                        .collect();
+                    if name == "envoy" || name == "spiffe-helper" {
+                        assert!(
+                            mounts.contains(&"/spiffe-workload-api"),
+                            "{} {name} cannot reach the Workload API",
+                            describe(o)
+                        );
+                    }
+                }
+            }
+        }
+
+        // Images: a fixed tag, never latest, and every one in nix/pins.json.
+        let mut pinned: Vec<String> = pins
+            .images()
+            .iter()
+            .map(|i| i.reference.to_owned())
+            .collect();
+        pinned.push(pins.services.frontend_image.clone());
+        pinned.push(pins.services.backend_image.clone());
+        for (image, place) in images(&objects) {
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+                "{place}: {image} has no fixed tag"
+            );
+            assert!(
+                pinned.contains(&image),
+                "{place}: {image} is not in nix/pins.json"
+            );
+        }
+
+        // Security contexts: non-root, seccomp, no privilege escalation, no capabilities in demo.
+        for o in objects
+            .iter()
+            .filter(in_demo)
+            .filter(|o| o["spec"]["template"].is_object())
+        {
+            let spec = &o["spec"]["template"]["spec"];
+            assert_eq!(
+                spec["securityContext"]["runAsNonRoot"],
+                true,
+                "{}",
+                describe(o)
+            );
+            assert_eq!(
+                spec["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault",
+                "{}",
+                describe(o)
+            );
+            assert_eq!(
+                spec["automountServiceAccountToken"],
+                false,
+                "{} mounts an API token it does not need",
+                describe(o)
+            );
+            for list in ["initContainers", "containers"] {
+                for c in spec[list].as_array().into_iter().flatten() {
+                    let sc = &c["securityContext"];
+                    assert_eq!(
+                        sc["allowPrivilegeEscalation"],
+                        false,
+                        "{} {}",
+                        describe(o),
+                        c["name"]
+                    );
+                    assert_eq!(
+                        sc["capabilities"]["drop"],
+                        json!(["ALL"]),
+                        "{} {}",
+                        describe(o),
+                        c["name"]
+                    );
+                }
+            }
+        }
+
+        // The kind cluster: the pinned name and node image, the UI on localhost:8080.
+        let cluster: Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(crate::project_root().join("manifests/kind/cluster.yaml"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cluster["name"], pins.kind.cluster_name.as_str());
+        let node = format!(
+            "{}@{}",
+            pins.kind.node_image,
+            pins.kind.node_digest.as_deref().unwrap()
+        );
+        for n in cluster["nodes"].as_array().unwrap() {
+            assert_eq!(n["image"], node.as_str());
+        }
+        let mapping = &cluster["nodes"][0]["extraPortMappings"][0];
+        assert_eq!(
+            (
+                mapping["containerPort"].as_u64(),
+                mapping["hostPort"].as_u64()
+            ),
+            (Some(30080), Some(8080))
+        );
+        let svc = objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "frontend")
+            .unwrap();
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+    }
+}
