@@ -73,8 +73,17 @@ fn step(what: &str, argv: &[&str]) -> Step {
     }
 }
 
+/// How the services' images are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageBuild {
+    /// The flake's `dockerTools.streamLayeredImage` images.
+    Nix,
+    /// `manifests/images/Dockerfile`, built inside Docker.
+    Dockerfile,
+}
+
 /// Everything `cargo xtask up` does on kind, in order.
-pub fn plan(pins: &Pins) -> Vec<Step> {
+pub fn plan(pins: &Pins, build: ImageBuild) -> Vec<Step> {
     let cluster = pins.kind.cluster_name.as_str();
     let context = format!("{CONTEXT_PREFIX}{cluster}");
     let kubectl = |what: &str, args: &[&str]| {
@@ -99,14 +108,30 @@ pub fn plan(pins: &Pins) -> Vec<Step> {
             ],
         )
     }];
-    for (attr, image) in [
-        ("frontend-image", &pins.services.frontend_image),
-        ("backend-image", &pins.services.backend_image),
+    for (name, image) in [
+        ("frontend", &pins.services.frontend_image),
+        ("backend", &pins.services.backend_image),
     ] {
-        plan.push(step(
-            &format!("build {image} with Nix and load it into docker"),
-            &["nix-image-load", &format!(".#{attr}"), image],
-        ));
+        plan.push(match build {
+            ImageBuild::Nix => step(
+                &format!("build {image} with Nix and load it into docker"),
+                &["nix-image-load", &format!(".#{name}-image"), image],
+            ),
+            ImageBuild::Dockerfile => step(
+                &format!("build {image} with docker (no Nix here)"),
+                &[
+                    "docker",
+                    "build",
+                    "--target",
+                    name,
+                    "-t",
+                    image,
+                    "-f",
+                    "manifests/images/Dockerfile",
+                    ".",
+                ],
+            ),
+        });
     }
     for i in pins.images() {
         if i.name == "kind node" {
@@ -242,15 +267,6 @@ fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
     {
         missing.push("kubectl (in `nix develop`)".into());
     }
-    if cmd!(sh, "nix --version")
-        .quiet()
-        .ignore_stdout()
-        .ignore_stderr()
-        .run()
-        .is_err()
-    {
-        missing.push("Nix, to build the services' images (`nix build .#frontend-image`)".into());
-    }
     if !missing.is_empty() {
         bail!(
             "the kind runtime needs: {}. Without them, run the same lab as processes: cargo xtask up --local",
@@ -263,7 +279,19 @@ fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
 /// Runs the plan (or prints it with `dry_run`).
 pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
     let pins = Pins::load(&crate::project_root())?;
-    let plan = plan(&pins);
+    let build = if cmd!(sh, "nix --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+    {
+        ImageBuild::Nix
+    } else {
+        println!("no Nix here: the services' images are built with manifests/images/Dockerfile");
+        ImageBuild::Dockerfile
+    };
+    let plan = plan(&pins, build);
     if dry_run {
         println!("cargo xtask up --runtime kind would run, in order:");
         for (i, s) in plan.iter().enumerate() {
@@ -300,10 +328,62 @@ pub fn down(sh: &Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where a component runs on kind: namespace, workload and container.
+pub fn workload(c: crate::lab::Component) -> (&'static str, &'static str, &'static str) {
+    use crate::lab::Component::*;
+    match c {
+        SpireServer => ("spire-system", "statefulset/spire-server", "spire-server"),
+        // One DaemonSet: on kind the agents are per Kubernetes node, not per lab "node".
+        Agent(_) => ("spire-system", "daemonset/spire-agent", "spire-agent"),
+        HelperPostgres => (NAMESPACE, "statefulset/postgres", "spiffe-helper"),
+        Postgres => (NAMESPACE, "statefulset/postgres", "postgres"),
+        HelperBackend => (NAMESPACE, "deployment/backend", "spiffe-helper"),
+        Backend => (NAMESPACE, "deployment/backend", "backend"),
+        EnvoyBackend => (NAMESPACE, "deployment/backend", "envoy"),
+        EnvoyFrontend => (NAMESPACE, "deployment/frontend", "envoy"),
+        Frontend => (NAMESPACE, "deployment/frontend", "frontend"),
+    }
+}
+
+fn context() -> anyhow::Result<String> {
+    Ok(format!(
+        "{CONTEXT_PREFIX}{}",
+        Pins::load(&crate::project_root())?.kind.cluster_name
+    ))
+}
+
+/// The pods of both namespaces, and where the UI is.
+pub fn status(sh: &Shell) -> anyhow::Result<()> {
+    let ctx = context()?;
+    for ns in ["spire-system", NAMESPACE] {
+        println!("── {ns}");
+        cmd!(sh, "kubectl --context {ctx} -n {ns} get pods -o wide").run()?;
+    }
+    println!("\nUI: http://localhost:8080 (NodePort 30080)");
+    Ok(())
+}
+
+/// One component's log: `kubectl logs` of its container.
+pub fn logs(sh: &Shell, c: crate::lab::Component, lines: usize) -> anyhow::Result<()> {
+    let ctx = context()?;
+    let (ns, target, container) = workload(c);
+    let tail = if lines == 0 {
+        "-1".to_owned()
+    } else {
+        lines.to_string()
+    };
+    cmd!(
+        sh,
+        "kubectl --context {ctx} -n {ns} logs {target} -c {container} --tail {tail}"
+    )
+    .run()?;
+    Ok(())
+}
+
 /// What the kind runtime does not do yet, said plainly.
 pub fn not_yet<T>(what: &str) -> anyhow::Result<T> {
     bail!(
-        "`cargo xtask {what}` does not work on the kind runtime yet (only up and down do); use kubectl --context kind-spire-demo, or run the lab with --local"
+        "`cargo xtask {what}` does not work on the kind runtime yet (up, down, status and logs do); use kubectl --context kind-spire-demo, or run the lab with --local"
     )
 }
 
@@ -391,7 +471,7 @@ mod tests {
     #[test]
     fn up_dry_run_plan_is_complete_and_ordered() {
         let pins = Pins::load(&crate::project_root()).unwrap();
-        let plan = plan(&pins);
+        let plan = plan(&pins, ImageBuild::Nix);
         let lines: Vec<String> = plan.iter().map(|s| s.to_string()).collect();
         let at = |needle: &str| {
             lines
@@ -444,5 +524,29 @@ mod tests {
                 .filter(|l| l.starts_with("kubectl"))
                 .all(|l| l.starts_with("kubectl --context kind-spire-demo"))
         );
+
+        // Without Nix, the same images come from the Dockerfile, whose bases are pinned.
+        let docker = super::plan(&pins, ImageBuild::Dockerfile);
+        let built: Vec<String> = docker
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|l| l.starts_with("docker build"))
+            .collect();
+        assert_eq!(built.len(), 2);
+        assert!(built[0].contains(&format!("-t {}", pins.services.frontend_image)));
+        let dockerfile =
+            std::fs::read_to_string(crate::project_root().join("manifests/images/Dockerfile"))
+                .unwrap();
+        let froms: Vec<&str> = dockerfile
+            .lines()
+            .filter_map(|l| l.strip_prefix("FROM "))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert!(
+            froms.contains(&pins.services.build_image.as_str())
+                && froms.contains(&pins.services.runtime_image.as_str()),
+            "{froms:?}"
+        );
+        assert_eq!(docker.len(), plan.len());
     }
 }

@@ -118,7 +118,7 @@ pub fn down(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
 pub fn status(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
     match args.resolve(sh)? {
         Runtime::Local => LocalLab::open()?.print_status(),
-        Runtime::Kind => crate::kind::not_yet("status"),
+        Runtime::Kind => crate::kind::status(sh),
     }
 }
 
@@ -149,7 +149,7 @@ impl Logs {
                 println!("{}", lines[from..].join("\n"));
                 Ok(())
             }
-            Runtime::Kind => crate::kind::not_yet("logs"),
+            Runtime::Kind => crate::kind::logs(sh, Component::parse(&self.component)?, self.lines),
         }
     }
 }

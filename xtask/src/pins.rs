@@ -32,6 +32,9 @@ pub struct Services {
     pub version: String,
     pub frontend_image: String,
     pub backend_image: String,
+    /// The base images of `manifests/images/Dockerfile`, the build without Nix.
+    pub build_image: String,
+    pub runtime_image: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,10 +141,14 @@ impl PinsCmd {
                     pins.services.frontend_image,
                     pins.services.backend_image
                 );
+                println!(
+                    "  without Nix    manifests/images/Dockerfile builds on {} and runs on {}",
+                    pins.services.build_image, pins.services.runtime_image
+                );
                 println!("Images (a missing digest is not verified yet):");
                 for i in pins.images() {
                     println!(
-                        "  {:<14} {}@{}",
+                        "  {:<18} {}@{}",
                         i.name,
                         i.reference,
                         i.digest.unwrap_or("<no digest yet>")
