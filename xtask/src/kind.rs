@@ -83,35 +83,52 @@ pub enum ImageBuild {
 }
 
 /// Everything `cargo xtask up` does on kind, in order.
-pub fn plan(pins: &Pins, build: ImageBuild) -> Vec<Step> {
+/// Where the lab goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The kind cluster `spire-demo`, created when absent; images side-loaded with `kind load`.
+    Kind,
+    /// An existing cluster (a kubeconfig context); the services' images pushed to a registry.
+    Existing { context: String, registry: String },
+}
+
+/// Everything `cargo xtask up` does, in order.
+pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
     let cluster = pins.kind.cluster_name.as_str();
-    let context = format!("{CONTEXT_PREFIX}{cluster}");
+    let context = match target {
+        Target::Kind => format!("{CONTEXT_PREFIX}{cluster}"),
+        Target::Existing { context, .. } => context.clone(),
+    };
     let kubectl = |what: &str, args: &[&str]| {
         let mut argv = vec!["kubectl", "--context", &context];
         argv.extend_from_slice(args);
         step(what, &argv)
     };
-    let mut plan = vec![Step {
-        only_if_new_cluster: true,
-        ..step(
-            "create the kind cluster",
-            &[
-                "kind",
-                "create",
-                "cluster",
-                "--name",
-                cluster,
-                "--config",
-                "manifests/kind/cluster.yaml",
-                "--wait",
-                "120s",
-            ],
-        )
-    }];
-    for (name, image) in [
+    let mut plan = Vec::new();
+    if *target == Target::Kind {
+        plan.push(Step {
+            only_if_new_cluster: true,
+            ..step(
+                "create the kind cluster",
+                &[
+                    "kind",
+                    "create",
+                    "cluster",
+                    "--name",
+                    cluster,
+                    "--config",
+                    "manifests/kind/cluster.yaml",
+                    "--wait",
+                    "120s",
+                ],
+            )
+        });
+    }
+    let services = [
         ("frontend", &pins.services.frontend_image),
         ("backend", &pins.services.backend_image),
-    ] {
+    ];
+    for (name, image) in services {
         plan.push(match build {
             ImageBuild::Nix => step(
                 &format!("build {image} with Nix and load it into docker"),
@@ -133,26 +150,46 @@ pub fn plan(pins: &Pins, build: ImageBuild) -> Vec<Step> {
             ),
         });
     }
-    for i in pins.images() {
-        if i.name == "kind node" {
-            continue;
+    let pushed = |image: &str, registry: &str| {
+        format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
+    };
+    match target {
+        Target::Kind => {
+            let third: Vec<&str> = pins
+                .images()
+                .iter()
+                .filter(|i| i.name != "kind node")
+                .map(|i| i.reference)
+                .collect();
+            for image in &third {
+                plan.push(step(&format!("pull {image}"), &["docker", "pull", image]));
+            }
+            let mut load = vec![
+                "kind",
+                "load",
+                "docker-image",
+                "--name",
+                cluster,
+                &pins.services.frontend_image,
+                &pins.services.backend_image,
+            ];
+            load.extend(third);
+            plan.push(step("load every image into the cluster's nodes", &load));
         }
-        plan.push(step(
-            &format!("pull {}", i.name),
-            &["docker", "pull", i.reference],
-        ));
+        Target::Existing { registry, .. } => {
+            for (_, image) in services {
+                let remote = pushed(image, registry);
+                plan.push(step(
+                    &format!("tag {image} for {registry}"),
+                    &["docker", "tag", image, &remote],
+                ));
+                plan.push(step(
+                    &format!("push {remote}"),
+                    &["docker", "push", &remote],
+                ));
+            }
+        }
     }
-    let mut load = vec!["kind", "load", "docker-image", "--name", cluster];
-    load.push(&pins.services.frontend_image);
-    load.push(&pins.services.backend_image);
-    let third: Vec<&str> = pins
-        .images()
-        .iter()
-        .filter(|i| i.name != "kind node")
-        .map(|i| i.reference)
-        .collect();
-    load.extend(third);
-    plan.push(step("load every image into the cluster's nodes", &load));
     plan.push(kubectl(
         "namespaces first (the Secret below lives in demo)",
         &["apply", "-f", "manifests/namespaces.yaml"],
@@ -165,6 +202,20 @@ pub fn plan(pins: &Pins, build: ImageBuild) -> Vec<Step> {
         "apply the manifests",
         &["apply", "-k", "manifests"],
     ));
+    if let Target::Existing { registry, .. } = target {
+        for (name, image) in services {
+            let kind = if name == "backend" {
+                "deployment/backend"
+            } else {
+                "deployment/frontend"
+            };
+            let set = format!("{name}={}", pushed(image, registry));
+            plan.push(kubectl(
+                &format!("use the pushed {name} image"),
+                &["-n", NAMESPACE, "set", "image", kind, &set],
+            ));
+        }
+    }
     for (kind, name) in [
         ("statefulset", "spire-server"),
         ("daemonset", "spire-agent"),
@@ -238,7 +289,7 @@ pub fn plan(pins: &Pins, build: ImageBuild) -> Vec<Step> {
 }
 
 /// `docker`, `kind` and `kubectl` answer; each missing one is named with how to get it.
-fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
+fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if cmd!(sh, "docker info")
         .quiet()
@@ -249,14 +300,16 @@ fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
     {
         missing.push("a running Docker engine (`docker info` fails)".to_owned());
     }
-    match cmd!(sh, "kind version").quiet().read() {
-        Ok(v) if v.contains(&format!("v{}", pins.kind.version)) => {}
-        Ok(v) => println!(
-            "note: kind {} is pinned, found {}",
-            pins.kind.version,
-            v.trim()
-        ),
-        Err(_) => missing.push(format!("kind {} (in `nix develop`)", pins.kind.version)),
+    if *target == Target::Kind {
+        match cmd!(sh, "kind version").quiet().read() {
+            Ok(v) if v.contains(&format!("v{}", pins.kind.version)) => {}
+            Ok(v) => println!(
+                "note: kind {} is pinned, found {}",
+                pins.kind.version,
+                v.trim()
+            ),
+            Err(_) => missing.push(format!("kind {} (in `nix develop`)", pins.kind.version)),
+        }
     }
     if cmd!(sh, "kubectl version --client")
         .quiet()
@@ -277,7 +330,7 @@ fn prerequisites(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
 }
 
 /// Runs the plan (or prints it with `dry_run`).
-pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
+pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
     let pins = Pins::load(&crate::project_root())?;
     let build = if cmd!(sh, "nix --version")
         .quiet()
@@ -291,7 +344,7 @@ pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
         println!("no Nix here: the services' images are built with manifests/images/Dockerfile");
         ImageBuild::Dockerfile
     };
-    let plan = plan(&pins, build);
+    let plan = plan(&pins, build, &target);
     if dry_run {
         println!("cargo xtask up --runtime kind would run, in order:");
         for (i, s) in plan.iter().enumerate() {
@@ -299,7 +352,7 @@ pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    prerequisites(sh, &pins)?;
+    prerequisites(sh, &pins, &target)?;
     let exists = cmd!(sh, "kind get clusters")
         .quiet()
         .read()
@@ -314,7 +367,14 @@ pub fn up(sh: &Shell, dry_run: bool) -> anyhow::Result<()> {
         println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
         run_step(sh, s).with_context(|| format!("step {}: {}\n  $ {s}", i + 1, s.what))?;
     }
-    println!("\nThe lab is up on kind: open http://localhost:8080");
+    match &target {
+        Target::Kind => println!(
+            "\nThe lab is up on kind: open http://localhost:8080\nNext: cargo xtask status · cargo xtask scenario all --runtime kind · cargo xtask down"
+        ),
+        Target::Existing { context, .. } => println!(
+            "\nThe lab is up in {context}: kubectl --context {context} -n {NAMESPACE} port-forward svc/frontend 8080:8080, then open http://localhost:8080"
+        ),
+    }
     Ok(())
 }
 
@@ -462,6 +522,420 @@ fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Local ports where `kubectl port-forward` exposes what scenarios look at inside the pods.
+const FWD_FRONTEND_ADMIN: u16 = 19901;
+const FWD_BACKEND_ADMIN: u16 = 19902;
+const FWD_BACKEND_MTLS: u16 = 18443;
+const FWD_BACKEND_HEALTH: u16 = 19091;
+const FWD_POSTGRES: u16 = 15433;
+
+/// The running lab on kind, for scenarios: kubectl for changes, port-forwards for looking.
+pub struct KindLab {
+    ctx: String,
+    forwards: Vec<std::process::Child>,
+}
+
+impl KindLab {
+    pub fn open(sh: &Shell) -> anyhow::Result<KindLab> {
+        let ctx = context()?;
+        cmd!(
+            sh,
+            "kubectl --context {ctx} -n {NAMESPACE} get deployment frontend"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("the lab is not up on kind: run `cargo xtask up --runtime kind`")?;
+        let mut lab = KindLab {
+            ctx,
+            forwards: Vec::new(),
+        };
+        lab.forward()?;
+        Ok(lab)
+    }
+
+    fn kubectl(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("kubectl");
+        c.args(["--context", &self.ctx]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl().args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (Re)starts the port-forwards and waits until each local port answers.
+    fn forward(&mut self) -> anyhow::Result<()> {
+        for mut f in self.forwards.drain(..) {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        let specs: [(&str, &[(u16, u16)]); 3] = [
+            ("deployment/frontend", &[(FWD_FRONTEND_ADMIN, 9901)]),
+            (
+                "deployment/backend",
+                &[
+                    (FWD_BACKEND_ADMIN, 9901),
+                    (FWD_BACKEND_MTLS, 8443),
+                    (FWD_BACKEND_HEALTH, 9091),
+                ],
+            ),
+            ("statefulset/postgres", &[(FWD_POSTGRES, 5432)]),
+        ];
+        for (target, ports) in specs {
+            let mut c = self.kubectl();
+            c.args(["-n", NAMESPACE, "port-forward", target]);
+            for (local, remote) in ports {
+                c.arg(format!("{local}:{remote}"));
+            }
+            let child = c
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            self.forwards.push(child);
+        }
+        let started = std::time::Instant::now();
+        for port in [
+            FWD_FRONTEND_ADMIN,
+            FWD_BACKEND_ADMIN,
+            FWD_BACKEND_MTLS,
+            FWD_BACKEND_HEALTH,
+            FWD_POSTGRES,
+        ] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                anyhow::ensure!(
+                    started.elapsed().as_secs() < 30,
+                    "kubectl port-forward to port {port} did not come up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `kubectl scale` stops for a component: a whole pod on kind.
+    fn scaled(
+        c: crate::lab::Component,
+    ) -> anyhow::Result<(&'static str, &'static str, &'static str)> {
+        use crate::lab::Component::*;
+        Ok(match c {
+            SpireServer => ("spire-system", "statefulset/spire-server", "spire-server"),
+            Postgres => (NAMESPACE, "statefulset/postgres", "postgres"),
+            // The backend's Envoy cannot stop alone: its whole pod (Envoy, backend, helper) does.
+            EnvoyBackend | Backend => (NAMESPACE, "deployment/backend", "backend"),
+            other => bail!("stopping {} alone is not possible on kind", other.name()),
+        })
+    }
+
+    fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.run(&[
+            "-n",
+            "spire-system",
+            "exec",
+            "spire-server-0",
+            "-c",
+            "spire-server",
+            "--",
+            "/opt/spire/bin/spire-server",
+            "entry",
+            "show",
+            "-spiffeID",
+            spiffe_id,
+            "-output",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+impl Drop for KindLab {
+    fn drop(&mut self) {
+        for f in &mut self.forwards {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+    }
+}
+
+impl crate::lab::Lab for KindLab {
+    fn runtime(&self) -> &'static str {
+        "kind"
+    }
+
+    fn frontend_url(&self) -> String {
+        "http://localhost:8080".into()
+    }
+
+    fn envoy_admin_url(&self, backend: bool) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            if backend {
+                FWD_BACKEND_ADMIN
+            } else {
+                FWD_FRONTEND_ADMIN
+            }
+        )
+    }
+
+    fn stop(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        let (ns, target, _) = Self::scaled(c)?;
+        self.run(&["-n", ns, "scale", target, "--replicas=0"])?;
+        let app = target.split('/').nth(1).unwrap_or_default();
+        self.run(&[
+            "-n",
+            ns,
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=120s",
+        ])?;
+        Ok(())
+    }
+
+    fn start(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        let (ns, target, _) = Self::scaled(c)?;
+        self.run(&["-n", ns, "scale", target, "--replicas=1"])?;
+        self.run(&["-n", ns, "rollout", "status", target, "--timeout=180s"])?;
+        self.forward()
+    }
+
+    fn instance(&self, c: crate::lab::Component) -> Option<String> {
+        let (ns, target, container) = workload(c);
+        let app = target.split('/').nth(1)?;
+        let path = format!(
+            "jsonpath={{.items[0].metadata.uid}}/{{.items[0].status.containerStatuses[?(@.name==\"{container}\")].restartCount}}"
+        );
+        self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            &path,
+        ])
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    }
+
+    fn set_policy(&mut self, p: crate::lab::Policy) -> anyhow::Result<()> {
+        let file = match p {
+            crate::lab::Policy::AllowFrontend => "rbac.yaml",
+            crate::lab::Policy::Deny => "rbac-deny.yaml",
+        };
+        let from = format!(
+            "--from-file=rbac.yaml={}",
+            crate::project_root()
+                .join("manifests/backend/config")
+                .join(file)
+                .display()
+        );
+        let yaml = self.run(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "configmap",
+            "backend-rbac",
+            &from,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])?;
+        let mut apply = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(
+            &mut apply.stdin.take().context("no stdin")?,
+            yaml.as_bytes(),
+        )?;
+        anyhow::ensure!(
+            apply.wait()?.success(),
+            "kubectl apply of the RBAC policy failed"
+        );
+        Ok(())
+    }
+
+    fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()> {
+        let ttl = ttl.unwrap_or(0).to_string();
+        for e in registrations() {
+            for id in self.entry_ids(&e.spiffe_id)? {
+                let mut args = vec![
+                    "-n",
+                    "spire-system",
+                    "exec",
+                    "spire-server-0",
+                    "-c",
+                    "spire-server",
+                    "--",
+                    "/opt/spire/bin/spire-server",
+                    "entry",
+                    "update",
+                    "-entryID",
+                    &id,
+                    "-parentID",
+                    CLUSTER_ALIAS,
+                    "-spiffeID",
+                    &e.spiffe_id,
+                    "-x509SVIDTTL",
+                    &ttl,
+                ];
+                for s in &e.selectors {
+                    args.extend(["-selector", s]);
+                }
+                if let Some(d) = e.dns {
+                    args.extend(["-dns", d]);
+                }
+                self.run(&args)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&self, c: crate::lab::Component) -> anyhow::Result<String> {
+        let (ns, target, container) = workload(c);
+        self.run(&["-n", ns, "logs", target, "-c", container, "--tail", "-1"])
+    }
+
+    fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
+        let pem = self.run(&[
+            "-n",
+            "spire-system",
+            "exec",
+            "spire-server-0",
+            "-c",
+            "spire-server",
+            "--",
+            "/opt/spire/bin/spire-server",
+            "bundle",
+            "show",
+        ])?;
+        Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
+    }
+
+    fn holdings(&self) -> Vec<anyhow::Result<crate::lab::Holding>> {
+        use crate::lab::Holding;
+        let envoy = |holder: &'static str, backend: bool| -> anyhow::Result<Holding> {
+            let c = crate::probe::envoy_cert(&self.envoy_admin_url(backend))?;
+            Ok(Holding {
+                holder,
+                spiffe_id: c.spiffe_id,
+                serial: c.serial,
+                seconds_left: c
+                    .expiration
+                    .as_deref()
+                    .and_then(crate::scenario::rfc3339_left),
+            })
+        };
+        // The backend's files live in its pod: its own /api/identity, through the frontend.
+        let files = || -> anyhow::Result<Holding> {
+            let (_, body) = crate::probe::get(&format!("{}/api/identity", self.frontend_url()))?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let h = v["holders"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter().find(|h| {
+                        h["holder"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("backend"))
+                    })
+                })
+                .cloned()
+                .context("no backend in the identity panel")?;
+            Ok(Holding {
+                holder: "backend files",
+                spiffe_id: h["spiffe_id"].as_str().map(str::to_owned),
+                serial: h["serial"]
+                    .as_str()
+                    .context("the backend's serial is unknown")?
+                    .to_owned(),
+                seconds_left: h["seconds_left"].as_i64(),
+            })
+        };
+        let postgres = || -> anyhow::Result<Holding> {
+            let chain = crate::probe::server_chain(&format!("127.0.0.1:{FWD_POSTGRES}"), true)?;
+            Ok(Holding {
+                holder: "PostgreSQL server cert",
+                spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
+                serial: crate::probe::serial(&chain[0]),
+                seconds_left: Some(svid::unix_time(chain[0].not_after()) - crate::local::now()),
+            })
+        };
+        vec![
+            envoy("frontend Envoy", false),
+            envoy("backend Envoy", true),
+            files(),
+            postgres(),
+        ]
+    }
+
+    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
+        vec![
+            (
+                "backend Envoy (served on its mTLS listener)",
+                crate::probe::server_chain(&format!("127.0.0.1:{FWD_BACKEND_MTLS}"), false),
+            ),
+            (
+                "PostgreSQL (served to TLS clients)",
+                crate::probe::server_chain(&format!("127.0.0.1:{FWD_POSTGRES}"), true),
+            ),
+        ]
+    }
+
+    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, body) =
+            crate::probe::get(&format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/readyz"))?;
+        Ok((status, serde_json::from_str(&body)?))
+    }
+
+    fn backend_envoy_addr(&self) -> String {
+        format!("127.0.0.1:{FWD_BACKEND_MTLS}")
+    }
+
+    fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
+        not_yet("scenario unregistered")
+    }
+
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf> {
+        not_yet("scenario unregistered")
+    }
+
+    fn remove_rogue(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn query_postgres_with(&self, _dir: &std::path::Path) -> anyhow::Result<String> {
+        not_yet("scenario unregistered")
+    }
+
+    fn cannot_run(&self, scenario: &str) -> Option<&'static str> {
+        match scenario {
+            "unregistered" => {
+                Some("needs a rogue pod with the SPIRE agent CLI; not written for kind yet")
+            }
+            "helper-down" => Some("a native sidecar cannot be stopped alone on Kubernetes"),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,7 +945,7 @@ mod tests {
     #[test]
     fn up_dry_run_plan_is_complete_and_ordered() {
         let pins = Pins::load(&crate::project_root()).unwrap();
-        let plan = plan(&pins, ImageBuild::Nix);
+        let plan = plan(&pins, ImageBuild::Nix, &Target::Kind);
         let lines: Vec<String> = plan.iter().map(|s| s.to_string()).collect();
         let at = |needle: &str| {
             lines
@@ -526,7 +1000,7 @@ mod tests {
         );
 
         // Without Nix, the same images come from the Dockerfile, whose bases are pinned.
-        let docker = super::plan(&pins, ImageBuild::Dockerfile);
+        let docker = super::plan(&pins, ImageBuild::Dockerfile, &Target::Kind);
         let built: Vec<String> = docker
             .iter()
             .map(|s| s.to_string())
@@ -548,5 +1022,43 @@ mod tests {
             "{froms:?}"
         );
         assert_eq!(docker.len(), plan.len());
+
+        // An existing cluster: no kind, the services pushed to the registry and set on the pods.
+        let target = Target::Existing {
+            context: "prod-eu".into(),
+            registry: "registry.example.com/lab".into(),
+        };
+        let existing: Vec<String> = super::plan(&pins, ImageBuild::Nix, &target)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(
+            existing.iter().all(|l| !l.starts_with("kind ")),
+            "{existing:?}"
+        );
+        assert!(
+            existing.contains(&"docker push registry.example.com/lab/frontend:0.1.0".to_owned()),
+            "{existing:?}"
+        );
+        assert!(
+            existing
+                .iter()
+                .filter(|l| l.starts_with("kubectl"))
+                .all(|l| l.starts_with("kubectl --context prod-eu"))
+        );
+        let set = existing
+            .iter()
+            .position(|l| {
+                l.contains(
+                    "set image deployment/backend backend=registry.example.com/lab/backend:0.1.0",
+                )
+            })
+            .unwrap();
+        assert!(
+            set > existing
+                .iter()
+                .position(|l| l.contains("apply -k manifests"))
+                .unwrap()
+        );
     }
 }

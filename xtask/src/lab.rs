@@ -79,6 +79,12 @@ pub struct Up {
     /// Print the plan of commands (kind runtime) without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Deploy to this existing cluster (a kubeconfig context) instead of kind; needs --registry.
+    #[arg(long, requires = "registry")]
+    pub context: Option<String>,
+    /// Where to push the services' images for --context, e.g. registry.example.com/lab.
+    #[arg(long, requires = "context")]
+    pub registry: Option<String>,
     /// The benchmark's plaintext baseline instead of the lab (for debugging `cargo xtask bench`).
     #[arg(long, hide = true)]
     pub bench_plaintext: bool,
@@ -86,7 +92,13 @@ pub struct Up {
 
 impl Up {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        match self.runtime.resolve(sh)? {
+        // An existing cluster is the Kubernetes path whatever this machine runs.
+        let runtime = if self.context.is_some() {
+            Runtime::Kind
+        } else {
+            self.runtime.resolve(sh)?
+        };
+        match runtime {
             Runtime::Local if self.bench_plaintext => {
                 local::up_profile(sh, self.port_offset, local::Profile::Plaintext).map(|_| ())
             }
@@ -96,7 +108,15 @@ impl Up {
                 )
             }
             Runtime::Local => local::up(sh, self.port_offset).map(|_| ()),
-            Runtime::Kind => crate::kind::up(sh, self.dry_run),
+            Runtime::Kind => {
+                let target = match (self.context, self.registry) {
+                    (Some(context), Some(registry)) => {
+                        crate::kind::Target::Existing { context, registry }
+                    }
+                    _ => crate::kind::Target::Kind,
+                };
+                crate::kind::up(sh, self.dry_run, target)
+            }
         }
     }
 }
@@ -261,4 +281,8 @@ pub trait Lab {
     fn remove_rogue(&mut self) -> anyhow::Result<()>;
     /// Connects to PostgreSQL as user `backend` with the certificate in `dir` and reads orders.
     fn query_postgres_with(&self, dir: &std::path::Path) -> anyhow::Result<String>;
+    /// Why a scenario cannot run on this runtime, if it cannot.
+    fn cannot_run(&self, _scenario: &str) -> Option<&'static str> {
+        None
+    }
 }

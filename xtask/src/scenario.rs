@@ -50,6 +50,8 @@ pub struct Report {
     pub evidence: Vec<String>,
     pub figures: BTreeMap<String, Value>,
     pub failure: Option<String>,
+    /// Why the scenario cannot run on this runtime (never on the local runtime).
+    pub skipped: Option<String>,
 }
 
 impl Report {
@@ -82,7 +84,7 @@ impl Scenario {
         };
         let mut lab: Box<dyn Lab> = match self.runtime.resolve(sh)? {
             Runtime::Local => Box::new(LocalLab::open()?),
-            Runtime::Kind => return crate::kind::not_yet("scenario"),
+            Runtime::Kind => Box::new(crate::kind::KindLab::open(sh)?),
         };
         let reports = run_all(lab.as_mut(), &names, self.ttl);
         if names.len() > 1 {
@@ -101,12 +103,12 @@ impl Scenario {
 pub fn print_summary(reports: &[Report]) {
     println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
     for r in reports {
-        println!(
-            "{:<15} {:<6} {:>9.1}",
-            r.name,
-            if r.passed { "PASS" } else { "FAIL" },
-            r.seconds
-        );
+        let result = match (r.passed, &r.skipped) {
+            (true, _) => "PASS",
+            (false, Some(_)) => "SKIP",
+            (false, None) => "FAIL",
+        };
+        println!("{:<15} {:<6} {:>9.1}", r.name, result, r.seconds);
     }
     let total: f64 = reports.iter().map(|r| r.seconds).sum();
     println!("{:<15} {:<6} {:>9.1}", "total", "", total);
@@ -116,14 +118,19 @@ pub fn print_summary(reports: &[Report]) {
 pub fn verdict(reports: &[Report]) -> anyhow::Result<()> {
     let failed: Vec<&str> = reports
         .iter()
-        .filter(|r| !r.passed)
+        .filter(|r| !r.passed && r.skipped.is_none())
         .map(|r| r.name.as_str())
         .collect();
-    println!(
-        "scenarios: {} passed, {} failed",
-        reports.len() - failed.len(),
-        failed.len()
-    );
+    let skipped = reports.iter().filter(|r| r.skipped.is_some()).count();
+    let passed = reports.len() - failed.len() - skipped;
+    if skipped == 0 {
+        println!("scenarios: {passed} passed, {} failed", failed.len());
+    } else {
+        println!(
+            "scenarios: {passed} passed, {} failed, {skipped} skipped",
+            failed.len()
+        );
+    }
     if !failed.is_empty() {
         bail!("scenario(s) failed: {}", failed.join(", "));
     }
@@ -138,6 +145,12 @@ pub fn run_all(lab: &mut dyn Lab, names: &[&str], ttl: u32) -> Vec<Report> {
             name: (*name).into(),
             ..Report::default()
         };
+        if let Some(why) = lab.cannot_run(name) {
+            println!("SKIP {name}: {why}");
+            report.skipped = Some(why.into());
+            reports.push(report);
+            continue;
+        }
         let started = Instant::now();
         let result = match *name {
             "happy" => happy(lab, &mut report),
