@@ -46,6 +46,8 @@ pub struct Step {
     pub argv: Vec<String>,
     /// Run only when the cluster does not exist yet.
     pub only_if_new_cluster: bool,
+    /// Failure messages that mean the step was done by an earlier `up`.
+    pub already_done: &'static [&'static str],
 }
 
 impl fmt::Display for Step {
@@ -70,6 +72,7 @@ fn step(what: &str, argv: &[&str]) -> Step {
         what: what.into(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
         only_if_new_cluster: false,
+        already_done: &[],
     }
 }
 
@@ -194,10 +197,13 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         "namespaces first (the Secret below lives in demo)",
         &["apply", "-f", "manifests/namespaces.yaml"],
     ));
-    plan.push(kubectl(
-        "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
-        &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, "--from-literal=password=<random>"],
-    ));
+    plan.push(Step {
+        already_done: &["AlreadyExists"],
+        ..kubectl(
+            "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
+            &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, "--from-literal=password=<random>"],
+        )
+    });
     plan.push(kubectl(
         "apply the manifests",
         &["apply", "-k", "manifests"],
@@ -253,10 +259,11 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         "-selector",
         "k8s_psat:cluster:spire-demo",
     ]);
-    plan.push(kubectl(
-        "register the cluster's agents under one alias",
-        &alias,
-    ));
+    const REGISTERED: &[&str] = &["AlreadyExists", "similar entry already exists"];
+    plan.push(Step {
+        already_done: REGISTERED,
+        ..kubectl("register the cluster's agents under one alias", &alias)
+    });
     for e in registrations() {
         let mut args: Vec<&str> = server.to_vec();
         args.extend(["-parentID", CLUSTER_ALIAS, "-spiffeID", &e.spiffe_id]);
@@ -266,7 +273,10 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         if let Some(d) = e.dns {
             args.extend(["-dns", d]);
         }
-        plan.push(kubectl(&format!("register {}", e.spiffe_id), &args));
+        plan.push(Step {
+            already_done: REGISTERED,
+            ..kubectl(&format!("register {}", e.spiffe_id), &args)
+        });
     }
     for (kind, name) in [
         ("statefulset", "postgres"),
@@ -477,22 +487,7 @@ fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    if argv.iter().any(|a| a == "secret") {
-        // Created once; a second `up` keeps it.
-        let out = sh
-            .cmd(&argv[0])
-            .args(&argv[1..])
-            .quiet()
-            .ignore_status()
-            .output()?;
-        let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::ensure!(
-            out.status.success() || err.contains("AlreadyExists"),
-            "{err}"
-        );
-        return Ok(());
-    }
-    if argv.iter().any(|a| a == "entry") {
+    if !s.already_done.is_empty() {
         let out = sh
             .cmd(&argv[0])
             .args(&argv[1..])
@@ -505,10 +500,9 @@ fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
         anyhow::ensure!(
-            out.status.success()
-                || text.contains("AlreadyExists")
-                || text.contains("similar entry already exists"),
-            "{text}"
+            out.status.success() || s.already_done.iter().any(|m| text.contains(m)),
+            "{}",
+            text.trim()
         );
         return Ok(());
     }
@@ -832,18 +826,6 @@ impl crate::lab::Lab for KindLab {
 
     fn holdings(&self) -> Vec<anyhow::Result<crate::lab::Holding>> {
         use crate::lab::Holding;
-        let envoy = |holder: &'static str, backend: bool| -> anyhow::Result<Holding> {
-            let c = crate::probe::envoy_cert(&self.envoy_admin_url(backend))?;
-            Ok(Holding {
-                holder,
-                spiffe_id: c.spiffe_id,
-                serial: c.serial,
-                seconds_left: c
-                    .expiration
-                    .as_deref()
-                    .and_then(crate::scenario::rfc3339_left),
-            })
-        };
         // The backend's files live in its pod: its own /api/identity, through the frontend.
         let files = || -> anyhow::Result<Holding> {
             let (_, body) = crate::probe::get(&format!("{}/api/identity", self.frontend_url()))?;
@@ -869,20 +851,11 @@ impl crate::lab::Lab for KindLab {
                 seconds_left: h["seconds_left"].as_i64(),
             })
         };
-        let postgres = || -> anyhow::Result<Holding> {
-            let chain = crate::probe::server_chain(&format!("127.0.0.1:{FWD_POSTGRES}"), true)?;
-            Ok(Holding {
-                holder: "PostgreSQL server cert",
-                spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
-                serial: crate::probe::serial(&chain[0]),
-                seconds_left: Some(svid::unix_time(chain[0].not_after()) - crate::local::now()),
-            })
-        };
         vec![
-            envoy("frontend Envoy", false),
-            envoy("backend Envoy", true),
+            Holding::of_envoy("frontend Envoy", &self.envoy_admin_url(false)),
+            Holding::of_envoy("backend Envoy", &self.envoy_admin_url(true)),
             files(),
-            postgres(),
+            Holding::of_postgres(&format!("127.0.0.1:{FWD_POSTGRES}")),
         ]
     }
 

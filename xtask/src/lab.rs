@@ -249,6 +249,35 @@ pub struct Holding {
     pub seconds_left: Option<i64>,
 }
 
+impl Holding {
+    /// The leaf an Envoy holds, from its admin `/certs`.
+    pub fn of_envoy(holder: &'static str, admin: &str) -> anyhow::Result<Holding> {
+        use anyhow::Context;
+        let c = crate::probe::envoy_cert(admin).context(holder)?;
+        Ok(Holding {
+            holder,
+            spiffe_id: c.spiffe_id,
+            serial: c.serial,
+            seconds_left: c
+                .expiration
+                .as_deref()
+                .and_then(crate::scenario::rfc3339_left),
+        })
+    }
+
+    /// The certificate PostgreSQL really presents at `addr` (host:port).
+    pub fn of_postgres(addr: &str) -> anyhow::Result<Holding> {
+        use anyhow::Context;
+        let chain = crate::probe::server_chain(addr, true).context("PostgreSQL server")?;
+        Ok(Holding {
+            holder: "PostgreSQL server cert",
+            spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
+            serial: crate::probe::serial(&chain[0]),
+            seconds_left: Some(svid::unix_time(chain[0].not_after()) - crate::local::now()),
+        })
+    }
+}
+
 /// What a scenario may do to a running lab, on either runtime.
 pub trait Lab {
     fn runtime(&self) -> &'static str;

@@ -1141,18 +1141,6 @@ impl Lab for LocalLab {
     }
 
     fn holdings(&self) -> Vec<anyhow::Result<Holding>> {
-        let envoy = |holder: &'static str, backend: bool| -> anyhow::Result<Holding> {
-            let c = probe::envoy_cert(&self.envoy_admin_url(backend)).with_context(|| holder)?;
-            Ok(Holding {
-                holder,
-                spiffe_id: c.spiffe_id,
-                serial: c.serial,
-                seconds_left: c
-                    .expiration
-                    .as_deref()
-                    .and_then(crate::scenario::rfc3339_left),
-            })
-        };
         let files = || -> anyhow::Result<Holding> {
             let s = svid::SvidFiles::in_dir(self.layout().certs("backend"))
                 .load()
@@ -1164,21 +1152,11 @@ impl Lab for LocalLab {
                 serial: s.serial,
             })
         };
-        let postgres = || -> anyhow::Result<Holding> {
-            let chain = probe::server_chain(&format!("127.0.0.1:{}", self.ports().postgres), true)
-                .context("PostgreSQL server")?;
-            Ok(Holding {
-                holder: "PostgreSQL server cert",
-                spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
-                serial: probe::serial(&chain[0]),
-                seconds_left: Some(svid::unix_time(chain[0].not_after()) - now()),
-            })
-        };
         vec![
-            envoy("frontend Envoy", false),
-            envoy("backend Envoy", true),
+            Holding::of_envoy("frontend Envoy", &self.envoy_admin_url(false)),
+            Holding::of_envoy("backend Envoy", &self.envoy_admin_url(true)),
             files(),
-            postgres(),
+            Holding::of_postgres(&format!("127.0.0.1:{}", self.ports().postgres)),
         ]
     }
 
