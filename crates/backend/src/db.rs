@@ -49,6 +49,8 @@ impl DbError {
 pub struct PeerCert {
     pub spiffe_id: Option<String>,
     pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -129,6 +131,7 @@ impl Manager {
                     .ok()
                     .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
                     .unwrap_or_default(),
+                not_after: svid::unix_time(cert.not_after()),
             });
             if !chain_ok {
                 seen.chain_error = Some(ctx.error().to_string());

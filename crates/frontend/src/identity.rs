@@ -117,7 +117,7 @@ pub fn backend_holders(identity: Result<Value, String>) -> Vec<CertHolder> {
             holder: POSTGRES.into(),
             spiffe_id: db["spiffe_id"].as_str().map(Into::into),
             serial: db["serial"].as_str().map(Into::into),
-            seconds_left: None,
+            seconds_left: db["not_after"].as_i64().map(|t| t - now()),
             note: None,
         }
     } else {
@@ -175,6 +175,16 @@ mod tests {
         let hs = backend_holders(Err("down".into()));
         assert_eq!(hs.len(), 2);
         assert!(hs.iter().all(|h| h.spiffe_id.is_none() && h.note.is_some()));
+        let hs = backend_holders(Ok(json!({
+            "svid": {"spiffe_id": "spiffe://example.org/ns/demo/sa/backend", "serial": "AB", "seconds_left": 30},
+            "db_server": {"spiffe_id": "spiffe://example.org/ns/demo/sa/postgres", "serial": "CD", "not_after": now() + 60}
+        })));
+        assert_eq!(hs[0].seconds_left, Some(30));
+        assert!(
+            hs[1].seconds_left.is_some_and(|s| (55..=60).contains(&s)),
+            "{:?}",
+            hs[1]
+        );
         let empty = frontend_envoy(Ok(json!({"certificates": []})));
         assert!(empty.note.unwrap().contains("no certificate"));
     }
