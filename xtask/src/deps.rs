@@ -65,11 +65,7 @@ fn is_root() -> bool {
 /// Everything a program prints about its version, stdout and stderr together.
 fn version_of(program: &Path, flag: &str) -> Option<String> {
     let out = Command::new(program).arg(flag).output().ok()?;
-    Some(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    Some(crate::procs::printed(&out))
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {

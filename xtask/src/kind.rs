@@ -239,18 +239,7 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
             ],
         ));
     }
-    let server = [
-        "-n",
-        "spire-system",
-        "exec",
-        "spire-server-0",
-        "-c",
-        "spire-server",
-        "--",
-        "/opt/spire/bin/spire-server",
-        "entry",
-        "create",
-    ];
+    let server = server_cli(&["entry", "create"]);
     let mut alias = server.to_vec();
     alias.extend([
         "-node",
@@ -494,11 +483,7 @@ fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
             .quiet()
             .ignore_status()
             .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::procs::printed(&out);
         anyhow::ensure!(
             out.status.success() || s.already_done.iter().any(|m| text.contains(m)),
             "{}",
@@ -514,6 +499,27 @@ fn random_password() -> String {
     let mut bytes = [0u8; 24];
     openssl::rand::rand_bytes(&mut bytes).expect("random bytes");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `kubectl` arguments that run the SPIRE server's CLI inside its pod.
+const SERVER_CLI: [&str; 8] = [
+    "-n",
+    "spire-system",
+    "exec",
+    "spire-server-0",
+    "-c",
+    "spire-server",
+    "--",
+    "/opt/spire/bin/spire-server",
+];
+
+/// `kubectl` arguments for `spire-server ARGS…` in its pod.
+fn server_cli<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    SERVER_CLI
+        .iter()
+        .copied()
+        .chain(args.iter().copied())
+        .collect()
 }
 
 /// Local ports where `kubectl port-forward` exposes what scenarios look at inside the pods.
@@ -629,22 +635,14 @@ impl KindLab {
     }
 
     fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
-        let out = self.run(&[
-            "-n",
-            "spire-system",
-            "exec",
-            "spire-server-0",
-            "-c",
-            "spire-server",
-            "--",
-            "/opt/spire/bin/spire-server",
+        let out = self.run(&server_cli(&[
             "entry",
             "show",
             "-spiffeID",
             spiffe_id,
             "-output",
             "json",
-        ])?;
+        ]))?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v["entries"]
             .as_array()
@@ -771,17 +769,8 @@ impl crate::lab::Lab for KindLab {
         let ttl = ttl.unwrap_or(0).to_string();
         for e in registrations() {
             for id in self.entry_ids(&e.spiffe_id)? {
-                let mut args = vec![
-                    "-n",
-                    "spire-system",
-                    "exec",
-                    "spire-server-0",
-                    "-c",
-                    "spire-server",
-                    "--",
-                    "/opt/spire/bin/spire-server",
-                    "entry",
-                    "update",
+                let mut args = server_cli(&["entry", "update"]);
+                args.extend([
                     "-entryID",
                     &id,
                     "-parentID",
@@ -790,7 +779,7 @@ impl crate::lab::Lab for KindLab {
                     &e.spiffe_id,
                     "-x509SVIDTTL",
                     &ttl,
-                ];
+                ]);
                 for s in &e.selectors {
                     args.extend(["-selector", s]);
                 }
@@ -809,18 +798,7 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
-        let pem = self.run(&[
-            "-n",
-            "spire-system",
-            "exec",
-            "spire-server-0",
-            "-c",
-            "spire-server",
-            "--",
-            "/opt/spire/bin/spire-server",
-            "bundle",
-            "show",
-        ])?;
+        let pem = self.run(&server_cli(&["bundle", "show"]))?;
         Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
     }
 

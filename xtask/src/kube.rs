@@ -306,11 +306,7 @@ pub fn validate_envoy_as_mounted(
     .ignore_status()
     .output()?;
     let _ = std::fs::remove_dir_all(&dir);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::procs::printed(&out);
     if !out.status.success() {
         bail!("envoy --mode validate failed:\n{text}");
     }

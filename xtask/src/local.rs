@@ -1200,11 +1200,7 @@ impl Lab for LocalLab {
             .quiet()
             .ignore_status()
             .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::procs::printed(&out);
         if out.status.success() {
             Ok(text)
         } else {

@@ -158,3 +158,12 @@ pub fn tree_memory_kib(pid: u32) -> Option<u64> {
     }
     (total > 0).then_some(total)
 }
+
+/// What a finished command printed, stdout then stderr, as text.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

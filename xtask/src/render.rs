@@ -681,11 +681,7 @@ mod tests {
             .args(args)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::procs::printed(&out);
         assert!(
             out.status.success(),
             "{} {args:?} failed:\n{text}",
