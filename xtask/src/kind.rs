@@ -31,12 +31,32 @@ pub fn registrations() -> Vec<KindEntry> {
         ("postgres", Some("postgres")),
     ]
     .into_iter()
-    .map(|(sa, dns)| KindEntry {
-        spiffe_id: crate::local::workload_id(sa),
-        selectors: vec![format!("k8s:ns:{NAMESPACE}"), format!("k8s:sa:{sa}")],
-        dns,
-    })
+    .map(|(sa, dns)| KindEntry::of_account(sa, dns))
     .collect()
+}
+
+impl KindEntry {
+    /// The entry of a service account in the demo namespace.
+    pub fn of_account(sa: &str, dns: Option<&'static str>) -> KindEntry {
+        KindEntry {
+            spiffe_id: crate::local::workload_id(sa),
+            selectors: vec![format!("k8s:ns:{NAMESPACE}"), format!("k8s:sa:{sa}")],
+            dns,
+        }
+    }
+
+    /// What `spire-server entry create` / `entry update` are told about it: below the
+    /// cluster's alias, its SPIFFE ID, selectors and DNS name.
+    fn args(&self) -> Vec<&str> {
+        let mut args = vec!["-parentID", CLUSTER_ALIAS, "-spiffeID", &self.spiffe_id];
+        for s in &self.selectors {
+            args.extend(["-selector", s]);
+        }
+        if let Some(d) = self.dns {
+            args.extend(["-dns", d]);
+        }
+        args
+    }
 }
 
 /// One step of the plan: what it does, and the command.
@@ -255,13 +275,7 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
     });
     for e in registrations() {
         let mut args: Vec<&str> = server.to_vec();
-        args.extend(["-parentID", CLUSTER_ALIAS, "-spiffeID", &e.spiffe_id]);
-        for s in &e.selectors {
-            args.extend(["-selector", s]);
-        }
-        if let Some(d) = e.dns {
-            args.extend(["-dns", d]);
-        }
+        args.extend(e.args());
         plan.push(Step {
             already_done: REGISTERED,
             ..kubectl(&format!("register {}", e.spiffe_id), &args)
@@ -439,13 +453,6 @@ pub fn logs(sh: &Shell, c: crate::lab::Component, lines: usize) -> anyhow::Resul
     Ok(())
 }
 
-/// What the kind runtime does not do yet, said plainly.
-pub fn not_yet<T>(what: &str) -> anyhow::Result<T> {
-    bail!(
-        "`cargo xtask {what}` does not work on the kind runtime yet (up, down, status and logs do); use kubectl --context kind-spire-demo, or run the lab with --local"
-    )
-}
-
 fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
     let argv: Vec<String> = s
         .argv
@@ -529,10 +536,23 @@ const FWD_BACKEND_MTLS: u16 = 18443;
 const FWD_BACKEND_HEALTH: u16 = 19091;
 const FWD_POSTGRES: u16 = 15433;
 
+/// The rogue of the `unregistered` scenario: a pod with service account `rogue`.
+const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
+
+/// A process the scenario froze with SIGSTOP: the kind node (a container) and its pid there.
+struct Frozen {
+    component: crate::lab::Component,
+    node: String,
+    pid: String,
+}
+
 /// The running lab on kind, for scenarios: kubectl for changes, port-forwards for looking.
 pub struct KindLab {
     ctx: String,
     forwards: Vec<std::process::Child>,
+    /// Where the rogue's SVID was copied out of its pod.
+    rogue_dir: Option<std::path::PathBuf>,
+    frozen: Vec<Frozen>,
 }
 
 impl KindLab {
@@ -549,6 +569,8 @@ impl KindLab {
         let mut lab = KindLab {
             ctx,
             forwards: Vec::new(),
+            rogue_dir: None,
+            frozen: Vec::new(),
         };
         lab.forward()?;
         Ok(lab)
@@ -634,6 +656,116 @@ impl KindLab {
         })
     }
 
+    /// A spiffe-helper (a native sidecar) cannot be stopped alone by Kubernetes, and SIGSTOP
+    /// from inside its pod would not reach it (it is PID 1 of its PID namespace). The kind node
+    /// is a container holding every pod's processes: SIGSTOP from there freezes the helper and
+    /// nothing else, and SIGCONT resumes it.
+    fn freeze(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        let (ns, target, container) = workload(c);
+        let app = target.split('/').nth(1).unwrap_or_default();
+        let out = self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let pod = &v["items"][0];
+        let node = pod["spec"]["nodeName"]
+            .as_str()
+            .with_context(|| format!("no {app} pod is scheduled"))?
+            .to_owned();
+        let id = pod["status"]["initContainerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == container)
+            .and_then(|s| s["containerID"].as_str())
+            .and_then(|id| id.split_once("://").map(|(_, id)| id.to_owned()))
+            .with_context(|| format!("{app}'s {container} has no running container"))?;
+        let pid = docker_exec(
+            &node,
+            &[
+                "crictl",
+                "inspect",
+                "--output",
+                "go-template",
+                "--template",
+                "{{.info.pid}}",
+                &id,
+            ],
+        )
+        .with_context(|| format!("finding {app}'s {container} on the kind node {node}"))?;
+        let pid = pid.trim().to_owned();
+        anyhow::ensure!(
+            pid.parse::<u32>().is_ok_and(|p| p > 1),
+            "crictl gave no pid for {container}: {pid:?}"
+        );
+        signal(&node, &pid, "STOP")?;
+        println!("      froze {app}'s {container} (pid {pid} on {node})");
+        self.frozen.push(Frozen {
+            component: c,
+            node,
+            pid,
+        });
+        Ok(())
+    }
+
+    fn thaw(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        for f in self.frozen.iter().filter(|f| f.component == c) {
+            signal(&f.node, &f.pid, "CONT")?;
+        }
+        self.frozen.retain(|f| f.component != c);
+        Ok(())
+    }
+
+    /// The rogue pod now: the agent's refusal if its fetch failed at least once, and whether
+    /// it holds an SVID (its client container runs).
+    fn rogue_state(&self) -> anyhow::Result<(Option<String>, bool)> {
+        let out = self.run(&["-n", NAMESPACE, "get", "pod", "rogue", "-o", "json"])?;
+        let pod: serde_json::Value = serde_json::from_str(&out)?;
+        let fetch = &pod["status"]["initContainerStatuses"][0];
+        let refusal = [
+            &fetch["state"]["terminated"],
+            &fetch["lastState"]["terminated"],
+        ]
+        .into_iter()
+        .find(|t| t["exitCode"].as_i64().is_some_and(|c| c != 0))
+        .map(|t| {
+            t["message"]
+                .as_str()
+                .unwrap_or("the fetch failed without a message")
+                .trim()
+                .to_owned()
+        });
+        let holds = pod["status"]["containerStatuses"][0]["ready"] == true;
+        Ok((refusal, holds))
+    }
+
+    fn apply_rogue(&self) -> anyhow::Result<()> {
+        let manifest = crate::project_root().join(ROGUE_MANIFEST);
+        self.run(&["apply", "-f", &manifest.display().to_string()])?;
+        Ok(())
+    }
+
+    fn delete_rogue_pod(&self) -> anyhow::Result<()> {
+        self.run(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "pod",
+            "rogue",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])?;
+        Ok(())
+    }
+
     fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
         let out = self.run(&server_cli(&[
             "entry",
@@ -653,8 +785,37 @@ impl KindLab {
     }
 }
 
+/// Runs a command inside a kind node (a Docker container) and returns what it printed.
+fn docker_exec(node: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(["exec", node])
+        .args(argv)
+        .output()
+        .context("docker exec")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker exec {node} {}: {}",
+        argv.join(" "),
+        crate::procs::printed(&out).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sends SIG`sig` to a process of a kind node, from the node's own PID namespace.
+fn signal(node: &str, pid: &str, sig: &str) -> anyhow::Result<()> {
+    docker_exec(node, &["sh", "-c", "kill -s \"$0\" \"$1\"", sig, pid])?;
+    Ok(())
+}
+
 impl Drop for KindLab {
     fn drop(&mut self) {
+        // Never leave a frozen helper behind, whatever happened to the scenario.
+        for f in &self.frozen {
+            let _ = signal(&f.node, &f.pid, "CONT");
+        }
+        if let Some(dir) = &self.rogue_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         for f in &mut self.forwards {
             let _ = f.kill();
             let _ = f.wait();
@@ -683,6 +844,10 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn stop(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        use crate::lab::Component::{HelperBackend, HelperPostgres};
+        if matches!(c, HelperBackend | HelperPostgres) {
+            return self.freeze(c);
+        }
         let (ns, target, _) = Self::scaled(c)?;
         self.run(&["-n", ns, "scale", target, "--replicas=0"])?;
         let app = target.split('/').nth(1).unwrap_or_default();
@@ -700,6 +865,10 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn start(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        use crate::lab::Component::{HelperBackend, HelperPostgres};
+        if matches!(c, HelperBackend | HelperPostgres) {
+            return self.thaw(c);
+        }
         let (ns, target, _) = Self::scaled(c)?;
         self.run(&["-n", ns, "scale", target, "--replicas=1"])?;
         self.run(&["-n", ns, "rollout", "status", target, "--timeout=180s"])?;
@@ -707,6 +876,9 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn instance(&self, c: crate::lab::Component) -> Option<String> {
+        if self.frozen.iter().any(|f| f.component == c) {
+            return None;
+        }
         let (ns, target, container) = workload(c);
         let app = target.split('/').nth(1)?;
         let path = format!(
@@ -769,23 +941,9 @@ impl crate::lab::Lab for KindLab {
         let ttl = ttl.unwrap_or(0).to_string();
         for e in registrations() {
             for id in self.entry_ids(&e.spiffe_id)? {
-                let mut args = server_cli(&["entry", "update"]);
-                args.extend([
-                    "-entryID",
-                    &id,
-                    "-parentID",
-                    CLUSTER_ALIAS,
-                    "-spiffeID",
-                    &e.spiffe_id,
-                    "-x509SVIDTTL",
-                    &ttl,
-                ]);
-                for s in &e.selectors {
-                    args.extend(["-selector", s]);
-                }
-                if let Some(d) = e.dns {
-                    args.extend(["-dns", d]);
-                }
+                let mut args = server_cli(&["entry", "update", "-entryID", &id]);
+                args.extend(["-x509SVIDTTL", &ttl]);
+                args.extend(e.args());
                 self.run(&args)?;
             }
         }
@@ -861,29 +1019,111 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
-        not_yet("scenario unregistered")
+        self.apply_rogue()?;
+        let started = std::time::Instant::now();
+        let outcome = loop {
+            match self.rogue_state() {
+                Ok((Some(refusal), _)) => break Err(refusal),
+                Ok((None, true)) => break Ok("the rogue pod holds an SVID".to_owned()),
+                _ if started.elapsed().as_secs() > 90 => {
+                    break Err("the rogue pod neither got an SVID nor failed in 90 s".to_owned());
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        };
+        self.delete_rogue_pod()?;
+        match outcome {
+            Ok(held) => Ok(held),
+            Err(refusal) => bail!("{refusal}"),
+        }
     }
 
     fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf> {
-        not_yet("scenario unregistered")
+        let rogue = KindEntry::of_account("rogue", Some("backend"));
+        let mut args = server_cli(&["entry", "create"]);
+        args.extend(rogue.args());
+        self.run(&args)?;
+        self.apply_rogue()?;
+        // The pod retries a refused fetch until its node's agent has synced the new entry.
+        let started = std::time::Instant::now();
+        loop {
+            let (refusal, holds) = self.rogue_state()?;
+            if holds {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed().as_secs() < 90,
+                "the registered rogue got no SVID in 90 s: {}",
+                refusal.unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let dir = std::env::temp_dir().join(format!("spire-lab-rogue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)?;
+        self.rogue_dir = Some(dir.clone());
+        for (file, mode) in [
+            ("svid.0.pem", 0o644),
+            ("svid.0.key", 0o600),
+            ("bundle.0.pem", 0o644),
+        ] {
+            let pem = self.run(&[
+                "-n",
+                NAMESPACE,
+                "exec",
+                "rogue",
+                "-c",
+                "client",
+                "--",
+                "cat",
+                &format!("/rogue/{file}"),
+            ])?;
+            let mut out = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(&mut out, mode);
+            std::io::Write::write_all(
+                &mut out.write(true).create_new(true).open(dir.join(file))?,
+                pem.as_bytes(),
+            )?;
+        }
+        Ok(dir)
     }
 
     fn remove_rogue(&mut self) -> anyhow::Result<()> {
+        self.delete_rogue_pod()?;
+        self.run(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "serviceaccount",
+            "rogue",
+            "--ignore-not-found",
+        ])?;
+        for id in self.entry_ids(&crate::local::workload_id("rogue"))? {
+            self.run(&server_cli(&["entry", "delete", "-entryID", &id]))?;
+        }
+        if let Some(dir) = self.rogue_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         Ok(())
     }
 
+    /// psql inside the rogue pod, with the very files the rogue's fetch wrote there.
     fn query_postgres_with(&self, _dir: &std::path::Path) -> anyhow::Result<String> {
-        not_yet("scenario unregistered")
+        let conninfo = "host=postgres.demo.svc.cluster.local port=5432 dbname=demo user=backend sslmode=verify-ca sslcert=/rogue/svid.0.pem sslkey=/rogue/svid.0.key sslrootcert=/rogue/bundle.0.pem";
+        let out = self
+            .kubectl()
+            .args(["-n", NAMESPACE, "exec", "rogue", "-c", "client", "--"])
+            .args(["psql", conninfo, "-AtXc", "SELECT count(*) FROM orders"])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    fn cannot_run(&self, scenario: &str) -> Option<&'static str> {
-        match scenario {
-            "unregistered" => {
-                Some("needs a rogue pod with the SPIRE agent CLI; not written for kind yet")
-            }
-            "helper-down" => Some("a native sidecar cannot be stopped alone on Kubernetes"),
-            _ => None,
-        }
+    fn readiness_gates_traffic(&self) -> bool {
+        true
     }
 }
 

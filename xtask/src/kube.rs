@@ -38,12 +38,15 @@ impl ManifestsCmd {
 pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
     let pins = crate::pins::Pins::load(&crate::project_root())?;
     let tools = crate::deps::find(&pins)?;
-    let objects = render(sh, &kube.kustomize)?;
+    let mut objects = render(sh, &kube.kustomize)?;
+    let scenario = scenario_objects()?;
     println!(
-        "rendered {} objects with kustomize {}",
+        "rendered {} objects with kustomize {}, and {} the scenarios apply",
         objects.len(),
-        pins.kind.kustomize
+        pins.kind.kustomize,
+        scenario.len()
     );
+    objects.extend(scenario);
     let schemas = Schemas::load(&kube.openapi)?;
     let violations: Vec<String> = objects.iter().flat_map(|o| schemas.violations(o)).collect();
     anyhow::ensure!(
@@ -230,11 +233,45 @@ fn strict(def: &mut Value) {
     }
 }
 
+/// The pod spec of a Pod, or of a workload's pod template.
+pub fn pod_spec(o: &Value) -> Option<&Value> {
+    if o["kind"] == "Pod" {
+        Some(&o["spec"])
+    } else {
+        let spec = &o["spec"]["template"]["spec"];
+        spec.is_object().then_some(spec)
+    }
+}
+
+/// The objects scenarios apply and delete themselves (`manifests/scenarios/`), never `up`.
+pub fn scenario_objects() -> anyhow::Result<Vec<Value>> {
+    let dir = crate::project_root().join("manifests/scenarios");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.sort();
+    let mut objects = Vec::new();
+    for path in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    {
+        let yaml = std::fs::read_to_string(path)?;
+        for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+            let v = Value::deserialize(doc).with_context(|| format!("parse {}", path.display()))?;
+            if !v.is_null() {
+                objects.push(v);
+            }
+        }
+    }
+    Ok(objects)
+}
+
 /// Every container image the manifests use, with where it appears.
 pub fn images(objects: &[Value]) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for o in objects {
-        let spec = &o["spec"]["template"]["spec"];
+        let Some(spec) = pod_spec(o) else { continue };
         for list in ["initContainers", "containers"] {
             for c in spec[list].as_array().into_iter().flatten() {
                 if let Some(image) = c["image"].as_str() {
@@ -344,7 +381,12 @@ mod tests {
     fn manifests_validate_against_the_kubernetes_schemas() {
         let (_, kube, objects) = rendered();
         let schemas = Schemas::load(&kube.openapi).unwrap();
-        let violations: Vec<String> = objects.iter().flat_map(|o| schemas.violations(o)).collect();
+        let scenario = scenario_objects().unwrap();
+        let violations: Vec<String> = objects
+            .iter()
+            .chain(&scenario)
+            .flat_map(|o| schemas.violations(o))
+            .collect();
         assert!(violations.is_empty(), "{}", violations.join("\n"));
         assert!(
             objects.len() > 20,
@@ -470,13 +512,21 @@ mod tests {
             "the backend must check PostgreSQL for its ID"
         );
 
+        // The scenarios' own objects (the rogue) keep the same invariants, and no entry names
+        // the rogue until its scenario makes one.
+        let scenario = scenario_objects().unwrap();
+        assert!(
+            scenario
+                .iter()
+                .any(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "rogue"),
+            "no rogue pod in manifests/scenarios"
+        );
+        assert!(!registered.contains(&id("rogue")), "up registers the rogue");
+        let objects: Vec<Value> = objects.into_iter().chain(scenario).collect();
+
         // Every pod whose containers use the Workload API mounts it through the CSI driver.
-        for o in objects
-            .iter()
-            .filter(in_demo)
-            .filter(|o| o["spec"]["template"].is_object())
-        {
-            let spec = &o["spec"]["template"]["spec"];
+        for o in objects.iter().filter(in_demo) {
+            let Some(spec) = pod_spec(o) else { continue };
             let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
             let csi = volumes.iter().find(|v| v["name"] == "spiffe-workload-api");
             assert!(
@@ -493,7 +543,7 @@ mod tests {
                         .flatten()
                         .filter_map(|m| m["mountPath"].as_str())
                         .collect();
-                    if name == "envoy" || name == "spiffe-helper" {
+                    if ["envoy", "spiffe-helper", "fetch"].contains(&name) {
                         assert!(
                             mounts.contains(&"/spiffe-workload-api"),
                             "{} {name} cannot reach the Workload API",
@@ -525,12 +575,8 @@ mod tests {
         }
 
         // Security contexts: non-root, seccomp, no privilege escalation, no capabilities in demo.
-        for o in objects
-            .iter()
-            .filter(in_demo)
-            .filter(|o| o["spec"]["template"].is_object())
-        {
-            let spec = &o["spec"]["template"]["spec"];
+        for o in objects.iter().filter(in_demo) {
+            let Some(spec) = pod_spec(o) else { continue };
             assert_eq!(
                 spec["securityContext"]["runAsNonRoot"],
                 true,

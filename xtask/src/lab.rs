@@ -301,17 +301,20 @@ pub trait Lab {
     fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)>;
     /// host:port of the backend Envoy's mTLS listener, reachable from here.
     fn backend_envoy_addr(&self) -> String;
-    /// Asks the backend node's Workload API for an SVID from a process no entry describes.
+    /// Asks the Workload API for an SVID from a workload no entry describes (locally a process
+    /// on the backend's node, on kind a pod with service account `rogue`).
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String>;
     /// Registers `spiffe://example.org/ns/demo/sa/rogue` (DNS name `backend`, so its CN passes
     /// PostgreSQL's `cert` check) and fetches its SVID: the directory with svid.0.pem,
     /// svid.0.key and bundle.0.pem.
     fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf>;
     fn remove_rogue(&mut self) -> anyhow::Result<()>;
-    /// Connects to PostgreSQL as user `backend` with the certificate in `dir` and reads orders.
+    /// Connects to PostgreSQL as user `backend` with the rogue's certificate (`dir`, or on kind
+    /// the same files inside the rogue pod) and reads orders.
     fn query_postgres_with(&self, dir: &std::path::Path) -> anyhow::Result<String>;
-    /// Why a scenario cannot run on this runtime, if it cannot.
-    fn cannot_run(&self, _scenario: &str) -> Option<&'static str> {
-        None
+    /// Whether a pod that fails its readiness probe leaves its Service (Kubernetes), so that
+    /// callers stop reaching it at all.
+    fn readiness_gates_traffic(&self) -> bool {
+        false
     }
 }
