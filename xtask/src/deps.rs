@@ -95,6 +95,21 @@ pub struct KubeTools {
     pub kustomize: PathBuf,
     /// Kubernetes' OpenAPI v2 document (swagger.json) of the pinned release.
     pub openapi: PathBuf,
+    /// `xtask/psa` built with Go: the Pod Security admission checks of the pinned release.
+    pub psa_check: PathBuf,
+}
+
+/// Where `xtask/psa` is built: a directory named after a digest of its sources, so that an
+/// edit of the checker (or of its pinned modules) builds it again.
+fn psa_check_path() -> anyhow::Result<PathBuf> {
+    let src = crate::project_root().join("xtask/psa");
+    let mut sources = Vec::new();
+    for f in ["go.mod", "go.sum", "main.go"] {
+        sources.extend(std::fs::read(src.join(f)).with_context(|| format!("read xtask/psa/{f}"))?);
+    }
+    let digest = openssl::sha::sha256(&sources);
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    Ok(cache_dir().join(format!("psa-check-{hex}/psa-check")))
 }
 
 fn kube_paths(pins: &Pins) -> (PathBuf, PathBuf) {
@@ -123,7 +138,16 @@ pub fn find_kube(pins: &Pins) -> anyhow::Result<KubeTools> {
         "the Kubernetes {} OpenAPI document is not cached: run `cargo xtask deps`",
         pins.kind.kubernetes_openapi
     );
-    Ok(KubeTools { kustomize, openapi })
+    let psa_check = psa_check_path()?;
+    anyhow::ensure!(
+        psa_check.is_file(),
+        "the Pod Security checker (xtask/psa) is not built: run `cargo xtask deps`"
+    );
+    Ok(KubeTools {
+        kustomize,
+        openapi,
+        psa_check,
+    })
 }
 
 fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
@@ -156,6 +180,18 @@ fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
         std::fs::copy(dir.join("api/openapi-spec/swagger.json"), &openapi)?;
     }
     println!("  ok  Kubernetes {} OpenAPI", pins.kind.kubernetes_openapi);
+    let psa_check = psa_check_path()?;
+    if !psa_check.is_file() {
+        println!("building the Pod Security checker (xtask/psa) with Go…");
+        let _dir = sh.push_dir(crate::project_root().join("xtask/psa"));
+        std::fs::create_dir_all(psa_check.parent().unwrap())?;
+        let partial = psa_check.with_extension("partial");
+        cmd!(sh, "go build -trimpath -mod=readonly -o {partial} .")
+            .run()
+            .context("build xtask/psa")?;
+        std::fs::rename(&partial, &psa_check)?;
+    }
+    println!("  ok  Pod Security checker (k8s.io/pod-security-admission)");
     Ok(())
 }
 

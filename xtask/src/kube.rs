@@ -74,6 +74,22 @@ pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
         unpinned.join("\n")
     );
     println!("every image is pinned in nix/pins.json");
+    let verdicts = pod_security(&kube.psa_check, &objects)?;
+    let refused: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.allowed)
+        .map(|v| format!("{} ({}): {}", v.object, v.level, v.forbidden.join("; ")))
+        .collect();
+    anyhow::ensure!(
+        refused.is_empty(),
+        "Pod Security admission would refuse:\n{}",
+        refused.join("\n")
+    );
+    println!(
+        "all {} pods pass their namespace's Pod Security level (k8s.io/pod-security-admission {})",
+        verdicts.len(),
+        pins.kind.kubernetes_openapi
+    );
     let data = |map: &str, key: &str| -> anyhow::Result<String> {
         config_map(&objects, map)?[key]
             .as_str()
@@ -286,6 +302,89 @@ pub fn images(objects: &[Value]) -> Vec<(String, String)> {
     out
 }
 
+/// What the PodSecurity admission of the pinned release decides about one pod.
+#[derive(Debug, Deserialize)]
+pub struct PodSecurityVerdict {
+    pub object: String,
+    pub level: String,
+    pub allowed: bool,
+    pub forbidden: Vec<String>,
+}
+
+/// Runs every pod (and pod template) through the PodSecurity admission checks (`xtask/psa`, the
+/// kube-apiserver's own code) at the level its namespace enforces. A pod in a namespace without
+/// an enforce label, or in a namespace these objects do not define, is an error: its fate
+/// would depend on the cluster.
+pub fn pod_security(
+    psa_check: &Path,
+    objects: &[Value],
+) -> anyhow::Result<Vec<PodSecurityVerdict>> {
+    let mut levels = BTreeMap::new();
+    for ns in objects.iter().filter(|o| o["kind"] == "Namespace") {
+        let labels = &ns["metadata"]["labels"];
+        if let Some(level) = labels["pod-security.kubernetes.io/enforce"].as_str() {
+            let version = labels["pod-security.kubernetes.io/enforce-version"]
+                .as_str()
+                .unwrap_or("latest");
+            levels.insert(
+                ns["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                (level.to_owned(), version.to_owned()),
+            );
+        }
+    }
+    let mut requests = Vec::new();
+    for o in objects {
+        let Some(spec) = pod_spec(o) else { continue };
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or_default();
+        let (level, version) = levels.get(ns).with_context(|| {
+            format!(
+                "{}: its namespace {ns:?} sets no pod-security.kubernetes.io/enforce label here",
+                describe(o)
+            )
+        })?;
+        let metadata = if o["kind"] == "Pod" {
+            o["metadata"].clone()
+        } else {
+            o["spec"]["template"]["metadata"].clone()
+        };
+        requests.push(json!({
+            "object": describe(o),
+            "level": level,
+            "version": version,
+            "metadata": metadata,
+            "spec": spec,
+        }));
+    }
+    let mut child = std::process::Command::new(psa_check)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("run {}", psa_check.display()))?;
+    let input = serde_json::to_vec(&requests)?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &input));
+    let out = child.wait_with_output()?;
+    writer.join().expect("writer thread")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "psa-check: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let verdicts: Vec<PodSecurityVerdict> =
+        serde_json::from_slice(&out.stdout).context("psa-check printed no verdicts")?;
+    anyhow::ensure!(
+        verdicts.len() == requests.len(),
+        "psa-check answered {} of {} pods",
+        verdicts.len(),
+        requests.len()
+    );
+    Ok(verdicts)
+}
+
 /// The data of the generated ConfigMap whose name starts with `prefix` (kustomize adds a hash).
 pub fn config_map<'a>(
     objects: &'a [Value],
@@ -420,6 +519,77 @@ mod tests {
             .as_str()
             .unwrap();
         assert!(validate_envoy_as_mounted(&sh, &tools.envoy, backend, None).is_err());
+    }
+
+    /// Every pod passes the PodSecurity admission of its namespace (restricted in `demo`), as
+    /// the kube-apiserver's own checks decide; and the checks are real: a pod that joins the
+    /// host's network or may run as root is refused.
+    #[test]
+    fn pods_pass_pod_security_admission() {
+        let (_, kube, objects) = rendered();
+        let objects: Vec<Value> = objects
+            .into_iter()
+            .chain(scenario_objects().unwrap())
+            .collect();
+        let verdicts = pod_security(&kube.psa_check, &objects).unwrap();
+        let refused: Vec<_> = verdicts.iter().filter(|v| !v.allowed).collect();
+        assert!(refused.is_empty(), "{refused:#?}");
+        let in_demo: Vec<&str> = verdicts
+            .iter()
+            .filter(|v| v.level == "restricted")
+            .map(|v| v.object.as_str())
+            .collect();
+        for pod in [
+            "Deployment demo/frontend",
+            "Deployment demo/backend",
+            "StatefulSet demo/postgres",
+            "Pod demo/rogue",
+        ] {
+            assert!(
+                in_demo.contains(&pod),
+                "{pod} not checked as restricted: {in_demo:?}"
+            );
+        }
+
+        let backend = objects
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "backend")
+            .unwrap();
+        let mut host_network = backend.clone();
+        host_network["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+        let mut root = backend.clone();
+        root["spec"]["template"]["spec"]["securityContext"]
+            .as_object_mut()
+            .unwrap()
+            .remove("runAsNonRoot");
+        let namespaces = objects.iter().filter(|o| o["kind"] == "Namespace").cloned();
+        let broken: Vec<Value> = namespaces.chain([host_network, root]).collect();
+        let verdicts = pod_security(&kube.psa_check, &broken).unwrap();
+        assert_eq!(verdicts.len(), 2);
+        assert!(
+            verdicts[0]
+                .forbidden
+                .iter()
+                .any(|f| f.contains("host namespaces")),
+            "{verdicts:#?}"
+        );
+        assert!(
+            verdicts[1]
+                .forbidden
+                .iter()
+                .any(|f| f.contains("runAsNonRoot")),
+            "{verdicts:#?}"
+        );
+
+        // The checker is built from the module of the pinned Kubernetes release.
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let go_mod =
+            std::fs::read_to_string(crate::project_root().join("xtask/psa/go.mod")).unwrap();
+        let minor_patch = pins.kind.kubernetes_openapi.strip_prefix("1.").unwrap();
+        assert!(
+            go_mod.contains(&format!("k8s.io/pod-security-admission v0.{minor_patch}\n")),
+            "xtask/psa/go.mod does not require k8s.io/pod-security-admission v0.{minor_patch}"
+        );
     }
 
     /// The lab's invariants, on the rendered objects.
