@@ -92,7 +92,13 @@ fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
     }
     let reports = scenario::run_all(&mut lab, &scenario::NAMES, 20);
     scenario::print_summary(&reports);
-    scenario::verdict(&reports)
+    scenario::verdict(&reports)?;
+    let (server, socket) = lab.server_cli();
+    let n = crate::kind::check_registration_with(&server, &socket)?;
+    println!(
+        "the kind plan's {n} registration commands are accepted by the running SPIRE server, and recognised as done the second time"
+    );
+    Ok(())
 }
 
 /// After `down`, no process may still run from the lab's state directory or its binaries.

@@ -97,19 +97,113 @@ pub struct KubeTools {
     pub openapi: PathBuf,
     /// `xtask/psa` built with Go: the Pod Security admission checks of the pinned release.
     pub psa_check: PathBuf,
+    /// `xtask/kube-api` built with Go: etcd, kube-apiserver and kubectl of the pinned release.
+    pub kube_api: KubeApiBins,
 }
 
-/// Where `xtask/psa` is built: a directory named after a digest of its sources, so that an
-/// edit of the checker (or of its pinned modules) builds it again.
-fn psa_check_path() -> anyhow::Result<PathBuf> {
-    let src = crate::project_root().join("xtask/psa");
-    let mut sources = Vec::new();
-    for f in ["go.mod", "go.sum", "main.go"] {
-        sources.extend(std::fs::read(src.join(f)).with_context(|| format!("read xtask/psa/{f}"))?);
+#[derive(Clone, Debug)]
+pub struct KubeApiBins {
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+/// A Go module of this repository (`xtask/<name>`) and the programs it builds: (package,
+/// binary name). It is built into a cache directory named after a digest of the module's files,
+/// so an edit (or a new pin in its go.mod) builds it again.
+struct RepoGo {
+    name: &'static str,
+    programs: &'static [(&'static str, &'static str)],
+}
+
+const PSA: RepoGo = RepoGo {
+    name: "psa",
+    programs: &[(".", "psa-check")],
+};
+
+const KUBE_API: RepoGo = RepoGo {
+    name: "kube-api",
+    programs: &[
+        ("go.etcd.io/etcd/server/v3", "etcd"),
+        ("k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
+        ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+    ],
+};
+
+impl RepoGo {
+    fn src(&self) -> PathBuf {
+        crate::project_root().join("xtask").join(self.name)
     }
-    let digest = openssl::sha::sha256(&sources);
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    Ok(cache_dir().join(format!("psa-check-{hex}/psa-check")))
+
+    fn out_dir(&self) -> anyhow::Result<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.src())
+            .with_context(|| format!("read xtask/{}", self.name))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        let mut sources = Vec::new();
+        for f in files.iter().filter(|f| f.is_file()) {
+            sources.extend(f.file_name().unwrap().as_encoded_bytes());
+            sources.extend(std::fs::read(f)?);
+        }
+        let digest = openssl::sha::sha256(&sources);
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(cache_dir().join(format!("{}-{hex}", self.name)))
+    }
+
+    /// Every program, or an error naming `cargo xtask deps`.
+    fn find(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.out_dir()?;
+        for (_, name) in self.programs {
+            anyhow::ensure!(
+                dir.join(name).is_file(),
+                "{name} (xtask/{}) is not built: run `cargo xtask deps`",
+                self.name
+            );
+        }
+        Ok(dir)
+    }
+
+    fn ensure(&self, sh: &Shell, ldflags: &str) -> anyhow::Result<()> {
+        let dir = self.out_dir()?;
+        let missing: Vec<_> = self
+            .programs
+            .iter()
+            .filter(|(_, name)| !dir.join(name).is_file())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir)?;
+        let _src = sh.push_dir(self.src());
+        for (package, name) in missing {
+            println!("building {name} (xtask/{}) with Go…", self.name);
+            let partial = dir.join(format!("{name}.partial"));
+            cmd!(
+                sh,
+                "go build -trimpath -mod=readonly -ldflags {ldflags} -o {partial} {package}"
+            )
+            .run()
+            .with_context(|| format!("build {name}"))?;
+            std::fs::rename(&partial, dir.join(name))?;
+        }
+        Ok(())
+    }
+}
+
+/// The version the Kubernetes programs report (their build leaves a placeholder otherwise).
+fn kubernetes_ldflags(pins: &Pins) -> String {
+    let v = &pins.kind.kubernetes_openapi;
+    let mut parts = v.split('.');
+    let (major, minor) = (parts.next().unwrap_or("1"), parts.next().unwrap_or("0"));
+    [
+        "k8s.io/component-base/version",
+        "k8s.io/client-go/pkg/version",
+    ]
+    .iter()
+    .map(|p| format!("-X {p}.gitVersion=v{v} -X {p}.gitMajor={major} -X {p}.gitMinor={minor}"))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 fn kube_paths(pins: &Pins) -> (PathBuf, PathBuf) {
@@ -138,15 +232,17 @@ pub fn find_kube(pins: &Pins) -> anyhow::Result<KubeTools> {
         "the Kubernetes {} OpenAPI document is not cached: run `cargo xtask deps`",
         pins.kind.kubernetes_openapi
     );
-    let psa_check = psa_check_path()?;
-    anyhow::ensure!(
-        psa_check.is_file(),
-        "the Pod Security checker (xtask/psa) is not built: run `cargo xtask deps`"
-    );
+    let psa_check = PSA.find()?.join("psa-check");
+    let api = KUBE_API.find()?;
     Ok(KubeTools {
         kustomize,
         openapi,
         psa_check,
+        kube_api: KubeApiBins {
+            etcd: api.join("etcd"),
+            kube_apiserver: api.join("kube-apiserver"),
+            kubectl: api.join("kubectl"),
+        },
     })
 }
 
@@ -180,18 +276,13 @@ fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
         std::fs::copy(dir.join("api/openapi-spec/swagger.json"), &openapi)?;
     }
     println!("  ok  Kubernetes {} OpenAPI", pins.kind.kubernetes_openapi);
-    let psa_check = psa_check_path()?;
-    if !psa_check.is_file() {
-        println!("building the Pod Security checker (xtask/psa) with Go…");
-        let _dir = sh.push_dir(crate::project_root().join("xtask/psa"));
-        std::fs::create_dir_all(psa_check.parent().unwrap())?;
-        let partial = psa_check.with_extension("partial");
-        cmd!(sh, "go build -trimpath -mod=readonly -o {partial} .")
-            .run()
-            .context("build xtask/psa")?;
-        std::fs::rename(&partial, &psa_check)?;
-    }
+    PSA.ensure(sh, "")?;
     println!("  ok  Pod Security checker (k8s.io/pod-security-admission)");
+    KUBE_API.ensure(sh, &kubernetes_ldflags(pins))?;
+    println!(
+        "  ok  etcd, kube-apiserver and kubectl {} (built from source)",
+        pins.kind.kubernetes_openapi
+    );
     Ok(())
 }
 

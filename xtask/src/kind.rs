@@ -105,7 +105,29 @@ pub enum ImageBuild {
     Dockerfile,
 }
 
-/// Everything `cargo xtask up` does on kind, in order.
+/// The plan's own step that writes the registry overlay (not a command).
+const WRITE_OVERLAY: &str = "write-registry-overlay";
+/// Where `up --context … --registry …` keeps its overlay of `manifests/` (not committed).
+const REGISTRY_OVERLAY: &str = ".lab/registry-overlay";
+
+/// The overlay of `manifests/` whose services' images come from `registry`.
+fn registry_overlay(pins: &Pins, registry: &str) -> String {
+    let mut yaml = String::from(
+        "# Written by `cargo xtask up --context … --registry …`: the lab's manifests, with the\n# services' images from the registry they were pushed to.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../manifests\nimages:\n",
+    );
+    for image in [&pins.services.frontend_image, &pins.services.backend_image] {
+        let name = image.rsplit_once(':').map_or(image.as_str(), |(n, _)| n);
+        let remote = pushed(name, registry);
+        yaml += &format!("- name: {name}\n  newName: {remote}\n");
+    }
+    yaml
+}
+
+/// Where an image goes in a registry: `REGISTRY/name:tag`.
+fn pushed(image: &str, registry: &str) -> String {
+    format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
+}
+
 /// Where the lab goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -173,9 +195,6 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
             ),
         });
     }
-    let pushed = |image: &str, registry: &str| {
-        format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
-    };
     match target {
         Target::Kind => {
             let third: Vec<&str> = pins
@@ -218,27 +237,29 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         &["apply", "-f", "manifests/namespaces.yaml"],
     ));
     plan.push(Step {
-        already_done: &["AlreadyExists"],
+        already_done: &["already exists"],
         ..kubectl(
             "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
             &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, "--from-literal=password=<random>"],
         )
     });
-    plan.push(kubectl(
-        "apply the manifests",
-        &["apply", "-k", "manifests"],
-    ));
-    if let Target::Existing { registry, .. } = target {
-        for (name, image) in services {
-            let kind = if name == "backend" {
-                "deployment/backend"
-            } else {
-                "deployment/frontend"
-            };
-            let set = format!("{name}={}", pushed(image, registry));
+    match target {
+        Target::Kind => plan.push(kubectl(
+            "apply the manifests",
+            &["apply", "-k", "manifests"],
+        )),
+        Target::Existing { registry, .. } => {
+            // An overlay, not `kubectl set image` after the apply: every later `up` would set
+            // the base's image back first, and roll the pods out twice.
+            plan.push(step(
+                &format!(
+                    "a kustomize overlay of the manifests with the services' images from {registry}"
+                ),
+                &[WRITE_OVERLAY, REGISTRY_OVERLAY, registry],
+            ));
             plan.push(kubectl(
-                &format!("use the pushed {name} image"),
-                &["-n", NAMESPACE, "set", "image", kind, &set],
+                "apply the manifests, through that overlay",
+                &["apply", "-k", REGISTRY_OVERLAY],
             ));
         }
     }
@@ -465,6 +486,16 @@ fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
             }
         })
         .collect();
+    if argv[0] == WRITE_OVERLAY {
+        let pins = Pins::load(&crate::project_root())?;
+        let dir = sh.current_dir().join(&argv[1]);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("kustomization.yaml"),
+            registry_overlay(&pins, &argv[2]),
+        )?;
+        return Ok(());
+    }
     if argv[0] == "nix-image-load" {
         // The flake's streamLayeredImage script writes an image archive to stdout: docker load it.
         let attr = &argv[1];
@@ -508,6 +539,310 @@ fn random_password() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The kind layer against a real kube-apiserver of the pinned release with no nodes
+/// (`crate::apiserver`): the kubectl steps of both plans — `up` on kind and `up --context …
+/// --registry …` — with warnings as errors, each run twice (a second `up` must succeed and
+/// change no workload), then the scenarios' kubectl paths (the RBAC policy switch, the rogue pod
+/// and PodSecurity admission, scaling down). Steps that need Docker or a running pod (`kind`,
+/// `docker`, `exec`, `rollout status`) cannot run here and are left out.
+pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
+    use crate::lab::{Component, Lab, Policy};
+    let root = crate::project_root();
+    let pins = Pins::load(&root)?;
+    let registry = "registry.example/spire-lab";
+    let existing = "lab-existing-cluster";
+    let api = crate::apiserver::ApiServer::start(&kube.kube_api, &[&context()?, existing])?;
+    println!(
+        "kube-apiserver {} with its etcd is up (no nodes)",
+        pins.kind.kubernetes_openapi
+    );
+    // The plan's relative paths, from a scratch directory whose `manifests` is this one: the
+    // registry overlay it writes stays out of the checkout's `.lab`.
+    let work = std::env::temp_dir().join(format!("spire-lab-plan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    std::os::unix::fs::symlink(root.join("manifests"), work.join("manifests"))?;
+    let _dir = sh.push_dir(&work);
+    let _env = sh.push_env("KUBECONFIG", &api.kubeconfig);
+    let rendered = crate::kube::render(sh, &kube.kustomize)?;
+
+    let get = |args: &[&str]| -> anyhow::Result<String> {
+        let out = api.kubectl().current_dir(&root).args(args).output()?;
+        anyhow::ensure!(out.status.success(), "{}", crate::procs::printed(&out));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let generations = || -> anyhow::Result<Vec<String>> {
+        Ok(get(&[
+            "get",
+            "deployments,statefulsets,daemonsets",
+            "--all-namespaces",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}={.metadata.generation} {end}",
+        ])?
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+    };
+    let backend_image = || {
+        get(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "deployment/backend",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[?(@.name==\"backend\")].image}",
+        ])
+    };
+    for (target, name, image) in [
+        (Target::Kind, "`up`", pins.services.backend_image.clone()),
+        (
+            Target::Existing {
+                context: existing.into(),
+                registry: registry.into(),
+            },
+            "`up --context … --registry …`",
+            pushed(&pins.services.backend_image, registry),
+        ),
+    ] {
+        let steps: Vec<Step> = plan(&pins, ImageBuild::Nix, &target)
+            .into_iter()
+            .filter(|s| s.argv[0] == "kubectl" || s.argv[0] == WRITE_OVERLAY)
+            .filter(|s| !s.argv.iter().any(|a| a == "exec" || a == "rollout"))
+            .map(|mut s| {
+                if s.argv[0] == "kubectl" {
+                    s.argv[0] = api.kubectl.display().to_string();
+                    s.argv.insert(1, "--warnings-as-errors".into());
+                }
+                s
+            })
+            .collect();
+        let up = || -> anyhow::Result<()> {
+            for s in &steps {
+                run_step(sh, s).with_context(|| format!("{name}: {} ({s})", s.what))?;
+            }
+            Ok(())
+        };
+        up()?;
+        let before = generations()?;
+        anyhow::ensure!(
+            before.len() == 6,
+            "expected 6 workloads, the API server holds {before:?}"
+        );
+        let stored = get(&["get", "-k", "manifests", "-o", "name"])?
+            .lines()
+            .count();
+        anyhow::ensure!(
+            stored == rendered.len(),
+            "the API server holds {stored} of the {} rendered objects",
+            rendered.len()
+        );
+        let running = backend_image()?;
+        anyhow::ensure!(
+            running == image,
+            "{name}: the backend runs {running:?}, not {image}"
+        );
+        up()?;
+        let after = generations()?;
+        anyhow::ensure!(
+            after == before,
+            "{name} a second time changed workloads: {before:?} → {after:?}"
+        );
+        println!(
+            "{name}: its {} API steps pass with warnings as errors, all {stored} objects are stored (admitted and validated), the backend's image is {image}; run again, it changes no workload",
+            steps.len()
+        );
+    }
+    // Warnings do fail a step: PodSecurity only warns about a workload's pod template.
+    let mut on_host = rendered
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "frontend")
+        .context("no frontend Deployment")?
+        .clone();
+    on_host["spec"]["template"]["spec"]["hostNetwork"] = true.into();
+    let mut apply = api
+        .kubectl()
+        .args([
+            "--warnings-as-errors",
+            "apply",
+            "--dry-run=server",
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut apply.stdin.take().context("no stdin")?,
+        on_host.to_string().as_bytes(),
+    )?;
+    let out = apply.wait_with_output()?;
+    let said = crate::procs::printed(&out);
+    anyhow::ensure!(
+        !out.status.success() && said.contains("would violate PodSecurity"),
+        "a frontend on the host network was not flagged: {said}"
+    );
+    let password = get(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "secret/postgres-superuser",
+        "-o",
+        "jsonpath={.data.password}",
+    ])?;
+    let password = openssl::base64::decode_block(password.trim())?;
+    anyhow::ensure!(
+        password.len() == 48 && password.iter().all(u8::is_ascii_hexdigit),
+        "the PostgreSQL superuser password is not 24 random bytes in hex"
+    );
+    println!(
+        "a Deployment whose pods PodSecurity would refuse fails its apply (warnings as errors); the PostgreSQL superuser password is 24 random bytes"
+    );
+
+    let mut lab = KindLab::attach(&api);
+    for (policy, file) in [
+        (Policy::Deny, "rbac-deny.yaml"),
+        (Policy::AllowFrontend, "rbac.yaml"),
+    ] {
+        lab.set_policy(policy)?;
+        let held = lab.run(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "configmap/backend-rbac",
+            "-o",
+            "jsonpath={.data.rbac\\.yaml}",
+        ])?;
+        let want = std::fs::read_to_string(root.join("manifests/backend/config").join(file))?;
+        anyhow::ensure!(
+            held == want,
+            "backend-rbac does not hold {file} after the switch"
+        );
+    }
+    println!("the rbac scenario's switch puts rbac-deny.yaml into backend-rbac and back");
+
+    lab.apply_rogue()?;
+    let (refusal, holds) = lab.rogue_state()?;
+    anyhow::ensure!(
+        refusal.is_none() && !holds,
+        "the rogue pod should be admitted and waiting for a node"
+    );
+    let mut on_host = crate::kube::scenario_objects()?
+        .into_iter()
+        .find(|o| o["kind"] == "Pod")
+        .context("no rogue pod")?;
+    on_host["metadata"]["name"] = "rogue-on-host-network".into();
+    on_host["spec"]["hostNetwork"] = true.into();
+    match lab.apply_yaml(&on_host.to_string()) {
+        Ok(out) => bail!("PodSecurity admitted a pod on the host network in demo: {out}"),
+        Err(e) => anyhow::ensure!(
+            e.to_string()
+                .contains("violates PodSecurity \"restricted:latest\""),
+            "refused for another reason: {e:#}"
+        ),
+    }
+    lab.delete_rogue_pod()?;
+    anyhow::ensure!(
+        lab.run(&["-n", NAMESPACE, "get", "pods", "-o", "name"])?
+            .trim()
+            .is_empty(),
+        "the rogue pod is still there"
+    );
+    println!(
+        "the rogue pod is admitted under restricted PodSecurity and deleted; one on the host network is refused by the API server"
+    );
+
+    lab.stop(Component::Postgres)?;
+    let replicas = lab.run(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "statefulset/postgres",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])?;
+    anyhow::ensure!(
+        replicas == "0",
+        "postgres has {replicas} replicas after stop"
+    );
+    anyhow::ensure!(
+        lab.instance(Component::Postgres).is_none(),
+        "a stopped postgres has an instance"
+    );
+    println!("stopping PostgreSQL scales its StatefulSet to 0");
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// The plan's registration steps as a real SPIRE server of the pinned version takes them:
+/// the `spire-server` arguments `up` runs through `kubectl exec`, given to `spire_server` for
+/// the server at `socket` instead — twice, the second time refused with one of the messages the
+/// step takes for "already done". The entries are deleted afterwards. Returns how many steps ran.
+pub fn check_registration_with(
+    spire_server: &std::path::Path,
+    socket: &std::path::Path,
+) -> anyhow::Result<usize> {
+    let pins = Pins::load(&crate::project_root())?;
+    let steps: Vec<Step> = plan(&pins, ImageBuild::Nix, &Target::Kind)
+        .into_iter()
+        .filter(|s| s.argv.windows(SERVER_CLI.len()).any(|w| w == SERVER_CLI))
+        .collect();
+    anyhow::ensure!(
+        steps.len() == 1 + registrations().len(),
+        "expected the alias and {} workload entries",
+        registrations().len()
+    );
+    let server = |s: &Step| -> anyhow::Result<std::process::Output> {
+        let at = s.argv.iter().position(|a| a == SERVER_CLI[7]).unwrap() + 1;
+        let (verb, rest) = s.argv[at..].split_at(2);
+        Ok(std::process::Command::new(spire_server)
+            .args(verb)
+            .arg("-socketPath")
+            .arg(socket)
+            .args(rest)
+            .output()?)
+    };
+    let result = (|| -> anyhow::Result<()> {
+        for s in &steps {
+            let first = server(s)?;
+            anyhow::ensure!(
+                first.status.success(),
+                "{}: {}",
+                s.what,
+                crate::procs::printed(&first)
+            );
+            let again = server(s)?;
+            let said = crate::procs::printed(&again);
+            anyhow::ensure!(
+                !again.status.success() && s.already_done.iter().any(|m| said.contains(m)),
+                "{} a second time is not recognised as done: {said}",
+                s.what
+            );
+        }
+        Ok(())
+    })();
+    // Whatever happened, the cluster's entries do not stay in this server.
+    for filter in [["-spiffeID", CLUSTER_ALIAS], ["-parentID", CLUSTER_ALIAS]] {
+        let out = std::process::Command::new(spire_server)
+            .args(["entry", "show", "-socketPath"])
+            .arg(socket)
+            .args(filter)
+            .args(["-output", "json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for id in v["entries"].as_array().into_iter().flatten() {
+            let id = id["id"].as_str().unwrap_or_default();
+            std::process::Command::new(spire_server)
+                .args(["entry", "delete", "-socketPath"])
+                .arg(socket)
+                .args(["-entryID", id])
+                .output()?;
+        }
+    }
+    result?;
+    Ok(steps.len())
+}
+
 /// `kubectl` arguments that run the SPIRE server's CLI inside its pod.
 const SERVER_CLI: [&str; 8] = [
     "-n",
@@ -549,6 +884,9 @@ struct Frozen {
 /// The running lab on kind, for scenarios: kubectl for changes, port-forwards for looking.
 pub struct KindLab {
     ctx: String,
+    /// `kubectl` from PATH, and the user's kubeconfig; in tests, a real API server's.
+    kubectl: std::path::PathBuf,
+    kubeconfig: Option<std::path::PathBuf>,
     forwards: Vec<std::process::Child>,
     /// Where the rogue's SVID was copied out of its pod.
     rogue_dir: Option<std::path::PathBuf>,
@@ -568,6 +906,8 @@ impl KindLab {
         .context("the lab is not up on kind: run `cargo xtask up --runtime kind`")?;
         let mut lab = KindLab {
             ctx,
+            kubectl: "kubectl".into(),
+            kubeconfig: None,
             forwards: Vec::new(),
             rogue_dir: None,
             frozen: Vec::new(),
@@ -576,10 +916,48 @@ impl KindLab {
         Ok(lab)
     }
 
+    /// The handle on a running API server with no nodes: no port-forwards (no pod runs).
+    fn attach(api: &crate::apiserver::ApiServer) -> KindLab {
+        KindLab {
+            ctx: api.contexts[0].clone(),
+            kubectl: api.kubectl.clone(),
+            kubeconfig: Some(api.kubeconfig.clone()),
+            forwards: Vec::new(),
+            rogue_dir: None,
+            frozen: Vec::new(),
+        }
+    }
+
     fn kubectl(&self) -> std::process::Command {
-        let mut c = std::process::Command::new("kubectl");
+        let mut c = std::process::Command::new(&self.kubectl);
+        if let Some(k) = &self.kubeconfig {
+            c.env("KUBECONFIG", k);
+        }
         c.args(["--context", &self.ctx]);
         c
+    }
+
+    /// `kubectl apply -f -` of `yaml` (or JSON): what kubectl printed, or its error.
+    fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
+        let mut apply = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = apply.stdin.take().context("no stdin")?;
+        let input = yaml.to_owned();
+        let writer =
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+        let out = apply.wait_with_output()?;
+        let _ = writer.join();
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(crate::procs::printed(&out))
     }
 
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
@@ -921,19 +1299,8 @@ impl crate::lab::Lab for KindLab {
             "-o",
             "yaml",
         ])?;
-        let mut apply = self
-            .kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()?;
-        std::io::Write::write_all(
-            &mut apply.stdin.take().context("no stdin")?,
-            yaml.as_bytes(),
-        )?;
-        anyhow::ensure!(
-            apply.wait()?.success(),
-            "kubectl apply of the RBAC policy failed"
-        );
+        self.apply_yaml(&yaml)
+            .context("kubectl apply of the RBAC policy")?;
         Ok(())
     }
 
@@ -1131,6 +1498,15 @@ impl crate::lab::Lab for KindLab {
 mod tests {
     use super::*;
 
+    /// The kind layer against a real kube-apiserver with no nodes (see `check_against_apiserver`).
+    #[test]
+    fn plan_and_scenario_paths_work_against_a_real_apiserver() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let kube = crate::deps::find_kube(&pins).unwrap_or_else(|e| panic!("{e:#}"));
+        let sh = Shell::new().unwrap();
+        check_against_apiserver(&sh, &kube).unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
     /// The dry-run plan: cluster, images, namespaces and Secret before the manifests, the SPIRE
     /// rollouts before registration, registration before the workloads are awaited.
     #[test]
@@ -1237,19 +1613,24 @@ mod tests {
                 .filter(|l| l.starts_with("kubectl"))
                 .all(|l| l.starts_with("kubectl --context prod-eu"))
         );
-        let set = existing
+        let overlay = existing
             .iter()
             .position(|l| {
-                l.contains(
-                    "set image deployment/backend backend=registry.example.com/lab/backend:0.1.0",
-                )
+                l == "write-registry-overlay .lab/registry-overlay registry.example.com/lab"
             })
             .unwrap();
+        let apply = existing
+            .iter()
+            .position(|l| l.ends_with("apply -k .lab/registry-overlay"))
+            .unwrap();
+        assert!(overlay < apply);
+        assert!(!existing.iter().any(|l| l.contains("apply -k manifests")));
+        let yaml = registry_overlay(&pins, "registry.example.com/lab");
         assert!(
-            set > existing
-                .iter()
-                .position(|l| l.contains("apply -k manifests"))
-                .unwrap()
+            yaml.contains(
+                "- name: spire-lab/backend\n  newName: registry.example.com/lab/backend\n"
+            ),
+            "{yaml}"
         );
     }
 }

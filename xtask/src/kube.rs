@@ -29,7 +29,8 @@ impl ManifestsCmd {
                 cmd!(sh, "{kustomize} build {manifests}").quiet().read()?
             );
         }
-        check(sh, &kube)
+        check(sh, &kube)?;
+        crate::kind::check_against_apiserver(sh, &kube)
     }
 }
 

@@ -120,6 +120,16 @@ pub struct LocalLab {
     root: PathBuf,
 }
 
+impl LocalLab {
+    /// The SPIRE server's CLI and the socket it answers on.
+    pub fn server_cli(&self) -> (PathBuf, PathBuf) {
+        (
+            self.state.tools.spire_server.clone(),
+            self.layout().server_socket(),
+        )
+    }
+}
+
 fn step(n: usize, total: usize, what: &str) {
     println!("[{n:>2}/{total}] {what}");
 }

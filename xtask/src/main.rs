@@ -3,6 +3,7 @@
 //! Each command is a module with a `run`; only xtask shells out, and it never holds the services'
 //! business logic.
 
+mod apiserver;
 mod bench;
 mod ci;
 mod deps;
