@@ -699,6 +699,66 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         "a Deployment whose pods PodSecurity would refuse fails its apply (warnings as errors); the PostgreSQL superuser password is 24 random bytes"
     );
 
+    // RBAC, decided by the API server: what SPIRE's Kubernetes plugins call (k8s_psat: token
+    // reviews, pods, nodes; k8sbundle: its ConfigMap; the agent's k8s attestor: the kubelet,
+    // authorised as nodes/proxy) is granted, and nothing else to anyone in the lab.
+    let can = |sa: &str, args: &[&str]| -> anyhow::Result<bool> {
+        let out = api
+            .kubectl()
+            .args(["auth", "can-i"])
+            .args(args)
+            .args(["--as", &format!("system:serviceaccount:{sa}")])
+            .output()?;
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        anyhow::ensure!(
+            said == "yes" || said == "no",
+            "kubectl auth can-i: {}",
+            crate::procs::printed(&out)
+        );
+        Ok(said == "yes")
+    };
+    let server = "spire-system:spire-server";
+    let agent = "spire-system:spire-agent";
+    let granted: &[(&str, &[&str])] = &[
+        (server, &["create", "tokenreviews.authentication.k8s.io"]),
+        (server, &["get", "pods", "-n", NAMESPACE]),
+        (server, &["get", "nodes"]),
+        (
+            server,
+            &["get", "configmaps/spire-bundle", "-n", "spire-system"],
+        ),
+        (
+            server,
+            &["patch", "configmaps/spire-bundle", "-n", "spire-system"],
+        ),
+        (agent, &["get", "nodes", "--subresource=proxy"]),
+    ];
+    let denied: &[(&str, &[&str])] = &[
+        (
+            server,
+            &["patch", "configmaps/backend-rbac", "-n", NAMESPACE],
+        ),
+        (server, &["get", "secrets", "-n", NAMESPACE]),
+        (server, &["list", "pods", "-n", NAMESPACE]),
+        (agent, &["create", "tokenreviews.authentication.k8s.io"]),
+        (agent, &["get", "secrets", "-n", "spire-system"]),
+        ("demo:frontend", &["get", "pods", "-n", NAMESPACE]),
+        ("demo:backend", &["get", "configmaps", "-n", NAMESPACE]),
+        ("demo:postgres", &["get", "secrets", "-n", NAMESPACE]),
+        ("demo:rogue", &["get", "pods", "-n", NAMESPACE]),
+    ];
+    for (sa, args) in granted {
+        anyhow::ensure!(can(sa, args)?, "{sa} may not {}", args.join(" "));
+    }
+    for (sa, args) in denied {
+        anyhow::ensure!(!can(sa, args)?, "{sa} may {}", args.join(" "));
+    }
+    println!(
+        "RBAC: the {} calls SPIRE's Kubernetes plugins make are granted, {} others are refused",
+        granted.len(),
+        denied.len()
+    );
+
     let mut lab = KindLab::attach(&api);
     for (policy, file) in [
         (Policy::Deny, "rbac-deny.yaml"),
