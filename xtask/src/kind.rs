@@ -787,6 +787,19 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         refusal.is_none() && !holds,
         "the rogue pod should be admitted and waiting for a node"
     );
+    let uid = lab.run(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "pod/rogue",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    let instance = lab.pod_instance(NAMESPACE, "rogue", "client");
+    anyhow::ensure!(
+        instance == Some(format!("{uid}/")),
+        "a pod's instance reads {instance:?}, not {uid}/ (no container has run)"
+    );
     let mut on_host = crate::kube::scenario_objects()?
         .into_iter()
         .find(|o| o["kind"] == "Pod")
@@ -1184,6 +1197,25 @@ impl KindLab {
         Ok((refusal, holds))
     }
 
+    /// `uid/restarts` of the pod labelled `app` and its container (a sidecar's included).
+    fn pod_instance(&self, ns: &str, app: &str, container: &str) -> Option<String> {
+        let path = format!(
+            "jsonpath={{.items[0].metadata.uid}}/{{.items[0].status.containerStatuses[?(@.name==\"{container}\")].restartCount}}{{.items[0].status.initContainerStatuses[?(@.name==\"{container}\")].restartCount}}"
+        );
+        self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            &path,
+        ])
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    }
+
     fn apply_rogue(&self) -> anyhow::Result<()> {
         let manifest = crate::project_root().join(ROGUE_MANIFEST);
         self.run(&["apply", "-f", &manifest.display().to_string()])?;
@@ -1318,22 +1350,7 @@ impl crate::lab::Lab for KindLab {
             return None;
         }
         let (ns, target, container) = workload(c);
-        let app = target.split('/').nth(1)?;
-        let path = format!(
-            "jsonpath={{.items[0].metadata.uid}}/{{.items[0].status.containerStatuses[?(@.name==\"{container}\")].restartCount}}"
-        );
-        self.run(&[
-            "-n",
-            ns,
-            "get",
-            "pod",
-            "-l",
-            &format!("app={app}"),
-            "-o",
-            &path,
-        ])
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+        self.pod_instance(ns, target.split('/').nth(1)?, container)
     }
 
     fn set_policy(&mut self, p: crate::lab::Policy) -> anyhow::Result<()> {
