@@ -380,9 +380,18 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
     };
     let plan = plan(&pins, build, &target);
     if dry_run {
-        println!("cargo xtask up --runtime kind would run, in order:");
+        let on = match &target {
+            Target::Kind => format!("the kind cluster {}", pins.kind.cluster_name),
+            Target::Existing { context, .. } => format!("the cluster of context {context}"),
+        };
+        println!("`cargo xtask up` on {on} would run, in order (`xtask:` marks its own steps):");
         for (i, s) in plan.iter().enumerate() {
-            println!("{:>3}. {}\n     $ {s}", i + 1, s.what);
+            let prompt = if [WRITE_OVERLAY, "nix-image-load"].contains(&s.argv[0].as_str()) {
+                "xtask:"
+            } else {
+                "$"
+            };
+            println!("{:>3}. {}\n     {prompt} {s}", i + 1, s.what);
         }
         return Ok(());
     }
