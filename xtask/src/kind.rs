@@ -567,11 +567,17 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
     );
     // The plan's relative paths, from a scratch directory whose `manifests` is this one: the
     // registry overlay it writes stays out of the checkout's `.lab`.
-    let work = std::env::temp_dir().join(format!("spire-lab-plan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
-    std::os::unix::fs::symlink(root.join("manifests"), work.join("manifests"))?;
-    let _dir = sh.push_dir(&work);
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let work = Scratch(std::env::temp_dir().join(format!("spire-lab-plan-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&work.0);
+    std::fs::create_dir_all(&work.0)?;
+    std::os::unix::fs::symlink(root.join("manifests"), work.0.join("manifests"))?;
+    let _dir = sh.push_dir(&work.0);
     let _env = sh.push_env("KUBECONFIG", &api.kubeconfig);
     let rendered = crate::kube::render(sh, &kube.kustomize)?;
 
@@ -852,7 +858,6 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         "a stopped postgres has an instance"
     );
     println!("stopping PostgreSQL scales its StatefulSet to 0");
-    std::fs::remove_dir_all(&work)?;
     Ok(())
 }
 
