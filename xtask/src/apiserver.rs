@@ -19,16 +19,18 @@ pub struct ApiServer {
     pub kubeconfig: PathBuf,
     /// The kubeconfig's contexts, all naming this server; the first is the current one.
     pub contexts: Vec<String>,
+    url: String,
+    ca: PathBuf,
 }
 
 /// A loopback port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     let mut o = std::fs::OpenOptions::new();
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
     std::io::Write::write_all(&mut o.write(true).create_new(true).open(path)?, data)?;
@@ -53,6 +55,8 @@ impl ApiServer {
             kubectl: bins.kubectl.clone(),
             kubeconfig: dir.join("kubeconfig"),
             contexts: contexts.iter().map(|c| c.to_string()).collect(),
+            url: String::new(),
+            ca: dir.join("certs/apiserver.crt"),
         };
 
         // Credentials of this throwaway server only: a bearer token and the service-account key.
@@ -67,6 +71,7 @@ impl ApiServer {
         write_private(&dir.join("sa.key"), &key.private_key_to_pem()?)?;
 
         let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
+        server.url = format!("https://127.0.0.1:{secure}");
         let log = |name: &str| -> anyhow::Result<Stdio> {
             Ok(std::fs::File::create(dir.join(format!("{name}.log")))?.into())
         };
@@ -164,6 +169,15 @@ impl ApiServer {
         c.env("KUBECONFIG", &self.kubeconfig)
             .args(["--context", &self.contexts[0]]);
         c
+    }
+
+    /// A kubeconfig for this server that authenticates with `token` (a service account's, say).
+    pub fn kubeconfig_with_token(&self, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: user\ncurrent-context: lab\n",
+            self.url,
+            self.ca.display()
+        )
     }
 
     pub fn log_tail(&self, name: &str) -> String {

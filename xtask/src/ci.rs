@@ -94,7 +94,7 @@ fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
     scenario::print_summary(&reports);
     scenario::verdict(&reports)?;
     let (server, socket) = lab.server_cli();
-    let n = crate::kind::check_registration_with(&server, &socket)?;
+    let n = crate::kind::check_registration_with(&server, &socket, false)?;
     println!(
         "the kind plan's {n} registration commands are accepted by the running SPIRE server, and recognised as done the second time"
     );

@@ -858,6 +858,340 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         "a stopped postgres has an instance"
     );
     println!("stopping PostgreSQL scales its StatefulSet to 0");
+    check_attestation_against_apiserver(&api, &rendered)
+}
+
+/// SPIRE's Kubernetes side for real, beside the API server: the kind `server.conf` and
+/// `agent.conf` (only addresses, paths and the way to the API server changed, see
+/// `render::apiserver_spire_configs`) run as processes. The server's k8sbundle notifier writes
+/// the trust bundle into the `spire-bundle` ConfigMap with the spire-server service account's
+/// token; the agent starts from that bundle (what its ConfigMap mount gives it) and attests with
+/// a pod-bound spire-agent token for the audience `spire-server`, which the server checks with
+/// the TokenReview API and the pod and node it names. The plan's registration puts the agent
+/// under the cluster's alias. A Node and the agent's Pod are created for it; nothing runs them.
+fn check_attestation_against_apiserver(
+    api: &crate::apiserver::ApiServer,
+    rendered: &[serde_json::Value],
+) -> anyhow::Result<()> {
+    use serde_json::json;
+    let root = crate::project_root();
+    let pins = Pins::load(&root)?;
+    let tools = crate::deps::find(&pins)?;
+    let node = "spire-demo-worker";
+    let pod_name = "spire-agent-attested";
+    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
+        let out = api.kubectl().args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            crate::procs::printed(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let lab = KindLab::attach(api);
+    lab.apply_yaml(
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}).to_string(),
+    )?;
+    let agent = rendered
+        .iter()
+        .find(|o| o["kind"] == "DaemonSet" && o["metadata"]["name"] == "spire-agent")
+        .context("no spire-agent DaemonSet")?;
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name,
+            "namespace": "spire-system",
+            "labels": agent["spec"]["template"]["metadata"]["labels"],
+        },
+        "spec": agent["spec"]["template"]["spec"],
+    });
+    pod["spec"]["nodeName"] = node.into();
+    lab.apply_yaml(&pod.to_string())
+        .context("the agent's pod, from the DaemonSet's template")?;
+    let node_uid = kubectl(&["get", "node", node, "-o", "jsonpath={.metadata.uid}"])?;
+    let server_token = kubectl(&[
+        "-n",
+        "spire-system",
+        "create",
+        "token",
+        "spire-server",
+        "--duration",
+        "1h",
+    ])?;
+    // What the agent's projected volume holds (its audience read from the DaemonSet), bound to
+    // its pod; and the volume must sit where k8s_psat looks for it by default.
+    let spec = &agent["spec"]["template"]["spec"];
+    let projected = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|v| {
+            let source = v["projected"]["sources"].as_array()?.iter().find_map(|s| {
+                s["serviceAccountToken"]
+                    .is_object()
+                    .then(|| s["serviceAccountToken"].clone())
+            })?;
+            Some((v["name"].as_str()?.to_owned(), source))
+        })
+        .context("the agent has no projected service account token")?;
+    let mount = spec["containers"][0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == projected.0.as_str())
+        .and_then(|m| m["mountPath"].as_str())
+        .context("the agent does not mount its projected token")?;
+    let token_at = format!(
+        "{mount}/{}",
+        projected.1["path"].as_str().unwrap_or_default()
+    );
+    anyhow::ensure!(
+        token_at == "/var/run/secrets/tokens/spire-agent",
+        "the agent's token is at {token_at}, not where k8s_psat reads it by default"
+    );
+    let audience = projected.1["audience"].as_str().context("no audience")?;
+    let agent_token = kubectl(&[
+        "-n",
+        "spire-system",
+        "create",
+        "token",
+        "spire-agent",
+        "--audience",
+        audience,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        pod_name,
+        "--duration",
+        "1h",
+    ])?;
+
+    struct Procs(Vec<std::process::Child>, std::path::PathBuf);
+    impl Drop for Procs {
+        fn drop(&mut self) {
+            for c in self.0.iter_mut().rev() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("spire-lab-attest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
+    let mut procs = Procs(Vec::new(), dir.clone());
+    // And its service account's own token, which the kubelet would mount: the k8s workload
+    // attestor loads it when it starts.
+    let sa_token = kubectl(&[
+        "-n",
+        "spire-system",
+        "create",
+        "token",
+        "spire-agent",
+        "--duration",
+        "1h",
+    ])?;
+    let (kubeconfig, psat, sa) = (
+        dir.join("kubeconfig"),
+        dir.join("psat"),
+        dir.join("sa-token"),
+    );
+    crate::apiserver::write_private(
+        &kubeconfig,
+        api.kubeconfig_with_token(&server_token).as_bytes(),
+    )?;
+    crate::apiserver::write_private(&psat, agent_token.as_bytes())?;
+    crate::apiserver::write_private(&sa, sa_token.as_bytes())?;
+    let ports = (
+        crate::apiserver::free_port()?,
+        crate::apiserver::free_port()?,
+        crate::apiserver::free_port()?,
+    );
+    for r in crate::render::apiserver_spire_configs(&dir, ports, &kubeconfig, &psat, &sa) {
+        let src = std::fs::read_to_string(root.join("manifests").join(r.source))?;
+        std::fs::write(dir.join(&r.target), crate::render::apply(&src, &r.edits)?)?;
+    }
+    let log = |name: &str| -> anyhow::Result<std::process::Stdio> {
+        Ok(std::fs::File::create(dir.join(name))?.into())
+    };
+    let tail = |name: &str| {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(8)..].join("\n")
+    };
+    let socket = dir.join("server.sock");
+    let spire_server = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(&tools.spire_server)
+            .args(&args[..2])
+            .arg("-socketPath")
+            .arg(&socket)
+            .args(&args[2..])
+            .output()?)
+    };
+    procs.0.push(
+        std::process::Command::new(&tools.spire_server)
+            .args(["run", "-config"])
+            .arg(dir.join("server.conf"))
+            .stdout(log("server.log")?)
+            .stderr(log("server.log")?)
+            .spawn()?,
+    );
+    let until = |what: &str,
+                 limit: u64,
+                 mut ok: Box<dyn FnMut() -> anyhow::Result<bool> + '_>|
+     -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        while !ok()? {
+            anyhow::ensure!(
+                started.elapsed().as_secs() < limit,
+                "{what} not within {limit} s\nserver log:\n{}\nagent log:\n{}",
+                tail("server.log"),
+                tail("agent.log")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        Ok(())
+    };
+    until(
+        "the SPIRE server healthy",
+        30,
+        Box::new(|| {
+            Ok(std::process::Command::new(&tools.spire_server)
+                .args(["healthcheck", "-socketPath"])
+                .arg(&socket)
+                .output()?
+                .status
+                .success())
+        }),
+    )?;
+
+    // The notifier's ConfigMap holds the server's bundle: the agents' bootstrap on kind.
+    let published = std::cell::RefCell::new(String::new());
+    until(
+        "the trust bundle in ConfigMap spire-bundle",
+        30,
+        Box::new(|| {
+            let pem = kubectl(&[
+                "-n",
+                "spire-system",
+                "get",
+                "configmap/spire-bundle",
+                "-o",
+                "jsonpath={.data.bundle\\.crt}",
+            ])?;
+            let found = pem.contains("BEGIN CERTIFICATE");
+            *published.borrow_mut() = pem;
+            Ok(found)
+        }),
+    )?;
+    let published = published.into_inner();
+    let shown = spire_server(&["bundle", "show"])?;
+    let der = |pem: &[u8]| -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut v: Vec<Vec<u8>> = openssl::x509::X509::stack_from_pem(pem)?
+            .iter()
+            .map(|c| c.to_der())
+            .collect::<Result<_, _>>()?;
+        v.sort();
+        Ok(v)
+    };
+    anyhow::ensure!(
+        der(published.as_bytes())? == der(&shown.stdout)?,
+        "ConfigMap spire-bundle does not hold the server's bundle"
+    );
+    std::fs::write(dir.join("bundle.crt"), &published)?;
+    println!(
+        "k8sbundle: the SPIRE server (kind's server.conf) published its bundle into ConfigMap spire-bundle, as the spire-server service account"
+    );
+
+    check_registration_with(&tools.spire_server, &socket, true)?;
+    procs.0.push(
+        std::process::Command::new(&tools.spire_agent)
+            .args(["run", "-config"])
+            .arg(dir.join("agent.conf"))
+            .env("MY_NODE_NAME", node)
+            .stdout(log("agent.log")?)
+            .stderr(log("agent.log")?)
+            .spawn()?,
+    );
+    let agent_id = format!(
+        "spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}",
+        pins.kind.cluster_name
+    );
+    let selectors = std::cell::RefCell::new(Vec::<String>::new());
+    until(
+        &format!("agent {agent_id} attested"),
+        30,
+        Box::new(|| {
+            let out = spire_server(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])?;
+            if !out.status.success() {
+                return Ok(false);
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let agent = if v["agents"].is_array() {
+                v["agents"][0].clone()
+            } else {
+                v
+            };
+            *selectors.borrow_mut() = agent["selectors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{}:{}",
+                        s["type"].as_str().unwrap_or(""),
+                        s["value"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            Ok(!selectors.borrow().is_empty())
+        }),
+    )?;
+    let selectors = selectors.into_inner();
+
+    for want in [
+        format!("k8s_psat:cluster:{}", pins.kind.cluster_name),
+        "k8s_psat:agent_ns:spire-system".to_owned(),
+        "k8s_psat:agent_sa:spire-agent".to_owned(),
+        format!("k8s_psat:agent_pod_name:{pod_name}"),
+        format!("k8s_psat:agent_node_name:{node}"),
+    ] {
+        anyhow::ensure!(
+            selectors.contains(&want),
+            "the agent lacks the selector {want}: {selectors:?}"
+        );
+    }
+    let alias = spire_server(&[
+        "entry",
+        "show",
+        "-spiffeID",
+        CLUSTER_ALIAS,
+        "-output",
+        "json",
+    ])?;
+    let alias: serde_json::Value = serde_json::from_slice(&alias.stdout).unwrap_or_default();
+    let alias_selectors: Vec<String> = alias["entries"][0]["selectors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap_or(""),
+                s["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    anyhow::ensure!(
+        !alias_selectors.is_empty() && alias_selectors.iter().all(|s| selectors.contains(s)),
+        "the agent's selectors do not cover the alias entry's {alias_selectors:?}: the workloads would not reach it"
+    );
+    println!(
+        "k8s_psat: the agent (kind's agent.conf) attested as {agent_id} with a pod-bound token the API server reviewed; its selectors cover the plan's alias entry ({}), under which the workloads are registered",
+        alias_selectors.join(", ")
+    );
     Ok(())
 }
 
@@ -868,6 +1202,7 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
 pub fn check_registration_with(
     spire_server: &std::path::Path,
     socket: &std::path::Path,
+    keep: bool,
 ) -> anyhow::Result<usize> {
     let pins = Pins::load(&crate::project_root())?;
     let steps: Vec<Step> = plan(&pins, ImageBuild::Nix, &Target::Kind)
@@ -908,8 +1243,13 @@ pub fn check_registration_with(
         }
         Ok(())
     })();
-    // Whatever happened, the cluster's entries do not stay in this server.
-    for filter in [["-spiffeID", CLUSTER_ALIAS], ["-parentID", CLUSTER_ALIAS]] {
+    // Whatever happened, the cluster's entries do not stay in this server (unless asked to).
+    let filters = if keep {
+        vec![]
+    } else {
+        vec![["-spiffeID", CLUSTER_ALIAS], ["-parentID", CLUSTER_ALIAS]]
+    };
+    for filter in filters {
         let out = std::process::Command::new(spire_server)
             .args(["entry", "show", "-socketPath"])
             .arg(socket)

@@ -16,6 +16,9 @@ pub enum Kind {
     SocketPath,
     /// A directory or file on disk (data, certificates, pid file, watched policy).
     FilePath,
+    /// Where a Kubernetes plugin finds the API server or its token outside a pod: a kubeconfig
+    /// or token file added after the line `from`, nothing else.
+    KubeAccess,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +79,23 @@ impl Edit {
             } => {
                 from.starts_with('/') && to.starts_with('/') && !from.contains(char::is_whitespace)
             }
+            Edit::Text {
+                kind: Kind::KubeAccess,
+                from,
+                to,
+            } => to.strip_prefix(from.as_str()).is_some_and(|added| {
+                let line = added.trim_start_matches([' ', '\n']);
+                added.starts_with('\n')
+                    && [
+                        "kube_config_file = \"/",
+                        "kube_config_file_path = \"/",
+                        "token_path = \"/",
+                    ]
+                    .iter()
+                    .any(|k| line.starts_with(k))
+                    && line.ends_with('"')
+                    && line.lines().count() == 1
+            }),
             Edit::Block { header, to } => {
                 let plugin = |s: &str| {
                     ["NodeAttestor ", "WorkloadAttestor ", "Notifier "]
@@ -490,6 +510,118 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
     v
 }
 
+/// The SPIRE server's and agent's kind configs for a run beside a real kube-apiserver with no
+/// nodes (`kind::check_attestation_against_apiserver`): the Kubernetes plugins stay — k8s_psat on
+/// both sides, k8sbundle, the k8s workload attestor — and only addresses, paths and the way to
+/// the API server (a kubeconfig, a token file: what a pod is given implicitly) change.
+pub fn apiserver_spire_configs(
+    dir: &Path,
+    ports: (u16, u16, u16),
+    kubeconfig: &Path,
+    psat: &Path,
+    sa_token: &Path,
+) -> Vec<Render> {
+    let (server, server_health, agent_health) = ports;
+    let p = |rel: &str| dir.join(rel).display().to_string();
+    let kube_access = |after: &str, key: &str, indent: &str, path: &Path| {
+        text(
+            Kind::KubeAccess,
+            after,
+            format!("{after}\n{indent}{key} = \"{}\"", path.display()),
+        )
+    };
+    vec![
+        Render {
+            source: "spire/config/server.conf",
+            target: "server.conf".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "bind_address = \"0.0.0.0\"",
+                    "bind_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8081\"",
+                    format!("bind_port = \"{server}\""),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8080\"",
+                    format!("bind_port = \"{server_health}\""),
+                ),
+                text(
+                    Kind::SocketPath,
+                    "/tmp/spire-server/private/api.sock",
+                    p("server.sock"),
+                ),
+                text(Kind::FilePath, "/run/spire/server/data", p("server-data")),
+                kube_access(
+                    "service_account_allow_list = [\"spire-system:spire-agent\"]",
+                    "kube_config_file",
+                    "                    ",
+                    kubeconfig,
+                ),
+                kube_access(
+                    "config_map = \"spire-bundle\"",
+                    "kube_config_file_path",
+                    "            ",
+                    kubeconfig,
+                ),
+            ],
+        },
+        Render {
+            source: "spire/config/agent.conf",
+            target: "agent.conf".into(),
+            edits: vec![
+                text(Kind::FilePath, "/run/spire/agent/data", p("agent-data")),
+                text(
+                    Kind::Address,
+                    "server_address = \"spire-server.spire-system.svc\"",
+                    "server_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "server_port = \"8081\"",
+                    format!("server_port = \"{server}\""),
+                ),
+                text(
+                    Kind::SocketPath,
+                    "/run/spire/agent-sockets/spire-agent.sock",
+                    p("agent.sock"),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/run/spire/bundle/bundle.crt",
+                    p("bundle.crt"),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_address = \"0.0.0.0\"",
+                    "bind_address = \"127.0.0.1\"",
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = \"8080\"",
+                    format!("bind_port = \"{agent_health}\""),
+                ),
+                kube_access(
+                    "cluster = \"spire-demo\"",
+                    "token_path",
+                    "            ",
+                    psat,
+                ),
+                kube_access(
+                    "node_name_env = \"MY_NODE_NAME\"",
+                    "token_path",
+                    "            ",
+                    sa_token,
+                ),
+            ],
+        },
+    ]
+}
+
 /// Renders every local config into the state directory's `config/`.
 pub fn write_local_configs(manifests: &Path, layout: &Layout) -> anyhow::Result<()> {
     let dir = layout.p("config");
@@ -605,7 +737,14 @@ mod tests {
     /// the text edits and putting the original plugin blocks back gives the source byte for byte.
     #[test]
     fn local_configs_differ_from_manifests_only_in_addresses_paths_and_attestation() {
-        for r in local_configs(&layout()) {
+        let beside_apiserver = apiserver_spire_configs(
+            Path::new("/tmp/lab"),
+            (1, 2, 3),
+            Path::new("/tmp/lab/kubeconfig"),
+            Path::new("/tmp/lab/psat"),
+            Path::new("/tmp/lab/sa-token"),
+        );
+        for r in local_configs(&layout()).into_iter().chain(beside_apiserver) {
             let src = std::fs::read_to_string(manifests().join(r.source)).unwrap();
             let rendered = apply(&src, &r.edits).unwrap_or_else(|e| panic!("{}: {e:#}", r.source));
             let mut undone = rendered.clone();
