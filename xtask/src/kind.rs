@@ -408,7 +408,7 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
             continue;
         }
         println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
-        run_step(sh, s).with_context(|| format!("step {}: {}\n  $ {s}", i + 1, s.what))?;
+        run_step(sh, s, false).with_context(|| format!("step {}: {}\n  $ {s}", i + 1, s.what))?;
     }
     match &target {
         Target::Kind => println!(
@@ -483,7 +483,8 @@ pub fn logs(sh: &Shell, c: crate::lab::Component, lines: usize) -> anyhow::Resul
     Ok(())
 }
 
-fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
+/// Runs one step; `quiet` keeps the command and its output off the terminal unless it fails.
+fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
     let argv: Vec<String> = s
         .argv
         .iter()
@@ -538,7 +539,21 @@ fn run_step(sh: &Shell, s: &Step) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    sh.cmd(&argv[0]).args(&argv[1..]).run()?;
+    if quiet {
+        let out = sh
+            .cmd(&argv[0])
+            .args(&argv[1..])
+            .quiet()
+            .ignore_status()
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            crate::procs::printed(&out).trim()
+        );
+    } else {
+        sh.cmd(&argv[0]).args(&argv[1..]).run()?;
+    }
     Ok(())
 }
 
@@ -633,7 +648,7 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
             .collect();
         let up = || -> anyhow::Result<()> {
             for s in &steps {
-                run_step(sh, s).with_context(|| format!("{name}: {} ({s})", s.what))?;
+                run_step(sh, s, true).with_context(|| format!("{name}: {} ({s})", s.what))?;
             }
             Ok(())
         };
