@@ -1149,18 +1149,7 @@ fn check_attestation_against_apiserver(
             } else {
                 v
             };
-            *selectors.borrow_mut() = agent["selectors"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    format!(
-                        "{}:{}",
-                        s["type"].as_str().unwrap_or(""),
-                        s["value"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
+            *selectors.borrow_mut() = selector_strings(&agent["selectors"]);
             Ok(!selectors.borrow().is_empty())
         }),
     )?;
@@ -1187,18 +1176,7 @@ fn check_attestation_against_apiserver(
         "json",
     ])?;
     let alias: serde_json::Value = serde_json::from_slice(&alias.stdout).unwrap_or_default();
-    let alias_selectors: Vec<String> = alias["entries"][0]["selectors"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            format!(
-                "{}:{}",
-                s["type"].as_str().unwrap_or(""),
-                s["value"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let alias_selectors: Vec<String> = selector_strings(&alias["entries"][0]["selectors"]);
     anyhow::ensure!(
         !alias_selectors.is_empty() && alias_selectors.iter().all(|s| selectors.contains(s)),
         "the agent's selectors do not cover the alias entry's {alias_selectors:?}: the workloads would not reach it"
@@ -1283,6 +1261,21 @@ pub fn check_registration_with(
     }
     result?;
     Ok(steps.len())
+}
+
+/// SPIRE's JSON selectors (`[{"type": …, "value": …}]`) as `type:value`.
+fn selector_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap_or(""),
+                s["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 /// `kubectl` arguments that run the SPIRE server's CLI inside its pod.

@@ -255,9 +255,6 @@ impl Layout {
     pub fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
-    fn s(&self, rel: &str) -> String {
-        self.p(rel).display().to_string()
-    }
     pub fn server_socket(&self) -> PathBuf {
         self.p("spire-server/api.sock")
     }
@@ -295,7 +292,6 @@ pub struct Render {
 
 /// Every config the local runtime uses, each from its file under `manifests/`.
 pub fn local_configs(l: &Layout) -> Vec<Render> {
-    let port = |p: u16| p.to_string();
     let ports = &l.ports;
     let agent_sock = |node: &str| l.agent_socket(node).display().to_string();
     let wl_api = "/spiffe-workload-api/spire-agent.sock";
@@ -303,35 +299,19 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
         Render {
             source: "spire/config/server.conf",
             target: "spire-server.conf".into(),
-            edits: vec![
-                text(
-                    Kind::Address,
-                    "bind_address = \"0.0.0.0\"",
-                    "bind_address = \"127.0.0.1\"",
+            edits: [
+                server_moved(
+                    ports.spire_server,
+                    ports.spire_server_health,
+                    &l.server_socket(),
+                    &l.p("spire-server/data"),
                 ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8081\"",
-                    format!("bind_port = \"{}\"", port(ports.spire_server)),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8080\"",
-                    format!("bind_port = \"{}\"", port(ports.spire_server_health)),
-                ),
-                text(
-                    Kind::SocketPath,
-                    "/tmp/spire-server/private/api.sock",
-                    l.server_socket().display().to_string(),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/run/spire/server/data",
-                    l.s("spire-server/data"),
-                ),
-                block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
-                block("Notifier \"k8sbundle\"", ""),
-            ],
+                vec![
+                    block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
+                    block("Notifier \"k8sbundle\"", ""),
+                ],
+            ]
+            .concat(),
         },
         Render {
             source: "frontend/config/envoy.yaml",
@@ -466,45 +446,20 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
         v.push(Render {
             source: "spire/config/agent.conf",
             target: format!("agent-{node}.conf"),
-            edits: vec![
-                text(
-                    Kind::FilePath,
-                    "/run/spire/agent/data",
-                    l.s(&format!("agents/{node}/data")),
+            edits: [
+                agent_moved(
+                    ports.spire_server,
+                    health,
+                    &l.agent_socket(node),
+                    &l.p(&format!("agents/{node}/data")),
+                    &l.bundle(),
                 ),
-                text(
-                    Kind::Address,
-                    "server_address = \"spire-server.spire-system.svc\"",
-                    "server_address = \"127.0.0.1\"",
-                ),
-                text(
-                    Kind::Address,
-                    "server_port = \"8081\"",
-                    format!("server_port = \"{}\"", ports.spire_server),
-                ),
-                text(
-                    Kind::SocketPath,
-                    "/run/spire/agent-sockets/spire-agent.sock",
-                    agent_sock(node),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/run/spire/bundle/bundle.crt",
-                    l.bundle().display().to_string(),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_address = \"0.0.0.0\"",
-                    "bind_address = \"127.0.0.1\"",
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8080\"",
-                    format!("bind_port = \"{health}\""),
-                ),
-                block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
-                block("WorkloadAttestor \"k8s\"", UNIX_ATTESTOR),
-            ],
+                vec![
+                    block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
+                    block("WorkloadAttestor \"k8s\"", UNIX_ATTESTOR),
+                ],
+            ]
+            .concat(),
         });
     }
     v
@@ -522,7 +477,6 @@ pub fn apiserver_spire_configs(
     sa_token: &Path,
 ) -> Vec<Render> {
     let (server, server_health, agent_health) = ports;
-    let p = |rel: &str| dir.join(rel).display().to_string();
     let kube_access = |after: &str, key: &str, indent: &str, path: &Path| {
         text(
             Kind::KubeAccess,
@@ -530,95 +484,138 @@ pub fn apiserver_spire_configs(
             format!("{after}\n{indent}{key} = \"{}\"", path.display()),
         )
     };
+    let p = |rel: &str| dir.join(rel);
     vec![
         Render {
             source: "spire/config/server.conf",
             target: "server.conf".into(),
-            edits: vec![
-                text(
-                    Kind::Address,
-                    "bind_address = \"0.0.0.0\"",
-                    "bind_address = \"127.0.0.1\"",
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8081\"",
-                    format!("bind_port = \"{server}\""),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8080\"",
-                    format!("bind_port = \"{server_health}\""),
-                ),
-                text(
-                    Kind::SocketPath,
-                    "/tmp/spire-server/private/api.sock",
-                    p("server.sock"),
-                ),
-                text(Kind::FilePath, "/run/spire/server/data", p("server-data")),
-                kube_access(
-                    "service_account_allow_list = [\"spire-system:spire-agent\"]",
-                    "kube_config_file",
-                    "                    ",
-                    kubeconfig,
-                ),
-                kube_access(
-                    "config_map = \"spire-bundle\"",
-                    "kube_config_file_path",
-                    "            ",
-                    kubeconfig,
-                ),
-            ],
+            edits: [
+                server_moved(server, server_health, &p("server.sock"), &p("server-data")),
+                vec![
+                    kube_access(
+                        "service_account_allow_list = [\"spire-system:spire-agent\"]",
+                        "kube_config_file",
+                        "                    ",
+                        kubeconfig,
+                    ),
+                    kube_access(
+                        "config_map = \"spire-bundle\"",
+                        "kube_config_file_path",
+                        "            ",
+                        kubeconfig,
+                    ),
+                ],
+            ]
+            .concat(),
         },
         Render {
             source: "spire/config/agent.conf",
             target: "agent.conf".into(),
-            edits: vec![
-                text(Kind::FilePath, "/run/spire/agent/data", p("agent-data")),
-                text(
-                    Kind::Address,
-                    "server_address = \"spire-server.spire-system.svc\"",
-                    "server_address = \"127.0.0.1\"",
+            edits: [
+                agent_moved(
+                    server,
+                    agent_health,
+                    &p("agent.sock"),
+                    &p("agent-data"),
+                    &p("bundle.crt"),
                 ),
-                text(
-                    Kind::Address,
-                    "server_port = \"8081\"",
-                    format!("server_port = \"{server}\""),
-                ),
-                text(
-                    Kind::SocketPath,
-                    "/run/spire/agent-sockets/spire-agent.sock",
-                    p("agent.sock"),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/run/spire/bundle/bundle.crt",
-                    p("bundle.crt"),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_address = \"0.0.0.0\"",
-                    "bind_address = \"127.0.0.1\"",
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = \"8080\"",
-                    format!("bind_port = \"{agent_health}\""),
-                ),
-                kube_access(
-                    "cluster = \"spire-demo\"",
-                    "token_path",
-                    "            ",
-                    psat,
-                ),
-                kube_access(
-                    "node_name_env = \"MY_NODE_NAME\"",
-                    "token_path",
-                    "            ",
-                    sa_token,
-                ),
-            ],
+                vec![
+                    kube_access(
+                        "cluster = \"spire-demo\"",
+                        "token_path",
+                        "            ",
+                        psat,
+                    ),
+                    kube_access(
+                        "node_name_env = \"MY_NODE_NAME\"",
+                        "token_path",
+                        "            ",
+                        sa_token,
+                    ),
+                ],
+            ]
+            .concat(),
         },
+    ]
+}
+
+/// A SPIRE server off Kubernetes: listening on 127.0.0.1 (API at `port`, health at `health`),
+/// its admin socket and data directory where given.
+fn server_moved(port: u16, health: u16, socket: &Path, data: &Path) -> Vec<Edit> {
+    vec![
+        text(
+            Kind::Address,
+            "bind_address = \"0.0.0.0\"",
+            "bind_address = \"127.0.0.1\"",
+        ),
+        text(
+            Kind::Address,
+            "bind_port = \"8081\"",
+            format!("bind_port = \"{port}\""),
+        ),
+        text(
+            Kind::Address,
+            "bind_port = \"8080\"",
+            format!("bind_port = \"{health}\""),
+        ),
+        text(
+            Kind::SocketPath,
+            "/tmp/spire-server/private/api.sock",
+            socket.display().to_string(),
+        ),
+        text(
+            Kind::FilePath,
+            "/run/spire/server/data",
+            data.display().to_string(),
+        ),
+    ]
+}
+
+/// A SPIRE agent off Kubernetes: its server at 127.0.0.1:`server_port`, health on 127.0.0.1 at
+/// `health`, its Workload API socket, data directory and bootstrap bundle where given.
+fn agent_moved(
+    server_port: u16,
+    health: u16,
+    socket: &Path,
+    data: &Path,
+    bundle: &Path,
+) -> Vec<Edit> {
+    vec![
+        text(
+            Kind::FilePath,
+            "/run/spire/agent/data",
+            data.display().to_string(),
+        ),
+        text(
+            Kind::Address,
+            "server_address = \"spire-server.spire-system.svc\"",
+            "server_address = \"127.0.0.1\"",
+        ),
+        text(
+            Kind::Address,
+            "server_port = \"8081\"",
+            format!("server_port = \"{server_port}\""),
+        ),
+        text(
+            Kind::SocketPath,
+            "/run/spire/agent-sockets/spire-agent.sock",
+            socket.display().to_string(),
+        ),
+        text(
+            Kind::FilePath,
+            "/run/spire/bundle/bundle.crt",
+            bundle.display().to_string(),
+        ),
+        text(
+            Kind::Address,
+            "bind_address = \"0.0.0.0\"",
+            "bind_address = \"127.0.0.1\"",
+        ),
+        text(
+            Kind::Address,
+            "bind_port = \"8080\"",
+            format!("bind_port = \"{health}\""),
+        ),
     ]
 }
 
@@ -885,6 +882,23 @@ mod tests {
         assert!(plugin.apply("DataStore \"sql\" { }").is_err());
         let missing = text(Kind::Address, "port = 1", "port = 2");
         assert!(missing.apply("nothing here").is_err());
+        // Access to the API server adds one kubeconfig or token line, and changes nothing else.
+        let src = "cluster = \"c\"\n";
+        let token = text(
+            Kind::KubeAccess,
+            "cluster = \"c\"",
+            "cluster = \"c\"\n    token_path = \"/t\"",
+        );
+        assert!(token.apply(src).is_ok());
+        for to in [
+            "cluster = \"other\"\n    token_path = \"/t\"",
+            "cluster = \"c\"\n    skip_kubelet_verification = false",
+            "cluster = \"c\"\n    token_path = \"/t\"\n    audience = [\"x\"]",
+            "cluster = \"c\" token_path = \"/t\"",
+        ] {
+            let sneaky = text(Kind::KubeAccess, "cluster = \"c\"", to);
+            assert!(sneaky.apply(src).is_err(), "{to}");
+        }
     }
 
     #[test]
