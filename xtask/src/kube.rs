@@ -593,6 +593,159 @@ mod tests {
         );
     }
 
+    /// The Workload API socket's path from the agent to every workload, hop by hop: the agent's
+    /// `socket_path` lies in a hostPath directory that the SPIFFE CSI driver mounts and serves
+    /// (`-workload-api-socket-dir`); the registrar tells the kubelet where the driver's CSI
+    /// socket is; every workload volume is an inline, read-only `csi.spiffe.io` volume (the driver
+    /// refuses any other, spiffe-csi 0.2.6 `NodePublishVolume`), and every config that dials the
+    /// Workload API names the agent's socket file inside that mount.
+    #[test]
+    fn the_workload_api_socket_is_wired_from_agent_to_workloads() {
+        let (_, _, objects) = rendered();
+        let objects: Vec<Value> = objects
+            .into_iter()
+            .chain(scenario_objects().unwrap())
+            .collect();
+        let daemonset = |name: &str| {
+            objects
+                .iter()
+                .find(|o| o["kind"] == "DaemonSet" && o["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("no DaemonSet {name}"))
+        };
+        // The directory a container mounts at `path`, on the host.
+        let host_dir = |o: &Value, container: &str, path: &str| -> String {
+            let spec = pod_spec(o).unwrap();
+            let c = spec["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == container)
+                .unwrap();
+            let mount = c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == path)
+                .unwrap_or_else(|| panic!("{container} mounts nothing at {path}"));
+            let volume = spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap();
+            volume["hostPath"]["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{container}'s {path} is not a hostPath"))
+                .to_owned()
+        };
+        let arg_after = |o: &Value, container: &str, flag: &str| -> String {
+            let c = pod_spec(o).unwrap()["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == container)
+                .unwrap()
+                .clone();
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|a| a.as_str())
+                .collect();
+            let at = args
+                .iter()
+                .position(|a| *a == flag)
+                .unwrap_or_else(|| panic!("{container} has no {flag}"));
+            args[at + 1].to_owned()
+        };
+
+        let agent_conf = config_map(&objects, "spire-agent").unwrap()["agent.conf"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let socket_path = agent_conf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("socket_path = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_owned();
+        let (socket_dir, socket_file) = socket_path.rsplit_once('/').unwrap();
+        let agent = daemonset("spire-agent");
+        let on_host = host_dir(agent, "spire-agent", socket_dir);
+        let csi = daemonset("spiffe-csi-driver");
+        let served = arg_after(csi, "spiffe-csi-driver", "-workload-api-socket-dir");
+        assert_eq!(
+            host_dir(csi, "spiffe-csi-driver", &served),
+            on_host,
+            "the CSI driver serves another directory than the agent's socket directory"
+        );
+        let csi_socket = arg_after(csi, "spiffe-csi-driver", "-csi-socket-path");
+        assert_eq!(
+            arg_after(csi, "node-driver-registrar", "-csi-address"),
+            csi_socket
+        );
+        let (csi_dir, csi_file) = csi_socket.rsplit_once('/').unwrap();
+        let registered = arg_after(csi, "node-driver-registrar", "-kubelet-registration-path");
+        assert_eq!(
+            registered,
+            format!("{}/{csi_file}", host_dir(csi, "spiffe-csi-driver", csi_dir)),
+            "the kubelet is told another CSI socket than the driver's"
+        );
+        assert_eq!(
+            host_dir(csi, "node-driver-registrar", "/registration"),
+            "/var/lib/kubelet/plugins_registry"
+        );
+
+        let mut dialled = 0;
+        for o in objects
+            .iter()
+            .filter(|o| o["metadata"]["namespace"] == "demo")
+        {
+            let Some(spec) = pod_spec(o) else { continue };
+            for v in spec["volumes"].as_array().into_iter().flatten() {
+                if v["csi"]["driver"] == "csi.spiffe.io" {
+                    assert_eq!(
+                        v["csi"]["readOnly"],
+                        true,
+                        "{}: the SPIFFE CSI driver refuses a volume that is not readOnly",
+                        describe(o)
+                    );
+                }
+            }
+        }
+        let configs: Vec<String> = [
+            "frontend-envoy",
+            "backend-envoy",
+            "backend-helper",
+            "postgres-helper",
+        ]
+        .iter()
+        .flat_map(|m| {
+            config_map(&objects, m)
+                .unwrap()
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .chain([serde_json::to_string(&scenario_objects().unwrap()).unwrap()])
+        .collect();
+        for text in &configs {
+            for (i, _) in text.match_indices("/spiffe-workload-api/") {
+                let rest = &text[i + "/spiffe-workload-api/".len()..];
+                let file: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                    .collect();
+                assert_eq!(
+                    file, socket_file,
+                    "a config dials /spiffe-workload-api/{file}"
+                );
+                dialled += 1;
+            }
+        }
+        assert!(dialled >= 5, "only {dialled} configs dial the Workload API");
+    }
+
     /// The lab's invariants, on the rendered objects.
     #[test]
     fn manifests_keep_the_labs_invariants() {
