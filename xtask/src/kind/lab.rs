@@ -1,0 +1,641 @@
+//! `KindLab`, the scenarios' handle on the lab on kind: kubectl for changes, port-forwards for
+//! looking, `docker exec` into a kind node to freeze a spiffe-helper.
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use super::{KindEntry, NAMESPACE, context, registrations, server_cli, workload};
+
+/// Local ports where `kubectl port-forward` exposes what scenarios look at inside the pods.
+const FWD_FRONTEND_ADMIN: u16 = 19901;
+const FWD_BACKEND_ADMIN: u16 = 19902;
+const FWD_BACKEND_MTLS: u16 = 18443;
+const FWD_BACKEND_HEALTH: u16 = 19091;
+const FWD_POSTGRES: u16 = 15433;
+
+/// The rogue of the `unregistered` scenario: a pod with service account `rogue`.
+const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
+
+/// A process the scenario froze with SIGSTOP: the kind node (a container) and its pid there.
+struct Frozen {
+    component: crate::lab::Component,
+    node: String,
+    pid: String,
+}
+
+/// The running lab on kind, for scenarios: kubectl for changes, port-forwards for looking.
+pub struct KindLab {
+    ctx: String,
+    /// `kubectl` from PATH, and the user's kubeconfig; in tests, a real API server's.
+    kubectl: std::path::PathBuf,
+    kubeconfig: Option<std::path::PathBuf>,
+    forwards: Vec<std::process::Child>,
+    /// Where the rogue's SVID was copied out of its pod.
+    rogue_dir: Option<std::path::PathBuf>,
+    frozen: Vec<Frozen>,
+}
+
+impl KindLab {
+    pub fn open(sh: &Shell) -> anyhow::Result<KindLab> {
+        let ctx = context()?;
+        cmd!(
+            sh,
+            "kubectl --context {ctx} -n {NAMESPACE} get deployment frontend"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("the lab is not up on kind: run `cargo xtask up --runtime kind`")?;
+        let mut lab = KindLab {
+            ctx,
+            kubectl: "kubectl".into(),
+            kubeconfig: None,
+            forwards: Vec::new(),
+            rogue_dir: None,
+            frozen: Vec::new(),
+        };
+        lab.forward()?;
+        Ok(lab)
+    }
+
+    /// The handle on a running API server with no nodes: no port-forwards (no pod runs).
+    pub(super) fn attach(api: &crate::apiserver::ApiServer) -> KindLab {
+        KindLab {
+            ctx: api.contexts[0].clone(),
+            kubectl: api.kubectl.clone(),
+            kubeconfig: Some(api.kubeconfig.clone()),
+            forwards: Vec::new(),
+            rogue_dir: None,
+            frozen: Vec::new(),
+        }
+    }
+
+    fn kubectl(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.kubectl);
+        if let Some(k) = &self.kubeconfig {
+            c.env("KUBECONFIG", k);
+        }
+        c.args(["--context", &self.ctx]);
+        c
+    }
+
+    /// `kubectl apply -f -` of `yaml` (or JSON): what kubectl printed, or its error.
+    pub(super) fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
+        let mut apply = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = apply.stdin.take().context("no stdin")?;
+        let input = yaml.to_owned();
+        let writer =
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+        let out = apply.wait_with_output()?;
+        let _ = writer.join();
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(crate::procs::printed(&out))
+    }
+
+    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl().args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (Re)starts the port-forwards and waits until each local port answers.
+    fn forward(&mut self) -> anyhow::Result<()> {
+        for mut f in self.forwards.drain(..) {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        let specs: [(&str, &[(u16, u16)]); 3] = [
+            ("deployment/frontend", &[(FWD_FRONTEND_ADMIN, 9901)]),
+            (
+                "deployment/backend",
+                &[
+                    (FWD_BACKEND_ADMIN, 9901),
+                    (FWD_BACKEND_MTLS, 8443),
+                    (FWD_BACKEND_HEALTH, 9091),
+                ],
+            ),
+            ("statefulset/postgres", &[(FWD_POSTGRES, 5432)]),
+        ];
+        for (target, ports) in specs {
+            let mut c = self.kubectl();
+            c.args(["-n", NAMESPACE, "port-forward", target]);
+            for (local, remote) in ports {
+                c.arg(format!("{local}:{remote}"));
+            }
+            let child = c
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            self.forwards.push(child);
+        }
+        let started = std::time::Instant::now();
+        for port in [
+            FWD_FRONTEND_ADMIN,
+            FWD_BACKEND_ADMIN,
+            FWD_BACKEND_MTLS,
+            FWD_BACKEND_HEALTH,
+            FWD_POSTGRES,
+        ] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                anyhow::ensure!(
+                    started.elapsed().as_secs() < 30,
+                    "kubectl port-forward to port {port} did not come up"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    }
+
+    /// What `kubectl scale` stops for a component: a whole pod on kind.
+    fn scaled(
+        c: crate::lab::Component,
+    ) -> anyhow::Result<(&'static str, &'static str, &'static str)> {
+        use crate::lab::Component::*;
+        Ok(match c {
+            SpireServer => ("spire-system", "statefulset/spire-server", "spire-server"),
+            Postgres => (NAMESPACE, "statefulset/postgres", "postgres"),
+            // The backend's Envoy cannot stop alone: its whole pod (Envoy, backend, helper) does.
+            EnvoyBackend | Backend => (NAMESPACE, "deployment/backend", "backend"),
+            other => bail!("stopping {} alone is not possible on kind", other.name()),
+        })
+    }
+
+    /// A spiffe-helper (a native sidecar) cannot be stopped alone by Kubernetes, and SIGSTOP
+    /// from inside its pod would not reach it (it is PID 1 of its PID namespace). The kind node
+    /// is a container holding every pod's processes: SIGSTOP from there freezes the helper and
+    /// nothing else, and SIGCONT resumes it.
+    fn freeze(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        let (ns, target, container) = workload(c);
+        let app = target.split('/').nth(1).unwrap_or_default();
+        let out = self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let pod = &v["items"][0];
+        let node = pod["spec"]["nodeName"]
+            .as_str()
+            .with_context(|| format!("no {app} pod is scheduled"))?
+            .to_owned();
+        let id = pod["status"]["initContainerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == container)
+            .and_then(|s| s["containerID"].as_str())
+            .and_then(|id| id.split_once("://").map(|(_, id)| id.to_owned()))
+            .with_context(|| format!("{app}'s {container} has no running container"))?;
+        let pid = docker_exec(
+            &node,
+            &[
+                "crictl",
+                "inspect",
+                "--output",
+                "go-template",
+                "--template",
+                "{{.info.pid}}",
+                &id,
+            ],
+        )
+        .with_context(|| format!("finding {app}'s {container} on the kind node {node}"))?;
+        let pid = pid.trim().to_owned();
+        anyhow::ensure!(
+            pid.parse::<u32>().is_ok_and(|p| p > 1),
+            "crictl gave no pid for {container}: {pid:?}"
+        );
+        signal(&node, &pid, "STOP")?;
+        println!("      froze {app}'s {container} (pid {pid} on {node})");
+        self.frozen.push(Frozen {
+            component: c,
+            node,
+            pid,
+        });
+        Ok(())
+    }
+
+    fn thaw(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        for f in self.frozen.iter().filter(|f| f.component == c) {
+            signal(&f.node, &f.pid, "CONT")?;
+        }
+        self.frozen.retain(|f| f.component != c);
+        Ok(())
+    }
+
+    /// The rogue pod now: the agent's refusal if its fetch failed at least once, and whether
+    /// it holds an SVID (its client container runs).
+    pub(super) fn rogue_state(&self) -> anyhow::Result<(Option<String>, bool)> {
+        let out = self.run(&["-n", NAMESPACE, "get", "pod", "rogue", "-o", "json"])?;
+        let pod: serde_json::Value = serde_json::from_str(&out)?;
+        let fetch = &pod["status"]["initContainerStatuses"][0];
+        let refusal = [
+            &fetch["state"]["terminated"],
+            &fetch["lastState"]["terminated"],
+        ]
+        .into_iter()
+        .find(|t| t["exitCode"].as_i64().is_some_and(|c| c != 0))
+        .map(|t| {
+            t["message"]
+                .as_str()
+                .unwrap_or("the fetch failed without a message")
+                .trim()
+                .to_owned()
+        });
+        let holds = pod["status"]["containerStatuses"][0]["ready"] == true;
+        Ok((refusal, holds))
+    }
+
+    /// `uid/restarts` of the pod labelled `app` and its container (a sidecar's included).
+    pub(super) fn pod_instance(&self, ns: &str, app: &str, container: &str) -> Option<String> {
+        let path = format!(
+            "jsonpath={{.items[0].metadata.uid}}/{{.items[0].status.containerStatuses[?(@.name==\"{container}\")].restartCount}}{{.items[0].status.initContainerStatuses[?(@.name==\"{container}\")].restartCount}}"
+        );
+        self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            &path,
+        ])
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    }
+
+    pub(super) fn apply_rogue(&self) -> anyhow::Result<()> {
+        let manifest = crate::project_root().join(ROGUE_MANIFEST);
+        self.run(&["apply", "-f", &manifest.display().to_string()])?;
+        Ok(())
+    }
+
+    pub(super) fn delete_rogue_pod(&self) -> anyhow::Result<()> {
+        self.run(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "pod",
+            "rogue",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ])?;
+        Ok(())
+    }
+
+    fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.run(&server_cli(&[
+            "entry",
+            "show",
+            "-spiffeID",
+            spiffe_id,
+            "-output",
+            "json",
+        ]))?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect())
+    }
+}
+
+/// Runs a command inside a kind node (a Docker container) and returns what it printed.
+fn docker_exec(node: &str, argv: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("docker")
+        .args(["exec", node])
+        .args(argv)
+        .output()
+        .context("docker exec")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker exec {node} {}: {}",
+        argv.join(" "),
+        crate::procs::printed(&out).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sends SIG`sig` to a process of a kind node, from the node's own PID namespace.
+fn signal(node: &str, pid: &str, sig: &str) -> anyhow::Result<()> {
+    docker_exec(node, &["sh", "-c", "kill -s \"$0\" \"$1\"", sig, pid])?;
+    Ok(())
+}
+
+impl Drop for KindLab {
+    fn drop(&mut self) {
+        // Never leave a frozen helper behind, whatever happened to the scenario.
+        for f in &self.frozen {
+            let _ = signal(&f.node, &f.pid, "CONT");
+        }
+        if let Some(dir) = &self.rogue_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for f in &mut self.forwards {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+    }
+}
+
+impl crate::lab::Lab for KindLab {
+    fn runtime(&self) -> &'static str {
+        "kind"
+    }
+
+    fn frontend_url(&self) -> String {
+        "http://localhost:8080".into()
+    }
+
+    fn envoy_admin_url(&self, backend: bool) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            if backend {
+                FWD_BACKEND_ADMIN
+            } else {
+                FWD_FRONTEND_ADMIN
+            }
+        )
+    }
+
+    fn stop(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        use crate::lab::Component::{HelperBackend, HelperPostgres};
+        if matches!(c, HelperBackend | HelperPostgres) {
+            return self.freeze(c);
+        }
+        let (ns, target, _) = Self::scaled(c)?;
+        self.run(&["-n", ns, "scale", target, "--replicas=0"])?;
+        let app = target.split('/').nth(1).unwrap_or_default();
+        self.run(&[
+            "-n",
+            ns,
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=120s",
+        ])?;
+        Ok(())
+    }
+
+    fn start(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+        use crate::lab::Component::{HelperBackend, HelperPostgres};
+        if matches!(c, HelperBackend | HelperPostgres) {
+            return self.thaw(c);
+        }
+        let (ns, target, _) = Self::scaled(c)?;
+        self.run(&["-n", ns, "scale", target, "--replicas=1"])?;
+        self.run(&["-n", ns, "rollout", "status", target, "--timeout=180s"])?;
+        self.forward()
+    }
+
+    fn instance(&self, c: crate::lab::Component) -> Option<String> {
+        if self.frozen.iter().any(|f| f.component == c) {
+            return None;
+        }
+        let (ns, target, container) = workload(c);
+        self.pod_instance(ns, target.split('/').nth(1)?, container)
+    }
+
+    fn set_policy(&mut self, p: crate::lab::Policy) -> anyhow::Result<()> {
+        let file = match p {
+            crate::lab::Policy::AllowFrontend => "rbac.yaml",
+            crate::lab::Policy::Deny => "rbac-deny.yaml",
+        };
+        let from = format!(
+            "--from-file=rbac.yaml={}",
+            crate::project_root()
+                .join("manifests/backend/config")
+                .join(file)
+                .display()
+        );
+        let yaml = self.run(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "configmap",
+            "backend-rbac",
+            &from,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])?;
+        self.apply_yaml(&yaml)
+            .context("kubectl apply of the RBAC policy")?;
+        Ok(())
+    }
+
+    fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()> {
+        let ttl = ttl.unwrap_or(0).to_string();
+        for e in registrations() {
+            for id in self.entry_ids(&e.spiffe_id)? {
+                let mut args = server_cli(&["entry", "update", "-entryID", &id]);
+                args.extend(["-x509SVIDTTL", &ttl]);
+                args.extend(e.args());
+                self.run(&args)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&self, c: crate::lab::Component) -> anyhow::Result<String> {
+        let (ns, target, container) = workload(c);
+        self.run(&["-n", ns, "logs", target, "-c", container, "--tail", "-1"])
+    }
+
+    fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
+        let pem = self.run(&server_cli(&["bundle", "show"]))?;
+        Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
+    }
+
+    fn holdings(&self) -> Vec<anyhow::Result<crate::lab::Holding>> {
+        use crate::lab::Holding;
+        // The backend's files live in its pod: its own /api/identity, through the frontend.
+        let files = || -> anyhow::Result<Holding> {
+            let (_, body) = crate::probe::get(&format!("{}/api/identity", self.frontend_url()))?;
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            let h = v["holders"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter().find(|h| {
+                        h["holder"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("backend"))
+                    })
+                })
+                .cloned()
+                .context("no backend in the identity panel")?;
+            Ok(Holding {
+                holder: "backend files",
+                spiffe_id: h["spiffe_id"].as_str().map(str::to_owned),
+                serial: h["serial"]
+                    .as_str()
+                    .context("the backend's serial is unknown")?
+                    .to_owned(),
+                seconds_left: h["seconds_left"].as_i64(),
+            })
+        };
+        vec![
+            Holding::of_envoy("frontend Envoy", &self.envoy_admin_url(false)),
+            Holding::of_envoy("backend Envoy", &self.envoy_admin_url(true)),
+            files(),
+            Holding::of_postgres(&format!("127.0.0.1:{FWD_POSTGRES}")),
+        ]
+    }
+
+    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
+        vec![
+            (
+                "backend Envoy (served on its mTLS listener)",
+                crate::probe::server_chain(&format!("127.0.0.1:{FWD_BACKEND_MTLS}"), false),
+            ),
+            (
+                "PostgreSQL (served to TLS clients)",
+                crate::probe::server_chain(&format!("127.0.0.1:{FWD_POSTGRES}"), true),
+            ),
+        ]
+    }
+
+    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+        let (status, body) =
+            crate::probe::get(&format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/readyz"))?;
+        Ok((status, serde_json::from_str(&body)?))
+    }
+
+    fn backend_envoy_addr(&self) -> String {
+        format!("127.0.0.1:{FWD_BACKEND_MTLS}")
+    }
+
+    fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
+        self.apply_rogue()?;
+        let started = std::time::Instant::now();
+        let outcome = loop {
+            match self.rogue_state() {
+                Ok((Some(refusal), _)) => break Err(refusal),
+                Ok((None, true)) => break Ok("the rogue pod holds an SVID".to_owned()),
+                _ if started.elapsed().as_secs() > 90 => {
+                    break Err("the rogue pod neither got an SVID nor failed in 90 s".to_owned());
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+            }
+        };
+        self.delete_rogue_pod()?;
+        match outcome {
+            Ok(held) => Ok(held),
+            Err(refusal) => bail!("{refusal}"),
+        }
+    }
+
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf> {
+        let rogue = KindEntry::of_account("rogue", Some("backend"));
+        let mut args = server_cli(&["entry", "create"]);
+        args.extend(rogue.args());
+        self.run(&args)?;
+        self.apply_rogue()?;
+        // The pod retries a refused fetch until its node's agent has synced the new entry.
+        let started = std::time::Instant::now();
+        loop {
+            let (refusal, holds) = self.rogue_state()?;
+            if holds {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed().as_secs() < 90,
+                "the registered rogue got no SVID in 90 s: {}",
+                refusal.unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let dir = std::env::temp_dir().join(format!("spire-lab-rogue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)?;
+        self.rogue_dir = Some(dir.clone());
+        for (file, mode) in [
+            ("svid.0.pem", 0o644),
+            ("svid.0.key", 0o600),
+            ("bundle.0.pem", 0o644),
+        ] {
+            let pem = self.run(&[
+                "-n",
+                NAMESPACE,
+                "exec",
+                "rogue",
+                "-c",
+                "client",
+                "--",
+                "cat",
+                &format!("/rogue/{file}"),
+            ])?;
+            let mut out = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(&mut out, mode);
+            std::io::Write::write_all(
+                &mut out.write(true).create_new(true).open(dir.join(file))?,
+                pem.as_bytes(),
+            )?;
+        }
+        Ok(dir)
+    }
+
+    fn remove_rogue(&mut self) -> anyhow::Result<()> {
+        self.delete_rogue_pod()?;
+        self.run(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "serviceaccount",
+            "rogue",
+            "--ignore-not-found",
+        ])?;
+        for id in self.entry_ids(&crate::local::workload_id("rogue"))? {
+            self.run(&server_cli(&["entry", "delete", "-entryID", &id]))?;
+        }
+        if let Some(dir) = self.rogue_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        Ok(())
+    }
+
+    /// psql inside the rogue pod, with the very files the rogue's fetch wrote there.
+    fn query_postgres_with(&self, _dir: &std::path::Path) -> anyhow::Result<String> {
+        let conninfo = "host=postgres.demo.svc.cluster.local port=5432 dbname=demo user=backend sslmode=verify-ca sslcert=/rogue/svid.0.pem sslkey=/rogue/svid.0.key sslrootcert=/rogue/bundle.0.pem";
+        let out = self
+            .kubectl()
+            .args(["-n", NAMESPACE, "exec", "rogue", "-c", "client", "--"])
+            .args(["psql", conninfo, "-AtXc", "SELECT count(*) FROM orders"])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn readiness_gates_traffic(&self) -> bool {
+        true
+    }
+}
