@@ -99,6 +99,12 @@ pub struct KubeTools {
     pub psa_check: PathBuf,
     /// `xtask/kube-api` built with Go: etcd, kube-apiserver and kubectl of the pinned release.
     pub kube_api: KubeApiBins,
+    /// The pinned kind CLI (PATH or cache): its commands' flags are checked with it.
+    pub kind: PathBuf,
+}
+
+fn kind_path(pins: &Pins) -> PathBuf {
+    cache_dir().join(format!("kind-{}/kind", pins.kind.version))
 }
 
 #[derive(Clone, Debug)]
@@ -232,12 +238,20 @@ pub fn find_kube(pins: &Pins) -> anyhow::Result<KubeTools> {
         "the Kubernetes {} OpenAPI document is not cached: run `cargo xtask deps`",
         pins.kind.kubernetes_openapi
     );
+    let kind =
+        pinned("kind", &kind_path(pins), "version", &pins.kind.version).with_context(|| {
+            format!(
+                "kind {} is not installed: run `cargo xtask deps`",
+                pins.kind.version
+            )
+        })?;
     let psa_check = PSA.find()?.join("psa-check");
     let api = KUBE_API.find()?;
     Ok(KubeTools {
         kustomize,
         openapi,
         psa_check,
+        kind,
         kube_api: KubeApiBins {
             etcd: api.join("etcd"),
             kube_apiserver: api.join("kube-apiserver"),
@@ -276,6 +290,21 @@ fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
         std::fs::copy(dir.join("api/openapi-spec/swagger.json"), &openapi)?;
     }
     println!("  ok  Kubernetes {} OpenAPI", pins.kind.kubernetes_openapi);
+    let kind = kind_path(pins);
+    if pinned("kind", &kind, "version", &pins.kind.version).is_none() {
+        println!(
+            "building kind {} with Go (first time only)…",
+            pins.kind.version
+        );
+        let version = format!("sigs.k8s.io/kind@v{}", pins.kind.version);
+        let gobin = kind.parent().unwrap();
+        std::fs::create_dir_all(gobin)?;
+        let _env = sh.push_env("GOBIN", gobin);
+        cmd!(sh, "go install {version}")
+            .run()
+            .context("build kind")?;
+    }
+    println!("  ok  kind {}", pins.kind.version);
     PSA.ensure(sh, "")?;
     println!("  ok  Pod Security checker (k8s.io/pod-security-admission)");
     KUBE_API.ensure(sh, &kubernetes_ldflags(pins))?;

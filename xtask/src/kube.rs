@@ -30,6 +30,8 @@ impl ManifestsCmd {
             );
         }
         check(sh, &kube)?;
+        let n = crate::kind::check_kind_commands(&kube.kind)?;
+        println!("the plan's {n} kind commands pass the pinned kind's flag parsing");
         crate::kind::check_against_apiserver(sh, &kube)
     }
 }

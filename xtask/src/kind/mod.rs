@@ -14,7 +14,7 @@ use crate::pins::Pins;
 mod check;
 mod lab;
 
-pub use check::{check_against_apiserver, check_registration_with};
+pub use check::{check_against_apiserver, check_kind_commands, check_registration_with};
 pub use lab::KindLab;
 
 pub const NAMESPACE: &str = "demo";
@@ -130,6 +130,19 @@ fn registry_overlay(pins: &Pins, registry: &str) -> String {
     yaml
 }
 
+/// The third-party images, saved for the nodes' platform (not committed).
+const THIRD_PARTY_ARCHIVE: &str = ".lab/images/third-party.tar";
+
+/// The kind nodes' platform: this machine's (Docker runs them natively).
+fn node_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
 /// Where an image goes in a registry: `REGISTRY/name:tag`.
 fn pushed(image: &str, registry: &str) -> String {
     format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
@@ -210,20 +223,57 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
                 .filter(|i| i.name != "kind node")
                 .map(|i| i.reference)
                 .collect();
+            let platform = node_platform();
             for image in &third {
-                plan.push(step(&format!("pull {image}"), &["docker", "pull", image]));
+                plan.push(step(
+                    &format!("pull {image}"),
+                    &["docker", "pull", "--platform", &platform, image],
+                ));
             }
-            let mut load = vec![
-                "kind",
-                "load",
-                "docker-image",
-                "--name",
-                cluster,
-                &pins.services.frontend_image,
-                &pins.services.backend_image,
+            // One platform only, through an archive: `kind load docker-image` of a
+            // multi-platform image fails with "content digest … not found" on Docker's
+            // containerd image store (kind's documented workaround).
+            plan.push(step(
+                "a place for the image archive (not committed)",
+                &["mkdir", "-p", ".lab/images"],
+            ));
+            let mut save = vec![
+                "docker",
+                "image",
+                "save",
+                "--platform",
+                &platform,
+                "-o",
+                THIRD_PARTY_ARCHIVE,
             ];
-            load.extend(third);
-            plan.push(step("load every image into the cluster's nodes", &load));
+            save.extend(&third);
+            plan.push(step(
+                &format!("save the third-party images for {platform}"),
+                &save,
+            ));
+            plan.push(step(
+                "load them into the cluster's nodes",
+                &[
+                    "kind",
+                    "load",
+                    "image-archive",
+                    "--name",
+                    cluster,
+                    THIRD_PARTY_ARCHIVE,
+                ],
+            ));
+            plan.push(step(
+                "load the services' images (built for this machine only)",
+                &[
+                    "kind",
+                    "load",
+                    "docker-image",
+                    "--name",
+                    cluster,
+                    &pins.services.frontend_image,
+                    &pins.services.backend_image,
+                ],
+            ));
         }
         Target::Existing { registry, .. } => {
             for (_, image) in services {
@@ -340,6 +390,25 @@ fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()>
         .is_err()
     {
         missing.push("a running Docker engine (`docker info` fails)".to_owned());
+    } else if *target == Target::Kind {
+        // `docker image save --platform` (the image archive step) came with Docker 28.
+        let format = "{{.Server.Version}}";
+        let version = cmd!(sh, "docker version --format {format}")
+            .quiet()
+            .read()
+            .unwrap_or_default();
+        let major: u32 = version
+            .trim()
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 28 {
+            missing.push(format!(
+                "Docker Engine 28 or newer (found {:?}; `docker image save --platform` is needed)",
+                version.trim()
+            ));
+        }
     }
     if *target == Target::Kind {
         match cmd!(sh, "kind version").quiet().read() {
@@ -614,18 +683,25 @@ mod tests {
             "kind create cluster --name spire-demo --config manifests/kind/cluster.yaml --wait 120s"
         );
         let load = at("kind load docker-image");
-        for image in [
-            &pins.services.frontend_image,
-            &pins.services.backend_image,
-            &pins.envoy.image,
-            &pins.spire.server_image,
-        ] {
+        for image in [&pins.services.frontend_image, &pins.services.backend_image] {
             assert!(
                 lines[load].contains(image.as_str()),
                 "{image} is not loaded"
             );
         }
-        assert!(!lines[load].contains("kindest/node"));
+        // Third-party images: pulled and saved for one platform, loaded from the archive.
+        let save = at("docker image save --platform linux/");
+        for image in [
+            &pins.envoy.image,
+            &pins.spire.server_image,
+            &pins.spire.agent_image,
+        ] {
+            assert!(at("docker pull --platform linux/") < save);
+            assert!(lines[save].contains(image.as_str()), "{image} is not saved");
+        }
+        assert!(!lines[save].contains("kindest/node"));
+        assert!(at("mkdir -p .lab/images") < save);
+        assert!(save < at("kind load image-archive --name spire-demo .lab/images/third-party.tar"));
         assert!(at("nix-image-load .#frontend-image") < load);
         assert!(
             at("apply -f manifests/namespaces.yaml")
