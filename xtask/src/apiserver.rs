@@ -5,16 +5,18 @@
 //! schedules or runs a pod: objects are stored, validated and admitted, never executed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::deps::KubeApiBins;
+use crate::procs::Children;
 
 pub struct ApiServer {
-    dir: PathBuf,
-    children: Vec<Child>,
+    // Dropped in order: the processes (API server first, then etcd), then their directory.
+    children: Children,
+    dir: tempfile::TempDir,
     pub kubectl: PathBuf,
     pub kubeconfig: PathBuf,
     /// The kubeconfig's contexts, all naming this server; the first is the current one.
@@ -30,33 +32,31 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// A file only its owner may read: keys, tokens, kubeconfigs.
 pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    std::io::Write::write_all(&mut o.write(true).create_new(true).open(path)?, data)?;
-    Ok(())
+    crate::procs::create_with_mode(path, data, 0o600)
 }
 
 impl ApiServer {
     /// Starts etcd and kube-apiserver and waits until the API server is ready (a few seconds).
     /// The kubeconfig names it with each of `contexts`.
     pub fn start(bins: &KubeApiBins, contexts: &[&str]) -> anyhow::Result<ApiServer> {
-        let dir = std::env::temp_dir().join(format!(
-            "spire-lab-apiserver-{}-{}",
-            std::process::id(),
-            crate::local::now()
-        ));
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .with_context(|| format!("create {}", dir.display()))?;
+        // A private (0700) scratch directory, removed with the server.
+        let dir = tempfile::Builder::new()
+            .prefix("spire-lab-apiserver-")
+            .tempdir()?;
+        let root = dir.path().to_owned();
+        let p = |rel: &str| root.join(rel);
+        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
         let mut server = ApiServer {
-            dir: dir.clone(),
-            children: Vec::new(),
+            children: Children::default(),
             kubectl: bins.kubectl.clone(),
-            kubeconfig: dir.join("kubeconfig"),
+            kubeconfig: p("kubeconfig"),
             contexts: contexts.iter().map(|c| c.to_string()).collect(),
-            url: String::new(),
-            ca: dir.join("certs/apiserver.crt"),
+            url: format!("https://127.0.0.1:{secure}"),
+            // Self-signed by the server, written when it starts.
+            ca: p("certs/apiserver.crt"),
+            dir,
         };
 
         // Credentials of this throwaway server only: a bearer token and the service-account key.
@@ -64,20 +64,22 @@ impl ApiServer {
         openssl::rand::rand_bytes(&mut token)?;
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         write_private(
-            &dir.join("tokens.csv"),
+            &p("tokens.csv"),
             format!("{token},lab-admin,lab-admin,system:masters\n").as_bytes(),
         )?;
         let key = openssl::rsa::Rsa::generate(2048)?;
-        write_private(&dir.join("sa.key"), &key.private_key_to_pem()?)?;
+        write_private(&p("sa.key"), &key.private_key_to_pem()?)?;
+        write_private(
+            &server.kubeconfig,
+            server.kubeconfig_text(&token, &server.contexts).as_bytes(),
+        )?;
 
-        let (client, peer, secure) = (free_port()?, free_port()?, free_port()?);
-        server.url = format!("https://127.0.0.1:{secure}");
         let log = |name: &str| -> anyhow::Result<Stdio> {
-            Ok(std::fs::File::create(dir.join(format!("{name}.log")))?.into())
+            Ok(std::fs::File::create(p(&format!("{name}.log")))?.into())
         };
         let etcd = Command::new(&bins.etcd)
             .arg("--data-dir")
-            .arg(dir.join("etcd"))
+            .arg(p("etcd"))
             .args([
                 "--listen-client-urls",
                 &format!("http://127.0.0.1:{client}"),
@@ -96,7 +98,7 @@ impl ApiServer {
             .stderr(log("etcd")?)
             .spawn()
             .with_context(|| format!("start {}", bins.etcd.display()))?;
-        server.children.push(etcd);
+        server.children.0.push(etcd);
         let apiserver = Command::new(&bins.kube_apiserver)
             .args([
                 "--etcd-servers",
@@ -115,52 +117,34 @@ impl ApiServer {
                 "10.96.0.0/16",
             ])
             .arg("--cert-dir")
-            .arg(dir.join("certs"))
+            .arg(p("certs"))
             .arg("--token-auth-file")
-            .arg(dir.join("tokens.csv"))
+            .arg(p("tokens.csv"))
             .arg("--service-account-key-file")
-            .arg(dir.join("sa.key"))
+            .arg(p("sa.key"))
             .arg("--service-account-signing-key-file")
-            .arg(dir.join("sa.key"))
+            .arg(p("sa.key"))
             .stdout(log("kube-apiserver")?)
             .stderr(log("kube-apiserver")?)
             .spawn()
             .with_context(|| format!("start {}", bins.kube_apiserver.display()))?;
-        server.children.push(apiserver);
+        server.children.0.push(apiserver);
 
-        // The serving certificate is self-signed and written once the server starts.
-        let started = Instant::now();
-        let ca = dir.join("certs/apiserver.crt");
-        loop {
-            if ca.is_file() {
-                let mut kubeconfig = format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://127.0.0.1:{secure}\n    certificate-authority: {}\nusers:\n- name: lab-admin\n  user:\n    token: {token}\ncurrent-context: {}\ncontexts:\n",
-                    ca.display(),
-                    contexts[0]
-                );
-                for c in contexts {
-                    kubeconfig += &format!(
-                        "- name: {c}\n  context:\n    cluster: lab\n    user: lab-admin\n"
-                    );
-                }
-                let _ = std::fs::remove_file(&server.kubeconfig);
-                write_private(&server.kubeconfig, kubeconfig.as_bytes())?;
-                let ready = server
-                    .kubectl()
-                    .args(["get", "--raw", "/readyz"])
-                    .output()?;
-                if ready.status.success() {
-                    return Ok(server);
-                }
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                anyhow::bail!(
-                    "kube-apiserver was not ready in 60 s; its log ends:\n{}",
-                    server.log_tail("kube-apiserver")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        crate::procs::wait_for(Duration::from_secs(60), || {
+            let ready = server
+                .kubectl()
+                .args(["get", "--raw", "/readyz"])
+                .output()?;
+            anyhow::ensure!(ready.status.success(), "{}", crate::procs::printed(&ready));
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "kube-apiserver did not get ready; its log ends:\n{}",
+                server.log_tail("kube-apiserver")
+            )
+        })?;
+        Ok(server)
     }
 
     /// kubectl, with this server's kubeconfig and context.
@@ -171,30 +155,27 @@ impl ApiServer {
         c
     }
 
+    /// A kubeconfig for this server that authenticates with `token`, with each of `contexts`
+    /// (the first current).
+    fn kubeconfig_text(&self, token: &str, contexts: &[String]) -> String {
+        let mut text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: user\n  user:\n    token: {token}\ncurrent-context: {}\ncontexts:\n",
+            self.url,
+            self.ca.display(),
+            contexts[0]
+        );
+        for c in contexts {
+            text += &format!("- name: {c}\n  context:\n    cluster: lab\n    user: user\n");
+        }
+        text
+    }
+
     /// A kubeconfig for this server that authenticates with `token` (a service account's, say).
     pub fn kubeconfig_with_token(&self, token: &str) -> String {
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: user\ncurrent-context: lab\n",
-            self.url,
-            self.ca.display()
-        )
+        self.kubeconfig_text(token, &["lab".to_owned()])
     }
 
     pub fn log_tail(&self, name: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        // The API server first, then its etcd.
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        crate::procs::tail(&self.dir.path().join(format!("{name}.log")), 20)
     }
 }

@@ -112,7 +112,8 @@ pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
         Some(&data("backend-rbac", "rbac.yaml")?),
     )?;
     println!("both Envoy bootstraps pass `envoy --mode validate` as mounted");
-    let dir = tempdir("spire-mounted")?;
+    let scratch = tempdir("spire-mounted")?;
+    let dir = scratch.path();
     for (map, key, program) in [
         ("spire-server", "server.conf", &tools.spire_server),
         ("spire-agent", "agent.conf", &tools.spire_agent),
@@ -130,7 +131,6 @@ pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    std::fs::remove_dir_all(dir)?;
     println!("the SPIRE server and agent configs pass `validate`");
     Ok(())
 }
@@ -414,7 +414,8 @@ pub fn validate_envoy_as_mounted(
     bootstrap: &str,
     rbac: Option<&str>,
 ) -> anyhow::Result<String> {
-    let dir = tempdir("envoy-mounted")?;
+    let scratch = tempdir("envoy-mounted")?;
+    let dir = scratch.path();
     std::fs::write(dir.join("envoy.yaml"), bootstrap)?;
     let mut script = format!(
         "set -e; mount -t tmpfs tmpfs /etc; mkdir -p /etc/envoy/rbac; cp '{d}/envoy.yaml' /etc/envoy/envoy.yaml;",
@@ -444,7 +445,6 @@ pub fn validate_envoy_as_mounted(
     .quiet()
     .ignore_status()
     .output()?;
-    let _ = std::fs::remove_dir_all(&dir);
     let text = crate::procs::printed(&out);
     if !out.status.success() {
         bail!("envoy --mode validate failed:\n{text}");
@@ -455,14 +455,11 @@ pub fn validate_envoy_as_mounted(
         .with_context(|| format!("envoy did not say OK:\n{text}"))
 }
 
-fn tempdir(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        crate::local::now()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A private scratch directory, removed when dropped.
+fn tempdir(name: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("spire-lab-{name}-"))
+        .tempdir()?)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::deps::{self, Tools};
 use crate::lab::{Component, Holding, Lab, Policy};
 use crate::pins::Pins;
 use crate::probe;
-use crate::procs::{self, Spec};
+use crate::procs::{self, Spec, wait_for};
 use crate::render::{self, Layout, NODES, Ports};
 
 pub const TRUST_DOMAIN: &str = "example.org";
@@ -132,23 +132,6 @@ impl LocalLab {
 
 fn step(n: usize, total: usize, what: &str) {
     println!("[{n:>2}/{total}] {what}");
-}
-
-/// Polls `check` every 100 ms until it succeeds or `limit` passes; the last error names why.
-fn wait_for<T>(
-    limit: Duration,
-    mut check: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<(T, Duration)> {
-    let started = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return Ok((v, started.elapsed())),
-            Err(e) if started.elapsed() >= limit => {
-                return Err(e.context(format!("not ready after {} s", limit.as_secs())));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }
 
 fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {

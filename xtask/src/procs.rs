@@ -167,3 +167,47 @@ pub fn printed(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Polls `check` every 100 ms until it succeeds or `limit` passes; the last error names why.
+pub fn wait_for<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Duration)> {
+    let started = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return Ok((v, started.elapsed())),
+            Err(e) if started.elapsed() >= limit => {
+                return Err(e.context(format!("not ready after {} s", limit.as_secs())));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Child processes killed, last started first, when this goes out of scope.
+#[derive(Default)]
+pub struct Children(pub Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in self.0.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Creates `path` (it must not exist) with `mode` from the start, so a key is never readable by
+/// others even for a moment.
+pub fn create_with_mode(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut o = OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
+    let mut f = o
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, data)?;
+    Ok(())
+}

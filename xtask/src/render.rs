@@ -290,11 +290,13 @@ pub struct Render {
     pub edits: Vec<Edit>,
 }
 
+/// Where the workloads' configs dial the Workload API (the CSI volume's mount, on kind).
+const WORKLOAD_API: &str = "/spiffe-workload-api/spire-agent.sock";
+
 /// Every config the local runtime uses, each from its file under `manifests/`.
 pub fn local_configs(l: &Layout) -> Vec<Render> {
     let ports = &l.ports;
     let agent_sock = |node: &str| l.agent_socket(node).display().to_string();
-    let wl_api = "/spiffe-workload-api/spire-agent.sock";
     let mut v = vec![
         Render {
             source: "spire/config/server.conf",
@@ -333,7 +335,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     "{ address: backend.demo.svc.cluster.local, port_value: 8443 }",
                     ports.backend_envoy,
                 ),
-                text(Kind::SocketPath, wl_api, agent_sock("frontend-node")),
+                text(Kind::SocketPath, WORKLOAD_API, agent_sock("frontend-node")),
             ],
         },
         Render {
@@ -358,47 +360,26 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     "/etc/envoy/rbac",
                     l.rbac_dir().display().to_string(),
                 ),
-                text(Kind::SocketPath, wl_api, agent_sock("backend-node")),
+                text(Kind::SocketPath, WORKLOAD_API, agent_sock("backend-node")),
             ],
         },
         Render {
             source: "backend/config/helper.conf",
             target: "helper-backend.conf".into(),
-            edits: vec![
-                text(Kind::SocketPath, wl_api, agent_sock("backend-node")),
-                text(
-                    Kind::FilePath,
-                    "/spiffe-certs",
-                    l.certs("backend").display().to_string(),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = 8081",
-                    format!("bind_port = {}", ports.backend_helper_health),
-                ),
-            ],
+            edits: helper_moved(l, "backend", ports.backend_helper_health),
         },
         Render {
             source: "postgres/config/helper.conf",
             target: "helper-postgres.conf".into(),
-            edits: vec![
-                text(Kind::SocketPath, wl_api, agent_sock("postgres-node")),
-                text(
-                    Kind::FilePath,
-                    "/spiffe-certs",
-                    l.certs("postgres").display().to_string(),
-                ),
-                text(
+            edits: [
+                helper_moved(l, "postgres", ports.postgres_helper_health),
+                vec![text(
                     Kind::FilePath,
                     "/var/run/postgresql",
                     l.pg_run().display().to_string(),
-                ),
-                text(
-                    Kind::Address,
-                    "bind_port = 8081",
-                    format!("bind_port = {}", ports.postgres_helper_health),
-                ),
-            ],
+                )],
+            ]
+            .concat(),
         },
         Render {
             source: "postgres/config/postgresql.conf",
@@ -536,6 +517,30 @@ pub fn apiserver_spire_configs(
             ]
             .concat(),
         },
+    ]
+}
+
+/// A workload's spiffe-helper off Kubernetes: its node's agent socket, the workload's
+/// certificate directory, its health port.
+fn helper_moved(l: &Layout, workload: &str, health: u16) -> Vec<Edit> {
+    vec![
+        text(
+            Kind::SocketPath,
+            WORKLOAD_API,
+            l.agent_socket(&format!("{workload}-node"))
+                .display()
+                .to_string(),
+        ),
+        text(
+            Kind::FilePath,
+            "/spiffe-certs",
+            l.certs(workload).display().to_string(),
+        ),
+        text(
+            Kind::Address,
+            "bind_port = 8081",
+            format!("bind_port = {health}"),
+        ),
     ]
 }
 

@@ -31,27 +31,18 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
     );
     // The plan's relative paths, from a scratch directory whose `manifests` is this one: the
     // registry overlay it writes stays out of the checkout's `.lab`.
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let work = Scratch(std::env::temp_dir().join(format!("spire-lab-plan-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&work.0);
-    std::fs::create_dir_all(&work.0)?;
-    std::os::unix::fs::symlink(root.join("manifests"), work.0.join("manifests"))?;
-    let _dir = sh.push_dir(&work.0);
+    let work = tempfile::Builder::new()
+        .prefix("spire-lab-plan-")
+        .tempdir()?;
+    std::os::unix::fs::symlink(root.join("manifests"), work.path().join("manifests"))?;
+    let _dir = sh.push_dir(work.path());
     let _env = sh.push_env("KUBECONFIG", &api.kubeconfig);
     let rendered = crate::kube::render(sh, &kube.kustomize)?;
+    let mut lab = KindLab::attach(&api);
+    let manifests = root.join("manifests").display().to_string();
 
-    let get = |args: &[&str]| -> anyhow::Result<String> {
-        let out = api.kubectl().current_dir(&root).args(args).output()?;
-        anyhow::ensure!(out.status.success(), "{}", crate::procs::printed(&out));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
     let generations = || -> anyhow::Result<Vec<String>> {
-        Ok(get(&[
+        Ok(lab.run(&[
             "get",
             "deployments,statefulsets,daemonsets",
             "--all-namespaces",
@@ -63,7 +54,7 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         .collect())
     };
     let backend_image = || {
-        get(&[
+        lab.run(&[
             "-n",
             NAMESPACE,
             "get",
@@ -107,7 +98,8 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
             before.len() == 6,
             "expected 6 workloads, the API server holds {before:?}"
         );
-        let stored = get(&["get", "-k", "manifests", "-o", "name"])?
+        let stored = lab
+            .run(&["get", "-k", &manifests, "-o", "name"])?
             .lines()
             .count();
         anyhow::ensure!(
@@ -138,30 +130,17 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         .context("no frontend Deployment")?
         .clone();
     on_host["spec"]["template"]["spec"]["hostNetwork"] = true.into();
-    let mut apply = api
-        .kubectl()
-        .args([
-            "--warnings-as-errors",
-            "apply",
-            "--dry-run=server",
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        &mut apply.stdin.take().context("no stdin")?,
-        on_host.to_string().as_bytes(),
-    )?;
-    let out = apply.wait_with_output()?;
-    let said = crate::procs::printed(&out);
-    anyhow::ensure!(
-        !out.status.success() && said.contains("would violate PodSecurity"),
-        "a frontend on the host network was not flagged: {said}"
-    );
-    let password = get(&[
+    match lab.apply_yaml(
+        &on_host.to_string(),
+        &["--warnings-as-errors", "--dry-run=server"],
+    ) {
+        Ok(out) => bail!("a frontend on the host network was not flagged: {out}"),
+        Err(e) => anyhow::ensure!(
+            e.to_string().contains("would violate PodSecurity"),
+            "a frontend on the host network was refused for another reason: {e:#}"
+        ),
+    }
+    let password = lab.run(&[
         "-n",
         NAMESPACE,
         "get",
@@ -238,7 +217,6 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         denied.len()
     );
 
-    let mut lab = KindLab::attach(&api);
     for (policy, file) in [
         (Policy::Deny, "rbac-deny.yaml"),
         (Policy::AllowFrontend, "rbac.yaml"),
@@ -285,7 +263,7 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
         .context("no rogue pod")?;
     on_host["metadata"]["name"] = "rogue-on-host-network".into();
     on_host["spec"]["hostNetwork"] = true.into();
-    match lab.apply_yaml(&on_host.to_string()) {
+    match lab.apply_yaml(&on_host.to_string(), &[]) {
         Ok(out) => bail!("PodSecurity admitted a pod on the host network in demo: {out}"),
         Err(e) => anyhow::ensure!(
             e.to_string()
@@ -343,19 +321,12 @@ fn check_attestation_against_apiserver(
     let tools = crate::deps::find(&pins)?;
     let node = "spire-demo-worker";
     let pod_name = "spire-agent-attested";
-    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
-        let out = api.kubectl().args(args).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            crate::procs::printed(&out)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    };
     let lab = KindLab::attach(api);
+    let kubectl =
+        |args: &[&str]| -> anyhow::Result<String> { Ok(lab.run(args)?.trim().to_owned()) };
     lab.apply_yaml(
         &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}).to_string(),
+        &[],
     )?;
     let agent = rendered
         .iter()
@@ -372,7 +343,7 @@ fn check_attestation_against_apiserver(
         "spec": agent["spec"]["template"]["spec"],
     });
     pod["spec"]["nodeName"] = node.into();
-    lab.apply_yaml(&pod.to_string())
+    lab.apply_yaml(&pod.to_string(), &[])
         .context("the agent's pod, from the DaemonSet's template")?;
     let node_uid = kubectl(&["get", "node", node, "-o", "jsonpath={.metadata.uid}"])?;
     let server_token = kubectl(&[
@@ -432,20 +403,12 @@ fn check_attestation_against_apiserver(
         "1h",
     ])?;
 
-    struct Procs(Vec<std::process::Child>, std::path::PathBuf);
-    impl Drop for Procs {
-        fn drop(&mut self) {
-            for c in self.0.iter_mut().rev() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("spire-lab-attest-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir)?;
-    let mut procs = Procs(Vec::new(), dir.clone());
+    // A private (0700) scratch directory; the processes are stopped before it goes.
+    let scratch = tempfile::Builder::new()
+        .prefix("spire-lab-attest-")
+        .tempdir()?;
+    let dir = scratch.path();
+    let mut children = crate::procs::Children::default();
     // And its service account's own token, which the kubelet would mount: the k8s workload
     // attestor loads it when it starts.
     let sa_token = kubectl(&[
@@ -473,18 +436,21 @@ fn check_attestation_against_apiserver(
         crate::apiserver::free_port()?,
         crate::apiserver::free_port()?,
     );
-    for r in crate::render::apiserver_spire_configs(&dir, ports, &kubeconfig, &psat, &sa) {
+    for r in crate::render::apiserver_spire_configs(dir, ports, &kubeconfig, &psat, &sa) {
         let src = std::fs::read_to_string(root.join("manifests").join(r.source))?;
         std::fs::write(dir.join(&r.target), crate::render::apply(&src, &r.edits)?)?;
     }
     let log = |name: &str| -> anyhow::Result<std::process::Stdio> {
         Ok(std::fs::File::create(dir.join(name))?.into())
     };
-    let tail = |name: &str| {
-        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
+    let logs = || {
+        format!(
+            "server log:\n{}\nagent log:\n{}",
+            crate::procs::tail(&dir.join("server.log"), 8),
+            crate::procs::tail(&dir.join("agent.log"), 8)
+        )
     };
+    let within = std::time::Duration::from_secs(30);
     let socket = dir.join("server.sock");
     let spire_server = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(std::process::Command::new(&tools.spire_server)
@@ -494,7 +460,7 @@ fn check_attestation_against_apiserver(
             .args(&args[2..])
             .output()?)
     };
-    procs.0.push(
+    children.0.push(
         std::process::Command::new(&tools.spire_server)
             .args(["run", "-config"])
             .arg(dir.join("server.conf"))
@@ -502,55 +468,34 @@ fn check_attestation_against_apiserver(
             .stderr(log("server.log")?)
             .spawn()?,
     );
-    let until = |what: &str,
-                 limit: u64,
-                 mut ok: Box<dyn FnMut() -> anyhow::Result<bool> + '_>|
-     -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
-        while !ok()? {
-            anyhow::ensure!(
-                started.elapsed().as_secs() < limit,
-                "{what} not within {limit} s\nserver log:\n{}\nagent log:\n{}",
-                tail("server.log"),
-                tail("agent.log")
-            );
-            std::thread::sleep(std::time::Duration::from_millis(250));
-        }
+    crate::procs::wait_for(within, || {
+        let health = std::process::Command::new(&tools.spire_server)
+            .args(["healthcheck", "-socketPath"])
+            .arg(&socket)
+            .output()?;
+        anyhow::ensure!(
+            health.status.success(),
+            "{}",
+            crate::procs::printed(&health)
+        );
         Ok(())
-    };
-    until(
-        "the SPIRE server healthy",
-        30,
-        Box::new(|| {
-            Ok(std::process::Command::new(&tools.spire_server)
-                .args(["healthcheck", "-socketPath"])
-                .arg(&socket)
-                .output()?
-                .status
-                .success())
-        }),
-    )?;
+    })
+    .with_context(|| format!("the SPIRE server is not healthy\n{}", logs()))?;
 
     // The notifier's ConfigMap holds the server's bundle: the agents' bootstrap on kind.
-    let published = std::cell::RefCell::new(String::new());
-    until(
-        "the trust bundle in ConfigMap spire-bundle",
-        30,
-        Box::new(|| {
-            let pem = kubectl(&[
-                "-n",
-                "spire-system",
-                "get",
-                "configmap/spire-bundle",
-                "-o",
-                "jsonpath={.data.bundle\\.crt}",
-            ])?;
-            let found = pem.contains("BEGIN CERTIFICATE");
-            *published.borrow_mut() = pem;
-            Ok(found)
-        }),
-    )?;
-    let published = published.into_inner();
+    let (published, _) = crate::procs::wait_for(within, || {
+        let pem = kubectl(&[
+            "-n",
+            "spire-system",
+            "get",
+            "configmap/spire-bundle",
+            "-o",
+            "jsonpath={.data.bundle\\.crt}",
+        ])?;
+        anyhow::ensure!(pem.contains("BEGIN CERTIFICATE"), "no bundle yet");
+        Ok(pem)
+    })
+    .with_context(|| format!("no trust bundle in ConfigMap spire-bundle\n{}", logs()))?;
     let shown = spire_server(&["bundle", "show"])?;
     let der = |pem: &[u8]| -> anyhow::Result<Vec<Vec<u8>>> {
         let mut v: Vec<Vec<u8>> = openssl::x509::X509::stack_from_pem(pem)?
@@ -570,7 +515,7 @@ fn check_attestation_against_apiserver(
     );
 
     check_registration_with(&tools.spire_server, &socket, true)?;
-    procs.0.push(
+    children.0.push(
         std::process::Command::new(&tools.spire_agent)
             .args(["run", "-config"])
             .arg(dir.join("agent.conf"))
@@ -583,26 +528,20 @@ fn check_attestation_against_apiserver(
         "spiffe://example.org/spire/agent/k8s_psat/{}/{node_uid}",
         pins.kind.cluster_name
     );
-    let selectors = std::cell::RefCell::new(Vec::<String>::new());
-    until(
-        &format!("agent {agent_id} attested"),
-        30,
-        Box::new(|| {
-            let out = spire_server(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])?;
-            if !out.status.success() {
-                return Ok(false);
-            }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let agent = if v["agents"].is_array() {
-                v["agents"][0].clone()
-            } else {
-                v
-            };
-            *selectors.borrow_mut() = selector_strings(&agent["selectors"]);
-            Ok(!selectors.borrow().is_empty())
-        }),
-    )?;
-    let selectors = selectors.into_inner();
+    let (selectors, _) = crate::procs::wait_for(within, || {
+        let out = spire_server(&["agent", "show", "-spiffeID", &agent_id, "-output", "json"])?;
+        anyhow::ensure!(out.status.success(), "{}", crate::procs::printed(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let agent = if v["agents"].is_array() {
+            &v["agents"][0]
+        } else {
+            &v
+        };
+        let selectors = selector_strings(&agent["selectors"]);
+        anyhow::ensure!(!selectors.is_empty(), "no selectors yet");
+        Ok(selectors)
+    })
+    .with_context(|| format!("agent {agent_id} did not attest\n{}", logs()))?;
 
     for want in [
         format!("k8s_psat:cluster:{}", pins.kind.cluster_name),

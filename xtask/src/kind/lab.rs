@@ -4,6 +4,8 @@
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
+use crate::procs::wait_for;
+
 use super::{KindEntry, NAMESPACE, context, registrations, server_cli, workload};
 
 /// Local ports where `kubectl port-forward` exposes what scenarios look at inside the pods.
@@ -29,9 +31,9 @@ pub struct KindLab {
     /// `kubectl` from PATH, and the user's kubeconfig; in tests, a real API server's.
     kubectl: std::path::PathBuf,
     kubeconfig: Option<std::path::PathBuf>,
-    forwards: Vec<std::process::Child>,
+    forwards: crate::procs::Children,
     /// Where the rogue's SVID was copied out of its pod.
-    rogue_dir: Option<std::path::PathBuf>,
+    rogue_dir: Option<tempfile::TempDir>,
     frozen: Vec<Frozen>,
 }
 
@@ -50,7 +52,7 @@ impl KindLab {
             ctx,
             kubectl: "kubectl".into(),
             kubeconfig: None,
-            forwards: Vec::new(),
+            forwards: Default::default(),
             rogue_dir: None,
             frozen: Vec::new(),
         };
@@ -64,7 +66,7 @@ impl KindLab {
             ctx: api.contexts[0].clone(),
             kubectl: api.kubectl.clone(),
             kubeconfig: Some(api.kubeconfig.clone()),
-            forwards: Vec::new(),
+            forwards: Default::default(),
             rogue_dir: None,
             frozen: Vec::new(),
         }
@@ -79,10 +81,11 @@ impl KindLab {
         c
     }
 
-    /// `kubectl apply -f -` of `yaml` (or JSON): what kubectl printed, or its error.
-    pub(super) fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
+    /// `kubectl FLAGS… apply -f -` of `yaml` (or JSON): what kubectl printed, or its error.
+    pub(super) fn apply_yaml(&self, yaml: &str, flags: &[&str]) -> anyhow::Result<String> {
         let mut apply = self
             .kubectl()
+            .args(flags)
             .args(["apply", "-f", "-"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -115,10 +118,8 @@ impl KindLab {
 
     /// (Re)starts the port-forwards and waits until each local port answers.
     fn forward(&mut self) -> anyhow::Result<()> {
-        for mut f in self.forwards.drain(..) {
-            let _ = f.kill();
-            let _ = f.wait();
-        }
+        // The old port-forwards stop as they are dropped.
+        self.forwards = Default::default();
         let specs: [(&str, &[(u16, u16)]); 3] = [
             ("deployment/frontend", &[(FWD_FRONTEND_ADMIN, 9901)]),
             (
@@ -141,7 +142,7 @@ impl KindLab {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()?;
-            self.forwards.push(child);
+            self.forwards.0.push(child);
         }
         let started = std::time::Instant::now();
         for port in [
@@ -352,13 +353,7 @@ impl Drop for KindLab {
         for f in &self.frozen {
             let _ = signal(&f.node, &f.pid, "CONT");
         }
-        if let Some(dir) = &self.rogue_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        for f in &mut self.forwards {
-            let _ = f.kill();
-            let _ = f.wait();
-        }
+        // The port-forwards stop and the rogue's directory goes as the fields are dropped.
     }
 }
 
@@ -445,7 +440,7 @@ impl crate::lab::Lab for KindLab {
             "-o",
             "yaml",
         ])?;
-        self.apply_yaml(&yaml)
+        self.apply_yaml(&yaml, &[])
             .context("kubectl apply of the RBAC policy")?;
         Ok(())
     }
@@ -533,19 +528,15 @@ impl crate::lab::Lab for KindLab {
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
         self.apply_rogue()?;
-        let started = std::time::Instant::now();
-        let outcome = loop {
-            match self.rogue_state() {
-                Ok((Some(refusal), _)) => break Err(refusal),
-                Ok((None, true)) => break Ok("the rogue pod holds an SVID".to_owned()),
-                _ if started.elapsed().as_secs() > 90 => {
-                    break Err("the rogue pod neither got an SVID nor failed in 90 s".to_owned());
-                }
-                _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+        let outcome = wait_for(std::time::Duration::from_secs(90), || {
+            match self.rogue_state()? {
+                (Some(refusal), _) => Ok(Err(refusal)),
+                (None, true) => Ok(Ok("the rogue pod holds an SVID".to_owned())),
+                (None, false) => bail!("the rogue pod neither got an SVID nor failed"),
             }
-        };
+        });
         self.delete_rogue_pod()?;
-        match outcome {
+        match outcome?.0 {
             Ok(held) => Ok(held),
             Err(refusal) => bail!("{refusal}"),
         }
@@ -558,24 +549,21 @@ impl crate::lab::Lab for KindLab {
         self.run(&args)?;
         self.apply_rogue()?;
         // The pod retries a refused fetch until its node's agent has synced the new entry.
-        let started = std::time::Instant::now();
-        loop {
+        wait_for(std::time::Duration::from_secs(90), || {
             let (refusal, holds) = self.rogue_state()?;
-            if holds {
-                break;
-            }
             anyhow::ensure!(
-                started.elapsed().as_secs() < 90,
-                "the registered rogue got no SVID in 90 s: {}",
+                holds,
+                "the registered rogue has no SVID yet: {}",
                 refusal.unwrap_or_default()
             );
-            std::thread::sleep(std::time::Duration::from_millis(500));
-        }
-        let dir = std::env::temp_dir().join(format!("spire-lab-rogue-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)?;
-        self.rogue_dir = Some(dir.clone());
+            Ok(())
+        })?;
+        // A private (0700) directory, removed with the rogue.
+        let scratch = tempfile::Builder::new()
+            .prefix("spire-lab-rogue-")
+            .tempdir()?;
+        let dir = scratch.path().to_owned();
+        self.rogue_dir = Some(scratch);
         for (file, mode) in [
             ("svid.0.pem", 0o644),
             ("svid.0.key", 0o600),
@@ -592,12 +580,7 @@ impl crate::lab::Lab for KindLab {
                 "cat",
                 &format!("/rogue/{file}"),
             ])?;
-            let mut out = std::fs::OpenOptions::new();
-            std::os::unix::fs::OpenOptionsExt::mode(&mut out, mode);
-            std::io::Write::write_all(
-                &mut out.write(true).create_new(true).open(dir.join(file))?,
-                pem.as_bytes(),
-            )?;
+            crate::procs::create_with_mode(&dir.join(file), pem.as_bytes(), mode)?;
         }
         Ok(dir)
     }
@@ -615,9 +598,7 @@ impl crate::lab::Lab for KindLab {
         for id in self.entry_ids(&crate::local::workload_id("rogue"))? {
             self.run(&server_cli(&["entry", "delete", "-entryID", &id]))?;
         }
-        if let Some(dir) = self.rogue_dir.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        self.rogue_dir = None;
         Ok(())
     }
 
