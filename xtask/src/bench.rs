@@ -2,10 +2,10 @@
 //! (against the same topology in plaintext, in the same run), how much memory it takes, and
 //! rotation under load. Prints a table and writes a JSON report. Goals are reported, never
 //! asserted; `--quick` (CI) checks only that every figure is produced and nothing failed.
+//!
+//! It runs on the local runtime, which starts the plaintext baseline beside the lab.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -13,19 +13,55 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use xshell::Shell;
 
+use crate::demo::{Load, Tally};
+use crate::flags;
 use crate::lab::{Component, Lab};
-use crate::local::{self, LocalLab, Profile};
-use crate::{procs, scenario};
+use crate::procs;
+use crate::runtime::local::{self, LocalLab, Profile};
+use crate::scenario;
 
-#[derive(clap::Args)]
-pub struct Bench {
-    /// A smoke run for CI: every figure once, shortly; checks that all are produced and that
-    /// nothing failed, and asserts no timing.
-    #[arg(long)]
-    quick: bool,
-    /// Where to write the JSON report.
-    #[arg(long, default_value = "target/bench.json")]
-    json: PathBuf,
+/// The CI smoke run.
+pub fn quick() -> flags::Bench {
+    flags::Bench {
+        quick: true,
+        json: crate::project_root().join("target/bench-quick.json"),
+    }
+}
+
+/// How long and how hard each phase runs.
+struct Sizes {
+    ready_runs: usize,
+    concurrencies: &'static [usize],
+    length: Duration,
+    fresh_connections: usize,
+    pooled_queries: usize,
+    rotation_for: Duration,
+}
+
+const TTL: u32 = 20;
+
+impl Sizes {
+    fn of(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                ready_runs: 1,
+                concurrencies: &[1, 4],
+                length: Duration::from_secs(2),
+                fresh_connections: 10,
+                pooled_queries: 100,
+                rotation_for: Duration::from_secs(u64::from(TTL)),
+            }
+        } else {
+            Sizes {
+                ready_runs: 3,
+                concurrencies: &[1, 4, 16],
+                length: Duration::from_secs(10),
+                fresh_connections: 100,
+                pooled_queries: 2000,
+                rotation_for: Duration::from_secs(3 * u64::from(TTL) + 2),
+            }
+        }
+    }
 }
 
 /// One line of the report: a figure, its value, and the goal beside it.
@@ -38,6 +74,32 @@ struct Figure {
     met: Option<bool>,
 }
 
+#[derive(Default)]
+struct Figures(Vec<Figure>);
+
+impl Figures {
+    fn add(&mut self, name: &str, value: Value, unit: &'static str) {
+        self.0.push(Figure {
+            name: name.into(),
+            value,
+            unit,
+            goal: None,
+            met: None,
+        });
+    }
+
+    fn goal(&mut self, name: &str, value: Value, unit: &'static str, goal: &str, met: bool) {
+        self.0.push(Figure {
+            name: name.into(),
+            value,
+            unit,
+            goal: Some(goal.into()),
+            met: Some(met),
+        });
+    }
+}
+
+/// What one load run gave.
 #[derive(Debug, Default, Serialize)]
 struct LoadResult {
     concurrency: usize,
@@ -57,64 +119,34 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// `concurrency` threads POSTing Run Demo for `length`; a request counts only when both links
-/// report SUCCESS.
+/// `concurrency` workers calling Run Demo for `length`, after a warm-up of the connections and
+/// the backend's pool; a call counts only when both links succeeded.
 fn load(url: &str, concurrency: usize, length: Duration) -> LoadResult {
-    let target = format!("{url}/api/run-demo");
-    // Warm the connections and the backend's pool.
     for _ in 0..20 {
-        let _ = crate::probe::post(&target);
+        let _ = crate::demo::run_demo(url);
     }
-    let started = Instant::now();
-    let results: Vec<(Vec<Duration>, usize)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..concurrency)
-            .map(|_| {
-                let target = target.clone();
-                s.spawn(move || {
-                    let agent: ureq::Agent = ureq::Agent::config_builder()
-                        .http_status_as_error(false)
-                        .timeout_global(Some(Duration::from_secs(5)))
-                        .build()
-                        .into();
-                    let mut lat = Vec::new();
-                    let mut errors = 0;
-                    while started.elapsed() < length {
-                        let t = Instant::now();
-                        let ok = agent.post(&target).send_empty().ok().and_then(|mut r| {
-                            let body = r.body_mut().read_to_string().ok()?;
-                            (r.status() == 200 && body.matches("\"SUCCESS\"").count() == 2)
-                                .then_some(())
-                        });
-                        match ok {
-                            Some(()) => lat.push(t.elapsed()),
-                            None => errors += 1,
-                        }
-                    }
-                    (lat, errors)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let seconds = started.elapsed().as_secs_f64();
-    let mut all: Vec<Duration> = results
-        .iter()
-        .flat_map(|(l, _)| l.iter().copied())
-        .collect();
-    all.sort();
-    let errors = results.iter().map(|(_, e)| e).sum();
+    let (
+        Tally {
+            ok,
+            failed,
+            mut latencies,
+            ..
+        },
+        seconds,
+    ) = Load::run_for(url, concurrency, length);
+    latencies.sort();
     LoadResult {
         concurrency,
         seconds,
-        requests: all.len() + errors,
-        errors,
-        rps: all.len() as f64 / seconds,
-        p50_ms: percentile(&all, 0.50),
-        p99_ms: percentile(&all, 0.99),
+        requests: ok + failed,
+        errors: failed,
+        rps: ok as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
     }
 }
 
-fn rss_mb(lab: &LocalLab, c: Component) -> Option<f64> {
+fn memory_mb(lab: &LocalLab, c: Component) -> Option<f64> {
     let pid = lab.pid(c)?;
     let kib = if c == Component::Postgres {
         procs::tree_memory_kib(pid)
@@ -133,7 +165,7 @@ fn footprint(lab: &LocalLab) -> BTreeMap<String, f64> {
             } else {
                 c.name()
             };
-            rss_mb(lab, c).map(|mb| (name, mb))
+            memory_mb(lab, c).map(|mb| (name, mb))
         })
         .collect()
 }
@@ -160,286 +192,30 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
 }
 
-/// A fresh TLS connection (handshake with the backend's SVID, certificate authentication, one
-/// query) against one query on a connection already open.
-fn db_connections(lab: &LocalLab, fresh: usize, pooled: usize) -> anyhow::Result<(f64, f64)> {
-    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
-    let (dir, port) = lab.backend_svid_dir_and_db_port();
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    b.set_certificate_chain_file(dir.join("svid.pem"))?;
-    b.set_private_key_file(dir.join("svid_key.pem"), SslFiletype::PEM)?;
-    b.set_ca_file(dir.join("svid_bundle.pem"))?;
-    let mut tls = postgres_openssl::MakeTlsConnector::new(b.build());
-    tls.set_callback(|c, _| {
-        c.set_verify_hostname(false);
-        Ok(())
-    });
-    let conninfo = format!("host=127.0.0.1 port={port} dbname=demo user=backend sslmode=require");
-    let started = Instant::now();
-    for _ in 0..fresh {
-        let mut c = postgres::Client::connect(&conninfo, tls.clone())
-            .context("connect to PostgreSQL with the backend's SVID")?;
-        c.query("SELECT id FROM orders", &[])?;
-        c.close()?;
-    }
-    let fresh_ms = started.elapsed().as_secs_f64() * 1000.0 / fresh as f64;
-    let mut c = postgres::Client::connect(&conninfo, tls)?;
-    let started = Instant::now();
-    for _ in 0..pooled {
-        c.query("SELECT id FROM orders", &[])?;
-    }
-    let pooled_ms = started.elapsed().as_secs_f64() * 1000.0 / pooled as f64;
-    Ok((fresh_ms, pooled_ms))
-}
-
-/// Run Demo on the lab and on the plaintext baseline, and the lab's peak RSS under the heaviest load.
-struct Comparison {
-    rows: Vec<(LoadResult, LoadResult)>,
-    loaded: BTreeMap<String, f64>,
-}
-
-fn compare_profiles(
-    lab: &LocalLab,
-    plain: &LocalLab,
-    concurrencies: &[usize],
-    length: Duration,
-) -> anyhow::Result<Comparison> {
-    let mut rows = Vec::new();
-    let mut loaded = BTreeMap::new();
-    for &c in concurrencies {
-        println!(
-            "══ bench: Run Demo at concurrency {c}, {} s each profile",
-            length.as_secs()
-        );
-        let stop = Arc::new(Mutex::new(false));
-        let peak: Arc<Mutex<BTreeMap<String, f64>>> = Arc::default();
-        let mtls = std::thread::scope(|s| {
-            let (stop2, peak2) = (stop.clone(), peak.clone());
-            s.spawn(move || {
-                while !*stop2.lock().unwrap() {
-                    for (k, v) in footprint(lab) {
-                        let mut p = peak2.lock().unwrap();
-                        let e = p.entry(k).or_insert(0.0);
-                        *e = e.max(v);
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
-            let r = load(&lab.frontend_url(), c, length);
-            *stop.lock().unwrap() = true;
-            r
-        });
-        let plaintext = load(&plain.frontend_url(), c, length);
-        println!(
-            "   mTLS {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors) | plaintext {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
-            mtls.rps,
-            mtls.p50_ms,
-            mtls.p99_ms,
-            mtls.errors,
-            plaintext.rps,
-            plaintext.p50_ms,
-            plaintext.p99_ms,
-            plaintext.errors
-        );
-        if Some(&c) == concurrencies.last() {
-            loaded = peak.lock().unwrap().clone();
-        }
-        rows.push((mtls, plaintext));
-    }
-    Ok(Comparison { rows, loaded })
-}
-
-impl Bench {
-    /// The CI smoke run.
-    pub fn quick() -> Bench {
-        Bench {
-            quick: true,
-            json: crate::project_root().join("target/bench-quick.json"),
-        }
-    }
-
+impl flags::Bench {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        let q = self.quick;
-        let ready_runs = if q { 1 } else { 3 };
-        let concurrencies: &[usize] = if q { &[1, 4] } else { &[1, 4, 16] };
-        let length = Duration::from_secs(if q { 2 } else { 10 });
-        let ttl = 20;
-        let mut figures = Vec::new();
-        let mut fig = |name: &str, value: Value, unit: &'static str, goal: Option<(&str, bool)>| {
-            figures.push(Figure {
-                name: name.into(),
-                value,
-                unit,
-                goal: goal.map(|(g, _)| g.into()),
-                met: goal.map(|(_, m)| m),
-            });
-        };
-
+        let sizes = Sizes::of(self.quick);
+        let mut figures = Figures::default();
         println!("══ bench: building the services first (not timed)");
         xshell::cmd!(sh, "cargo build --release --quiet -p frontend -p backend").run()?;
-        println!("══ bench: time to ready ({ready_runs} run(s) of `up --local`, binaries cached)");
-        local::down()?;
-        local::down_at(&Profile::Plaintext.root())?;
-        let mut times = Vec::new();
-        let mut lab = None;
-        for i in 0..ready_runs {
-            if i > 0 {
-                local::down()?;
-            }
-            let t = Instant::now();
-            lab = Some(local::up(sh, 0)?);
-            times.push(t.elapsed().as_secs_f64());
-        }
-        let mut lab = lab.context("no run")?;
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        fig(
-            "time to ready, median",
-            json!(median),
-            "s",
-            Some(("≤ 10 s", median <= 10.0)),
-        );
-        fig(
-            "time to ready, spread (min–max)",
-            json!([times[0], times[times.len() - 1]]),
-            "s",
-            None,
-        );
-
+        let mut lab = time_to_ready(sh, &sizes, &mut figures)?;
         std::thread::sleep(Duration::from_secs(2));
         let idle = footprint(&lab);
+        let loaded = mtls_against_plaintext(sh, &lab, &sizes, &mut figures)?;
+        memory(&idle, &loaded, &mut figures);
+        db_connections(&lab, &sizes, &mut figures)?;
+        let rotation = rotation(&mut lab, &sizes, &mut figures);
+        local::down(Profile::Mtls)?;
+        let evidence = rotation?;
+        self.report(&figures, evidence)
+    }
 
-        println!("══ bench: the plaintext baseline (same topology, no TLS, no SPIRE)");
-        let plain = local::up_profile(sh, 1000, Profile::Plaintext)?;
-        let result = compare_profiles(&lab, &plain, concurrencies, length);
-        local::down_at(&Profile::Plaintext.root())?;
-        let Comparison { rows, loaded } = result?;
-        for (m, p) in &rows {
-            let c = m.concurrency;
-            fig(
-                &format!("Run Demo c={c}: mTLS requests/s"),
-                json!(m.rps),
-                "req/s",
-                None,
-            );
-            fig(
-                &format!("Run Demo c={c}: mTLS p50"),
-                json!(m.p50_ms),
-                "ms",
-                None,
-            );
-            fig(
-                &format!("Run Demo c={c}: mTLS p99"),
-                json!(m.p99_ms),
-                "ms",
-                Some(("≤ 20 ms", m.p99_ms <= 20.0)),
-            );
-            fig(
-                &format!("Run Demo c={c}: plaintext requests/s"),
-                json!(p.rps),
-                "req/s",
-                None,
-            );
-            fig(
-                &format!("Run Demo c={c}: plaintext p50 / p99"),
-                json!([p.p50_ms, p.p99_ms]),
-                "ms",
-                None,
-            );
-            let ratio = m.rps / p.rps;
-            fig(
-                &format!("Run Demo c={c}: throughput mTLS/plaintext"),
-                json!(ratio),
-                "ratio",
-                Some(("≥ 0.5", ratio >= 0.5)),
-            );
-            fig(
-                &format!("Run Demo c={c}: errors (mTLS + plaintext)"),
-                json!(m.errors + p.errors),
-                "requests",
-                Some(("0", m.errors + p.errors == 0)),
-            );
-        }
-
-        let rust_ok = |m: &BTreeMap<String, f64>| {
-            ["frontend", "backend"]
-                .iter()
-                .all(|s| m.get(*s).is_some_and(|v| *v <= 30.0))
-        };
-        for (when, m) in [("idle", &idle), ("under load", &loaded)] {
-            for (k, v) in m {
-                fig(&format!("RSS {when}: {k}"), json!(v), "MB", None);
-            }
-            let total: f64 = m.values().sum();
-            fig(
-                &format!("RSS {when}: Rust services each"),
-                json!([m.get("frontend"), m.get("backend")]),
-                "MB",
-                Some(("≤ 30 MB", rust_ok(m))),
-            );
-            fig(
-                &format!("RSS {when}: whole lab"),
-                json!(total),
-                "MB",
-                Some(("≤ 600 MB", total <= 600.0)),
-            );
-        }
-
-        println!("══ bench: database connections");
-        let (fresh_ms, pooled_ms) =
-            db_connections(&lab, if q { 10 } else { 100 }, if q { 100 } else { 2000 })?;
-        fig(
-            "PostgreSQL: fresh mTLS connection + query",
-            json!(fresh_ms),
-            "ms",
-            None,
-        );
-        fig(
-            "PostgreSQL: query on an open connection",
-            json!(pooled_ms),
-            "ms",
-            None,
-        );
-        fig(
-            "PostgreSQL: fresh / pooled",
-            json!(fresh_ms / pooled_ms),
-            "ratio",
-            None,
-        );
-
-        println!("══ bench: rotation under load (TTL {ttl} s)");
-        let mut report = scenario::Report::default();
-        let rotation_for = Duration::from_secs(if q { ttl } else { 3 * ttl + 2 });
-        let rotation =
-            scenario::rotation_under_load(&mut lab, &mut report, ttl as u32, rotation_for);
-        lab.set_svid_ttl(None)?;
-        let rotation = rotation?;
-        fig(
-            "rotation: requests",
-            json!(rotation.requests),
-            "requests",
-            None,
-        );
-        fig(
-            "rotation: failures",
-            json!(rotation.failures),
-            "requests",
-            Some(("0", rotation.failures == 0)),
-        );
-        for (holder, n) in &rotation.serials {
-            fig(
-                &format!("rotation: serials seen, {holder}"),
-                json!(n),
-                "serials",
-                None,
-            );
-        }
-        local::down()?;
-
+    /// The table, the JSON report, and the only checks: every figure produced, no failure.
+    fn report(&self, figures: &Figures, evidence: Vec<String>) -> anyhow::Result<()> {
         let machine = machine();
         println!(
             "\n══ bench results on {machine}{}",
-            if q {
+            if self.quick {
                 " (--quick: short runs, figures only)"
             } else {
                 ""
@@ -449,7 +225,7 @@ impl Bench {
             "{:<52} {:>22} {:<6} {:<9} MET",
             "FIGURE", "VALUE", "UNIT", "GOAL"
         );
-        for f in &figures {
+        for f in &figures.0 {
             let value = match &f.value {
                 Value::Number(n) => n.as_f64().map_or(n.to_string(), |x| {
                     if x.fract() == 0.0 {
@@ -478,30 +254,273 @@ impl Bench {
                 f.goal.as_deref().unwrap_or("")
             );
         }
-        let report = json!({ "machine": machine, "quick": q, "figures": figures, "rotation_evidence": report.evidence });
+        let report = json!({ "machine": machine, "quick": self.quick, "figures": figures.0, "rotation_evidence": evidence });
         if let Some(dir) = self.json.parent() {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&self.json, serde_json::to_string_pretty(&report)?)?;
         println!("report written to {}", self.json.display());
 
-        let figs = report["figures"].as_array().cloned().unwrap_or_default();
-        let missing: Vec<String> = figs
+        let missing: Vec<&str> = figures
+            .0
             .iter()
-            .filter(|f| f["value"].is_null() || f["value"].as_f64().is_some_and(f64::is_nan))
-            .map(|f| f["name"].to_string())
+            .filter(|f| f.value.is_null() || f.value.as_f64().is_some_and(f64::is_nan))
+            .map(|f| f.name.as_str())
             .collect();
         ensure!(
             missing.is_empty(),
             "figures not produced: {}",
             missing.join(", ")
         );
-        let failed: Vec<String> = figs
+        let failed: Vec<&str> = figures
+            .0
             .iter()
-            .filter(|f| f["goal"] == "0" && f["met"] == false)
-            .map(|f| f["name"].to_string())
+            .filter(|f| f.goal.as_deref() == Some("0") && f.met == Some(false))
+            .map(|f| f.name.as_str())
             .collect();
         ensure!(failed.is_empty(), "requests failed: {}", failed.join(", "));
         Ok(())
     }
+}
+
+/// `up --local` from nothing, `ready_runs` times; the lab of the last run stays up.
+fn time_to_ready(sh: &Shell, sizes: &Sizes, figures: &mut Figures) -> anyhow::Result<LocalLab> {
+    println!(
+        "══ bench: time to ready ({} run(s) of `up --local`, binaries cached)",
+        sizes.ready_runs
+    );
+    local::down_all()?;
+    let mut times = Vec::new();
+    let mut lab = None;
+    for i in 0..sizes.ready_runs {
+        if i > 0 {
+            local::down(Profile::Mtls)?;
+        }
+        let t = Instant::now();
+        lab = Some(local::up(sh, Profile::Mtls, 0)?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    figures.goal(
+        "time to ready, median",
+        json!(median),
+        "s",
+        "≤ 10 s",
+        median <= 10.0,
+    );
+    figures.add(
+        "time to ready, spread (min–max)",
+        json!([times[0], times[times.len() - 1]]),
+        "s",
+    );
+    lab.context("no run")
+}
+
+/// Run Demo on the lab and on the plaintext baseline at each concurrency; the lab's peak
+/// memory under the heaviest load.
+fn mtls_against_plaintext(
+    sh: &Shell,
+    lab: &LocalLab,
+    sizes: &Sizes,
+    figures: &mut Figures,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    println!("══ bench: the plaintext baseline (same topology, no TLS, no SPIRE)");
+    let plain = local::up(sh, Profile::Plaintext, 0)?;
+    let mut rows = Vec::new();
+    let mut loaded = BTreeMap::new();
+    for &c in sizes.concurrencies {
+        println!(
+            "══ bench: Run Demo at concurrency {c}, {} s each profile",
+            sizes.length.as_secs()
+        );
+        let (mtls, peak) = with_peak_memory(lab, || load(&lab.frontend_url(), c, sizes.length));
+        let plaintext = load(&plain.frontend_url(), c, sizes.length);
+        println!(
+            "   mTLS {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors) | plaintext {:.0} req/s p50 {:.2} ms p99 {:.2} ms ({} errors)",
+            mtls.rps,
+            mtls.p50_ms,
+            mtls.p99_ms,
+            mtls.errors,
+            plaintext.rps,
+            plaintext.p50_ms,
+            plaintext.p99_ms,
+            plaintext.errors
+        );
+        loaded = peak;
+        rows.push((mtls, plaintext));
+    }
+    local::down(Profile::Plaintext)?;
+    for (m, p) in &rows {
+        let c = m.concurrency;
+        figures.add(
+            &format!("Run Demo c={c}: mTLS requests/s"),
+            json!(m.rps),
+            "req/s",
+        );
+        figures.add(&format!("Run Demo c={c}: mTLS p50"), json!(m.p50_ms), "ms");
+        figures.goal(
+            &format!("Run Demo c={c}: mTLS p99"),
+            json!(m.p99_ms),
+            "ms",
+            "≤ 20 ms",
+            m.p99_ms <= 20.0,
+        );
+        figures.add(
+            &format!("Run Demo c={c}: plaintext requests/s"),
+            json!(p.rps),
+            "req/s",
+        );
+        figures.add(
+            &format!("Run Demo c={c}: plaintext p50 / p99"),
+            json!([p.p50_ms, p.p99_ms]),
+            "ms",
+        );
+        let ratio = m.rps / p.rps;
+        figures.goal(
+            &format!("Run Demo c={c}: throughput mTLS/plaintext"),
+            json!(ratio),
+            "ratio",
+            "≥ 0.5",
+            ratio >= 0.5,
+        );
+        figures.goal(
+            &format!("Run Demo c={c}: errors (mTLS + plaintext)"),
+            json!(m.errors + p.errors),
+            "requests",
+            "0",
+            m.errors + p.errors == 0,
+        );
+    }
+    Ok(loaded)
+}
+
+/// Runs `work` while sampling the lab's memory every 250 ms; its result and the peaks.
+fn with_peak_memory<T>(lab: &LocalLab, work: impl FnOnce() -> T) -> (T, BTreeMap<String, f64>) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut peak: BTreeMap<String, f64> = BTreeMap::new();
+    let result = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (k, v) in footprint(lab) {
+                    let e: &mut f64 = peak.entry(k).or_insert(0.0);
+                    *e = e.max(v);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            peak
+        });
+        let result = work();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        peak = sampler.join().unwrap_or_default();
+        result
+    });
+    (result, peak)
+}
+
+fn memory(idle: &BTreeMap<String, f64>, loaded: &BTreeMap<String, f64>, figures: &mut Figures) {
+    let rust_ok = |m: &BTreeMap<String, f64>| {
+        ["frontend", "backend"]
+            .iter()
+            .all(|s| m.get(*s).is_some_and(|v| *v <= 30.0))
+    };
+    for (when, m) in [("idle", idle), ("under load", loaded)] {
+        for (k, v) in m {
+            figures.add(&format!("RSS {when}: {k}"), json!(v), "MB");
+        }
+        let total: f64 = m.values().sum();
+        figures.goal(
+            &format!("RSS {when}: Rust services each"),
+            json!([m.get("frontend"), m.get("backend")]),
+            "MB",
+            "≤ 30 MB",
+            rust_ok(m),
+        );
+        figures.goal(
+            &format!("RSS {when}: whole lab"),
+            json!(total),
+            "MB",
+            "≤ 600 MB",
+            total <= 600.0,
+        );
+    }
+}
+
+/// A fresh TLS connection (handshake with the backend's SVID, certificate authentication, one
+/// query) against one query on a connection already open.
+fn db_connections(lab: &LocalLab, sizes: &Sizes, figures: &mut Figures) -> anyhow::Result<()> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    println!("══ bench: database connections");
+    let (dir, addr) = lab.db_client();
+    let (host, port) = addr.rsplit_once(':').context("host:port")?;
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_certificate_chain_file(dir.join("svid.pem"))?;
+    b.set_private_key_file(dir.join("svid_key.pem"), SslFiletype::PEM)?;
+    b.set_ca_file(dir.join("svid_bundle.pem"))?;
+    let mut tls = postgres_openssl::MakeTlsConnector::new(b.build());
+    tls.set_callback(|c, _| {
+        c.set_verify_hostname(false);
+        Ok(())
+    });
+    let conninfo = format!("host={host} port={port} dbname=demo user=backend sslmode=require");
+    let started = Instant::now();
+    for _ in 0..sizes.fresh_connections {
+        let mut c = postgres::Client::connect(&conninfo, tls.clone())
+            .context("connect to PostgreSQL with the backend's SVID")?;
+        c.query("SELECT id FROM orders", &[])?;
+        c.close()?;
+    }
+    let fresh_ms = started.elapsed().as_secs_f64() * 1000.0 / sizes.fresh_connections as f64;
+    let mut c = postgres::Client::connect(&conninfo, tls)?;
+    let started = Instant::now();
+    for _ in 0..sizes.pooled_queries {
+        c.query("SELECT id FROM orders", &[])?;
+    }
+    let pooled_ms = started.elapsed().as_secs_f64() * 1000.0 / sizes.pooled_queries as f64;
+    figures.add(
+        "PostgreSQL: fresh mTLS connection + query",
+        json!(fresh_ms),
+        "ms",
+    );
+    figures.add(
+        "PostgreSQL: query on an open connection",
+        json!(pooled_ms),
+        "ms",
+    );
+    figures.add(
+        "PostgreSQL: fresh / pooled",
+        json!(fresh_ms / pooled_ms),
+        "ratio",
+    );
+    Ok(())
+}
+
+/// Run Demo under continuous load while SPIRE rotates every SVID; the scenario's evidence.
+fn rotation(
+    lab: &mut LocalLab,
+    sizes: &Sizes,
+    figures: &mut Figures,
+) -> anyhow::Result<Vec<String>> {
+    println!("══ bench: rotation under load (TTL {TTL} s)");
+    let mut report = scenario::Report::default();
+    let rotation = scenario::rotation_under_load(lab, &mut report, TTL, sizes.rotation_for);
+    lab.set_svid_ttl(None)?;
+    let rotation = rotation?;
+    figures.add("rotation: requests", json!(rotation.requests), "requests");
+    figures.goal(
+        "rotation: failures",
+        json!(rotation.failures),
+        "requests",
+        "0",
+        rotation.failures == 0,
+    );
+    for (holder, n) in &rotation.serials {
+        figures.add(
+            &format!("rotation: serials seen, {holder}"),
+            json!(n),
+            "serials",
+        );
+    }
+    Ok(report.evidence)
 }

@@ -6,22 +6,17 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use xshell::{Shell, cmd};
 
+use crate::flags;
 use crate::lab::Lab;
-use crate::{local, scenario};
-
-#[derive(clap::Args)]
-pub struct Ci {
-    /// Skip the local lab and its scenarios (formatting, lints and tests only).
-    #[arg(long)]
-    no_lab: bool,
-}
+use crate::runtime::local::{self, Profile};
+use crate::scenario::{self, Scenario};
 
 fn stage(name: &str) -> Instant {
     println!("\n══ ci: {name}");
     Instant::now()
 }
 
-impl Ci {
+impl flags::Ci {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let mut times = Vec::new();
 
@@ -42,7 +37,7 @@ impl Ci {
         times.push(("deps", t.elapsed()));
 
         let t = stage("the Nix flake, as far as it can be checked without nixpkgs");
-        crate::nix::check(sh)?;
+        crate::checks::nix::check(sh)?;
         times.push(("nix", t.elapsed()));
 
         let t = stage("tests (PostgreSQL, Chromium, config drift)");
@@ -52,15 +47,15 @@ impl Ci {
         if !self.no_lab {
             let t = stage("the lab on the local runtime");
             let result = lab_checks(sh);
-            let down = local::down();
+            let down = local::down(Profile::Mtls);
             result?;
             down?;
-            ensure_nothing_left()?;
+            local::ensure_nothing_left()?;
             times.push(("local lab and scenarios", t.elapsed()));
 
             let t = stage("bench --quick (every figure produced, no failures; no timing asserted)");
-            crate::bench::Bench::quick().run(sh)?;
-            ensure_nothing_left()?;
+            crate::bench::quick().run(sh)?;
+            local::ensure_nothing_left()?;
             times.push(("bench --quick", t.elapsed()));
         }
 
@@ -73,13 +68,10 @@ impl Ci {
 }
 
 fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
-    local::down()?;
-    let mut lab = local::up(sh, 0)?;
-    let demo = scenario::run_demo(&lab)?;
-    println!(
-        "Run Demo: both links {} / {}, {} orders",
-        demo.f2b, demo.b2db, demo.orders
-    );
+    local::down_all()?;
+    let mut lab = local::up(sh, Profile::Mtls, 0)?;
+    let demo = crate::demo::run_demo(&lab.frontend_url())?;
+    println!("Run Demo: {}", demo.line());
     ensure!(
         demo.ok(),
         "Run Demo right after `up --local` did not succeed"
@@ -90,39 +82,13 @@ fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
             .with_context(|| format!("{holder} does not chain to the SPIRE bundle"))?;
         println!("{holder}: chains to the running SPIRE server's bundle");
     }
-    let reports = scenario::run_all(&mut lab, &scenario::NAMES, 20);
+    let reports = scenario::run_all(&mut lab, &Scenario::ALL, 20);
     scenario::print_summary(&reports);
     scenario::verdict(&reports)?;
     let (server, socket) = lab.server_cli();
-    let n = crate::kind::check_registration_with(&server, &socket, false)?;
+    let n = crate::checks::registration::check_registration_with(&server, &socket, false)?;
     println!(
         "the kind plan's {n} registration commands are accepted by the running SPIRE server, and recognised as done the second time"
     );
-    Ok(())
-}
-
-/// After `down`, no process may still run from the lab's state directory or its binaries.
-fn ensure_nothing_left() -> anyhow::Result<()> {
-    let root = local::state_root();
-    let needle = root.display().to_string();
-    let mut left = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) {
-                left.push(format!("{pid}: {cmdline}"));
-            }
-        }
-    }
-    ensure!(
-        left.is_empty(),
-        "processes of the lab still run after down:\n{}",
-        left.join("\n")
-    );
-    ensure!(!root.exists(), "{} still exists after down", root.display());
-    println!("after down: no process of the lab remains, state removed");
     Ok(())
 }

@@ -10,14 +10,6 @@ use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
 
-#[derive(clap::Args)]
-pub struct Deps {
-    /// Skip what only the tests need (Chromium, chromedriver, nix-instantiate, kustomize and the
-    /// Kubernetes OpenAPI document).
-    #[arg(long)]
-    no_test_tools: bool,
-}
-
 /// Where each external program of the local runtime is.
 #[derive(Clone, Debug)]
 pub struct Tools {
@@ -29,7 +21,7 @@ pub struct Tools {
     pub pg_bin: PathBuf,
 }
 
-impl Deps {
+impl crate::flags::Deps {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let tools = ensure(sh, !self.no_test_tools)?;
         println!("\nAll set. Local binaries:");

@@ -1,184 +1,20 @@
-//! The runtime-neutral side of the lab: choosing a runtime, and the small handle scenarios use.
+//! The vocabulary every runtime speaks: the lab's components, the certificate holders, the
+//! backend Envoy's policy, and the `Lab` handle scenarios, the bench and CI use. Nothing here
+//! knows where or how a runtime runs its components.
 
-use anyhow::bail;
-use clap::ValueEnum;
-use xshell::{Shell, cmd};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::local::{self, LocalLab};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RuntimeChoice {
-    /// kind when a Docker engine answers, else local.
-    Auto,
-    /// A kind cluster named spire-demo (laptops with Docker).
-    Kind,
-    /// Every component as a process on this machine.
-    Local,
-}
-
-#[derive(Clone, Debug, clap::Args)]
-pub struct RuntimeArgs {
-    /// Where the lab runs.
-    #[arg(long, value_enum, default_value_t = RuntimeChoice::Auto)]
-    pub runtime: RuntimeChoice,
-    /// Shorthand for `--runtime local`.
-    #[arg(long)]
-    pub local: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Runtime {
-    Kind,
-    Local,
-}
-
-impl RuntimeArgs {
-    pub fn resolve(&self, sh: &Shell) -> anyhow::Result<Runtime> {
-        let choice = if self.local {
-            RuntimeChoice::Local
-        } else {
-            self.runtime
-        };
-        let runtime = match choice {
-            RuntimeChoice::Local => Runtime::Local,
-            RuntimeChoice::Kind => Runtime::Kind,
-            RuntimeChoice::Auto => {
-                let format = "{{.ServerVersion}}";
-                let docker = cmd!(sh, "docker info --format {format}")
-                    .quiet()
-                    .ignore_stderr()
-                    .read();
-                match docker {
-                    Ok(v) if !v.trim().is_empty() => {
-                        println!(
-                            "runtime: kind (a Docker engine {} answers; --local to run as processes)",
-                            v.trim()
-                        );
-                        Runtime::Kind
-                    }
-                    _ => {
-                        println!(
-                            "runtime: local (no Docker engine answers `docker info`; --runtime kind to insist)"
-                        );
-                        Runtime::Local
-                    }
-                }
-            }
-        };
-        Ok(runtime)
-    }
-}
-
-#[derive(clap::Args)]
-pub struct Up {
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    /// Shift every local port by this much (to run beside something on the default ports).
-    #[arg(long, default_value_t = 0)]
-    pub port_offset: u16,
-    /// Print the plan of commands (kind runtime) without running them.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Deploy to this existing cluster (a kubeconfig context) instead of kind; needs --registry.
-    #[arg(long, requires = "registry")]
-    pub context: Option<String>,
-    /// Where to push the services' images for --context, e.g. registry.example.com/lab.
-    #[arg(long, requires = "context")]
-    pub registry: Option<String>,
-    /// The benchmark's plaintext baseline instead of the lab (for debugging `cargo xtask bench`).
-    #[arg(long, hide = true)]
-    pub bench_plaintext: bool,
-}
-
-impl Up {
-    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        // An existing cluster is the Kubernetes path whatever this machine runs.
-        let runtime = if self.context.is_some() {
-            Runtime::Kind
-        } else {
-            self.runtime.resolve(sh)?
-        };
-        match runtime {
-            Runtime::Local if self.bench_plaintext => {
-                local::up_profile(sh, self.port_offset, local::Profile::Plaintext).map(|_| ())
-            }
-            Runtime::Local if self.dry_run => {
-                bail!(
-                    "--dry-run prints the kind runtime's plan: cargo xtask up --runtime kind --dry-run"
-                )
-            }
-            Runtime::Local => local::up(sh, self.port_offset).map(|_| ()),
-            Runtime::Kind => {
-                let target = match (self.context, self.registry) {
-                    (Some(context), Some(registry)) => {
-                        crate::kind::Target::Existing { context, registry }
-                    }
-                    _ => crate::kind::Target::Kind,
-                };
-                crate::kind::up(sh, self.dry_run, target)
-            }
-        }
-    }
-}
-
-pub fn down(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
-    match args.resolve(sh)? {
-        Runtime::Local => {
-            // A plaintext baseline left by an interrupted `cargo xtask bench` goes too.
-            let plaintext = local::Profile::Plaintext.root();
-            if plaintext.exists() {
-                local::down_at(&plaintext)?;
-            }
-            local::down()
-        }
-        Runtime::Kind => crate::kind::down(sh),
-    }
-}
-
-pub fn status(sh: &Shell, args: &RuntimeArgs) -> anyhow::Result<()> {
-    match args.resolve(sh)? {
-        Runtime::Local => LocalLab::open()?.print_status(),
-        Runtime::Kind => crate::kind::status(sh),
-    }
-}
-
-#[derive(clap::Args)]
-pub struct Logs {
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    /// The component, e.g. backend, envoy-backend, postgres, spire-server, agent-backend-node.
-    pub component: String,
-    /// How many lines from the end (0: all).
-    #[arg(long, short = 'n', default_value_t = 200)]
-    pub lines: usize,
-}
-
-impl Logs {
-    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        match self.runtime.resolve(sh)? {
-            Runtime::Local => {
-                let lab = LocalLab::open()?;
-                let c = Component::parse(&self.component)?;
-                let text = lab.log(c)?;
-                let lines: Vec<&str> = text.lines().collect();
-                let from = if self.lines == 0 {
-                    0
-                } else {
-                    lines.len().saturating_sub(self.lines)
-                };
-                println!("{}", lines[from..].join("\n"));
-                Ok(())
-            }
-            Runtime::Kind => crate::kind::logs(sh, Component::parse(&self.component)?, self.lines),
-        }
-    }
-}
+pub use contract::Holder;
+use contract::Workload;
+use openssl::x509::X509;
 
 /// The lab's components, named the same on both runtimes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Component {
     SpireServer,
-    Agent(usize),
+    /// The SPIRE agent on the node that runs this workload.
+    Agent(Workload),
     HelperPostgres,
     Postgres,
     HelperBackend,
@@ -191,9 +27,9 @@ pub enum Component {
 impl Component {
     pub const ALL: [Component; 11] = [
         Component::SpireServer,
-        Component::Agent(0),
-        Component::Agent(1),
-        Component::Agent(2),
+        Component::Agent(Workload::Frontend),
+        Component::Agent(Workload::Backend),
+        Component::Agent(Workload::Postgres),
         Component::HelperPostgres,
         Component::Postgres,
         Component::HelperBackend,
@@ -206,7 +42,7 @@ impl Component {
     pub fn name(self) -> String {
         match self {
             Component::SpireServer => "spire-server".into(),
-            Component::Agent(i) => format!("agent-{}", crate::render::NODES[i]),
+            Component::Agent(w) => format!("agent-{}-node", w.service_account()),
             Component::HelperPostgres => "helper-postgres".into(),
             Component::Postgres => "postgres".into(),
             Component::HelperBackend => "helper-backend".into(),
@@ -240,10 +76,20 @@ pub enum Policy {
     Deny,
 }
 
+impl Policy {
+    /// The policy file under `manifests/backend/config/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Policy::AllowFrontend => "rbac.yaml",
+            Policy::Deny => "rbac-deny.yaml",
+        }
+    }
+}
+
 /// One certificate holder's current certificate.
 #[derive(Clone, Debug)]
 pub struct Holding {
-    pub holder: &'static str,
+    pub holder: Holder,
     pub spiffe_id: Option<String>,
     pub serial: String,
     pub seconds_left: Option<i64>,
@@ -251,17 +97,17 @@ pub struct Holding {
 
 impl Holding {
     /// The leaf an Envoy holds, from its admin `/certs`.
-    pub fn of_envoy(holder: &'static str, admin: &str) -> anyhow::Result<Holding> {
+    pub fn of_envoy(holder: Holder, admin: &str) -> anyhow::Result<Holding> {
         use anyhow::Context;
-        let c = crate::probe::envoy_cert(admin).context(holder)?;
+        let certs = crate::probe::envoy_certs(admin).with_context(|| holder.to_string())?;
+        let leaf = certs
+            .leaf()
+            .with_context(|| format!("{holder} holds no certificate yet"))?;
         Ok(Holding {
             holder,
-            spiffe_id: c.spiffe_id,
-            serial: c.serial,
-            seconds_left: c
-                .expiration
-                .as_deref()
-                .and_then(crate::scenario::rfc3339_left),
+            spiffe_id: leaf.spiffe_id,
+            serial: leaf.serial,
+            seconds_left: leaf.not_after.map(contract::time::seconds_until),
         })
     }
 
@@ -270,17 +116,23 @@ impl Holding {
         use anyhow::Context;
         let chain = crate::probe::server_chain(addr, true).context("PostgreSQL server")?;
         Ok(Holding {
-            holder: "PostgreSQL server cert",
+            holder: Holder::PostgresServer,
             spiffe_id: svid::spiffe_id_of(&chain[0]).ok().map(|i| i.to_string()),
-            serial: crate::probe::serial(&chain[0]),
-            seconds_left: Some(svid::unix_time(chain[0].not_after()) - crate::local::now()),
+            serial: svid::serial_hex(&chain[0]),
+            seconds_left: Some(contract::time::seconds_until(svid::unix_time(
+                chain[0].not_after(),
+            ))),
         })
     }
 }
 
-/// What a scenario may do to a running lab, on either runtime.
+/// What a scenario may do to a running lab, on either runtime. A runtime answers for itself;
+/// callers never ask which runtime they have (`capabilities` say how it behaves instead).
 pub trait Lab {
-    fn runtime(&self) -> &'static str;
+    /// For messages: "local runtime", "kind runtime".
+    fn label(&self) -> &'static str;
+    /// How this runtime behaves where scenarios must know it.
+    fn capabilities(&self) -> Capabilities;
     fn frontend_url(&self) -> String;
     fn envoy_admin_url(&self, backend: bool) -> String;
     fn stop(&mut self, c: Component) -> anyhow::Result<()>;
@@ -292,13 +144,13 @@ pub trait Lab {
     fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()>;
     fn log(&self, c: Component) -> anyhow::Result<String>;
     /// The SPIRE server's current X.509 trust bundle.
-    fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>>;
+    fn trust_bundle(&self) -> anyhow::Result<Vec<X509>>;
     /// The four certificate holders: frontend Envoy, backend Envoy, backend files, PostgreSQL.
     fn holdings(&self) -> Vec<anyhow::Result<Holding>>;
     /// The chains the backend Envoy and PostgreSQL present, and the backend's files.
-    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)>;
+    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<X509>>)>;
     /// The backend's `/readyz`: status and body.
-    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)>;
+    fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)>;
     /// host:port of the backend Envoy's mTLS listener, reachable from here.
     fn backend_envoy_addr(&self) -> String;
     /// Asks the Workload API for an SVID from a workload no entry describes (locally a process
@@ -307,14 +159,20 @@ pub trait Lab {
     /// Registers `spiffe://example.org/ns/demo/sa/rogue` (DNS name `backend`, so its CN passes
     /// PostgreSQL's `cert` check) and fetches its SVID: the directory with svid.0.pem,
     /// svid.0.key and bundle.0.pem.
-    fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf>;
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<PathBuf>;
     fn remove_rogue(&mut self) -> anyhow::Result<()>;
     /// Connects to PostgreSQL as user `backend` with the rogue's certificate (`dir`, or on kind
     /// the same files inside the rogue pod) and reads orders.
     fn query_postgres_with(&self, dir: &std::path::Path) -> anyhow::Result<String>;
-    /// Whether a pod that fails its readiness probe leaves its Service (Kubernetes), so that
-    /// callers stop reaching it at all.
-    fn readiness_gates_traffic(&self) -> bool {
-        false
-    }
+}
+
+/// How a runtime behaves, where a scenario must allow for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    /// A pod that fails its readiness probe leaves its Service (Kubernetes), so that callers
+    /// stop reaching it at all.
+    pub readiness_gates_traffic: bool,
+    /// How long a changed RBAC policy may take to reach the backend's Envoy (a ConfigMap
+    /// reaches a pod's volume only on the kubelet's next sync).
+    pub policy_propagation: Duration,
 }

@@ -1,81 +1,76 @@
 //! `cargo xtask`: the one entry point that drives the lab, the same way on every laptop and in CI.
 //!
-//! Each command is a module with a `run`; only xtask shells out, and it never holds the services'
-//! business logic.
+//! The command line is in `flags`; each command is a module with a `run`. Only xtask shells out,
+//! and it never holds the services' business logic.
 
-mod apiserver;
 mod bench;
+mod checks;
 mod ci;
+mod demo;
 mod deps;
-mod kind;
-mod kube;
+mod flags;
 mod lab;
-mod local;
-mod nix;
 mod pins;
 mod probe;
 mod procs;
 mod render;
+mod runtime;
 mod scenario;
+mod spire;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use xshell::Shell;
 
-#[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Drive the SPIFFE/SPIRE zero-trust lab",
-    version
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
+fn main() -> ExitCode {
+    // An error prints its chain of causes; a stack backtrace only when asked for with
+    // RUST_LIB_BACKTRACE=1 (RUST_BACKTRACE, often set in developers' shells, is for panics).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: no other thread runs yet.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+    let cli = flags::Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", report(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Install the pinned local binaries (SPIRE, spiffe-helper, Envoy, PostgreSQL 15, Chromium) if missing.
-    Deps(deps::Deps),
-    /// Start the lab and wait until it is ready.
-    Up(lab::Up),
-    /// Stop the lab and remove its state.
-    Down(lab::RuntimeArgs),
-    /// Show components and the SVIDs they hold.
-    Status(lab::RuntimeArgs),
-    /// Print a component's log.
-    Logs(lab::Logs),
-    /// Run a scenario (or all of them) against the running lab.
-    Scenario(scenario::Scenario),
-    /// Render the Kubernetes manifests and check them without a cluster.
-    Manifests(kube::ManifestsCmd),
-    /// Show the pinned versions and images (nix/pins.json).
-    Pins(pins::PinsCmd),
-    /// Measure time to ready, the request path (mTLS against plaintext), footprint, rotation.
-    Bench(bench::Bench),
-    /// What CI runs: formatting, lints, tests, then the lab on the local runtime with all scenarios.
-    Ci(ci::Ci),
-}
-
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn run(command: flags::Command) -> anyhow::Result<()> {
+    use flags::Command;
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    match cli.command {
+    match command {
         Command::Deps(cmd) => cmd.run(&sh),
         Command::Up(cmd) => cmd.run(&sh),
-        Command::Down(args) => lab::down(&sh, &args),
-        Command::Status(args) => lab::status(&sh, &args),
+        Command::Down(args) => runtime::down(&sh, &args),
+        Command::Status(args) => runtime::status(&sh, &args),
         Command::Logs(cmd) => cmd.run(&sh),
         Command::Scenario(cmd) => cmd.run(&sh),
-        Command::Ci(cmd) => cmd.run(&sh),
-        Command::Bench(cmd) => cmd.run(&sh),
-        Command::Pins(cmd) => cmd.run(&sh),
         Command::Manifests(cmd) => cmd.run(&sh),
+        Command::Pins(cmd) => cmd.run(&sh),
+        Command::Bench(cmd) => cmd.run(&sh),
+        Command::Ci(cmd) => cmd.run(&sh),
     }
-    .context("cargo xtask failed")
+}
+
+/// `error: <what failed>` and one `caused by:` line per cause; the backtrace only when it was
+/// captured (RUST_LIB_BACKTRACE=1).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        out += &format!("\n  caused by: {cause}");
+    }
+    let trace = e.backtrace();
+    if trace.status() == std::backtrace::BacktraceStatus::Captured {
+        out += &format!("\n\nbacktrace:\n{trace}");
+    }
+    out
 }
 
 /// The repository root (the parent of `xtask/`).
@@ -87,44 +82,25 @@ pub fn project_root() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tidy {
-    use clap::CommandFactory;
+mod tests {
+    use anyhow::Context;
 
-    /// The README names every xtask command.
+    /// An error reads as its chain of causes, with no backtrace unless one was captured.
     #[test]
-    fn readme_mentions_every_command() {
-        let readme = std::fs::read_to_string(crate::project_root().join("README.md")).unwrap();
-        for sub in crate::Cli::command().get_subcommands() {
-            let name = sub.get_name();
-            assert!(
-                readme.contains(&format!("cargo xtask {name}")),
-                "README.md does not mention `cargo xtask {name}`"
-            );
-        }
-    }
-
-    /// Every Rust module starts with a `//!` line saying what it is for.
-    #[test]
-    fn every_module_says_what_it_is_for() {
-        let root = crate::project_root();
-        let mut missing = Vec::new();
-        let mut stack = vec![root.join("crates"), root.join("xtask")];
-        while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).unwrap().flatten() {
-                let p = e.path();
-                if p.is_dir() && !p.ends_with("target") {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "rs") {
-                    let text = std::fs::read_to_string(&p).unwrap();
-                    if !text.trim_start().starts_with("//!") {
-                        missing.push(p.strip_prefix(&root).unwrap().display().to_string());
-                    }
-                }
-            }
-        }
+    fn errors_print_their_causes_only() {
+        let e = std::fs::read("/nonexistent/spire-lab")
+            .context("read the state")
+            .context("the local lab is not up")
+            .unwrap_err();
+        let text = super::report(&e);
         assert!(
-            missing.is_empty(),
-            "modules without a //! line: {missing:?}"
+            text.starts_with(
+                "error: the local lab is not up\n  caused by: read the state\n  caused by: "
+            ),
+            "{text}"
         );
+        if e.backtrace().status() != std::backtrace::BacktraceStatus::Captured {
+            assert!(!text.contains("backtrace"), "{text}");
+        }
     }
 }

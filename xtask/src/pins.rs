@@ -86,31 +86,12 @@ pub struct Kind {
     pub kubernetes_openapi: String,
 }
 
-#[derive(clap::Args)]
-pub struct PinsCmd {
-    #[command(subcommand)]
-    action: Option<PinsAction>,
-}
-
-#[derive(clap::Subcommand)]
-enum PinsAction {
-    /// Print the pinned versions and images (the default).
-    Show,
-    /// Check every pinned digest against its registry (needs skopeo or docker and a network).
-    Verify,
-    /// Fill in missing digests from the registries (`--update` also replaces ones that drifted).
-    Lock {
-        #[arg(long)]
-        update: bool,
-    },
-}
-
-impl PinsCmd {
+impl crate::flags::Pins {
     pub fn run(self, sh: &xshell::Shell) -> anyhow::Result<()> {
         let root = crate::project_root();
         let pins = Pins::load(&root)?;
-        match self.action.unwrap_or(PinsAction::Show) {
-            PinsAction::Show => {
+        match self.action.unwrap_or(crate::flags::PinsAction::Show) {
+            crate::flags::PinsAction::Show => {
                 println!("Local binaries:");
                 println!(
                     "  SPIRE          {} (go: {}, Go >= {})",
@@ -156,7 +137,7 @@ impl PinsCmd {
                 }
                 Ok(())
             }
-            PinsAction::Verify => {
+            crate::flags::PinsAction::Verify => {
                 let mut drift = Vec::new();
                 for i in pins.images() {
                     let found = registry_digest(sh, i.reference)?;
@@ -177,7 +158,7 @@ impl PinsCmd {
                 println!("every pinned digest matches its registry");
                 Ok(())
             }
-            PinsAction::Lock { update } => {
+            crate::flags::PinsAction::Lock { update } => {
                 let mut updates = Vec::new();
                 for i in pins.images() {
                     let found = registry_digest(sh, i.reference)?;

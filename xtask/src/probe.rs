@@ -12,7 +12,6 @@ use openssl::stack::Stack;
 use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::{X509StoreContext, X509VerifyResult};
-use serde_json::Value;
 
 fn agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -42,46 +41,13 @@ pub fn post(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((res.status().as_u16(), body))
 }
 
-/// One certificate as Envoy's admin `/certs` describes it.
-#[derive(Clone, Debug)]
-pub struct EnvoyCert {
-    pub spiffe_id: Option<String>,
-    pub serial: String,
-    pub expiration: Option<String>,
-    pub ca_serials: Vec<String>,
-}
-
-/// The leaf certificate an Envoy holds, from its admin `/certs`.
-pub fn envoy_cert(admin: &str) -> anyhow::Result<EnvoyCert> {
+/// An Envoy's admin `/certs`: the leaf it holds and the CAs it validates peers with.
+pub fn envoy_certs(admin: &str) -> anyhow::Result<contract::envoy::Certs> {
     let (status, body) = get(&format!("{admin}/certs"))?;
     if status != 200 {
         bail!("{admin}/certs answered HTTP {status}");
     }
-    let v: Value = serde_json::from_str(&body)?;
-    let mut ca_serials = Vec::new();
-    let mut leaf = None;
-    for c in v["certificates"].as_array().into_iter().flatten() {
-        for ca in c["ca_cert"].as_array().into_iter().flatten() {
-            ca_serials.extend(ca["serial_number"].as_str().map(str::to_uppercase));
-        }
-        if let Some(l) = c["cert_chain"].as_array().and_then(|a| a.first()) {
-            leaf = Some(l.clone());
-        }
-    }
-    let leaf = leaf.context("Envoy holds no certificate yet")?;
-    Ok(EnvoyCert {
-        spiffe_id: leaf["subject_alt_names"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|s| s["uri"].as_str().map(str::to_owned)),
-        serial: leaf["serial_number"]
-            .as_str()
-            .unwrap_or_default()
-            .to_uppercase(),
-        expiration: leaf["expiration_time"].as_str().map(str::to_owned),
-        ca_serials,
-    })
+    serde_json::from_str(&body).with_context(|| format!("{admin}/certs answered {body:?}"))
 }
 
 /// The certificate chain a TLS server presents (no client certificate is offered; with TLS 1.3
@@ -138,15 +104,6 @@ pub fn chains_to(chain: &[X509], bundle: &[X509]) -> anyhow::Result<()> {
         bail!("{}", result.error_string());
     }
     Ok(())
-}
-
-/// Upper-case hexadecimal serial, as Envoy prints it.
-pub fn serial(cert: &X509) -> String {
-    cert.serial_number()
-        .to_bn()
-        .ok()
-        .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
-        .unwrap_or_default()
 }
 
 /// One HTTPS request with a client certificate; the server must prove `server_id`.

@@ -119,8 +119,20 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    last_lines(&text, n).trim_end().to_owned()
+}
+
+/// The last `n` lines of `text` (all of it for 0).
+pub fn last_lines(text: &str, n: usize) -> &str {
+    if n == 0 {
+        return text;
+    }
+    let ends: Vec<usize> = text.match_indices('\n').map(|(i, _)| i).collect();
+    let trailing = usize::from(text.ends_with('\n'));
+    match ends.len().checked_sub(n + trailing) {
+        Some(i) => &text[ends[i] + 1..],
+        None => text,
+    }
 }
 
 /// Proportional memory (PSS) of a process, in KiB: shared pages split among their sharers.
@@ -210,4 +222,15 @@ pub fn create_with_mode(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<(
         .with_context(|| format!("create {}", path.display()))?;
     std::io::Write::write_all(&mut f, data)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn last_lines() {
+        assert_eq!(super::last_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(super::last_lines("a\nb\nc", 2), "b\nc");
+        assert_eq!(super::last_lines("a\nb\n", 5), "a\nb\n");
+        assert_eq!(super::last_lines("a\nb\n", 0), "a\nb\n");
+    }
 }

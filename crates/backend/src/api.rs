@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use contract::{BackendIdentity, Orders, Readiness, SvidState};
+use serde_json::json;
 
 use crate::error::{AppError, Result};
 use crate::{Database, SvidSource};
@@ -63,51 +64,59 @@ pub fn caller_from_xfcc(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>> {
+async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Orders>> {
     let orders = s.db.orders().await?;
-    Ok(Json(json!({
-        "orders": orders,
-        "caller": caller_from_xfcc(&headers),
-        "backend": s.svids.current().ok().map(|svid| svid.spiffe_id.to_string()),
-        "db_server": s.db.last_server(),
-    })))
+    Ok(Json(Orders {
+        orders,
+        caller: caller_from_xfcc(&headers),
+        backend: s
+            .svids
+            .current()
+            .ok()
+            .map(|svid| svid.spiffe_id.to_string()),
+        db_server: s.db.last_server(),
+    }))
 }
 
-async fn identity(State(s): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    let own = match s.svids.current() {
-        Ok(svid) => json!({
-            "spiffe_id": svid.spiffe_id,
-            "serial": svid.serial,
-            "not_after": svid.not_after,
-            "seconds_left": svid.seconds_left(),
-        }),
-        Err(reason) => json!({ "error": reason }),
+async fn identity(State(s): State<AppState>, headers: HeaderMap) -> Json<BackendIdentity> {
+    let svid = match s.svids.current() {
+        Ok(svid) => SvidState::Held {
+            spiffe_id: svid.spiffe_id.to_string(),
+            serial: svid.serial.clone(),
+            not_after: svid.not_after,
+            seconds_left: svid.seconds_left(),
+        },
+        Err(u) => SvidState::Unusable {
+            cause: u.cause,
+            error: u.reason,
+        },
     };
-    Json(json!({
-        "svid": own,
-        "db_server": s.db.last_server(),
-        "caller": caller_from_xfcc(&headers),
-    }))
+    Json(BackendIdentity {
+        svid,
+        db_server: s.db.last_server(),
+        caller: caller_from_xfcc(&headers),
+    })
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let svid = s.svids.current();
-    let mut body = json!({
-        "svid_seconds_left": svid.as_ref().ok().map(|svid| svid.seconds_left()),
-        "svid_serial": svid.as_ref().ok().map(|svid| svid.serial.clone()),
-    });
-    let reason = match (&svid, s.svids.problem()) {
-        _ if s.plaintext => s.db.ping().await.err().map(|e| e.to_string()),
-        (Err(e), _) => Some(format!("SVID not usable: {e}")),
-        (Ok(_), Some(problem)) => Some(format!("SVID files not usable: {problem}")),
-        (Ok(_), None) => match s.db.ping().await {
-            Ok(()) => None,
-            Err(e) => Some(e.to_string()),
-        },
+    let failure = match (&svid, s.svids.problem()) {
+        _ if s.plaintext => s.db.ping().await.err().map(|e| (e.cause(), e.to_string())),
+        (Err(u), _) => Some((u.cause, format!("SVID not usable: {u}"))),
+        (Ok(_), Some(problem)) => Some((
+            contract::Cause::NoSvid,
+            format!("SVID files not usable: {problem}"),
+        )),
+        (Ok(_), None) => s.db.ping().await.err().map(|e| (e.cause(), e.to_string())),
     };
-    body["ready"] = json!(reason.is_none());
-    body["reason"] = json!(reason);
-    let status = if reason.is_none() {
+    let body = Readiness {
+        ready: failure.is_none(),
+        svid_seconds_left: svid.as_ref().ok().map(|svid| svid.seconds_left()),
+        svid_serial: svid.as_ref().ok().map(|svid| svid.serial.clone()),
+        cause: failure.as_ref().map(|(c, _)| *c),
+        reason: failure.map(|(_, r)| r),
+    };
+    let status = if body.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -38,7 +38,7 @@ pub struct Config {
     #[arg(
         long,
         env = "BACKEND_DB_SPIFFE_ID",
-        default_value = "spiffe://example.org/ns/demo/sa/postgres"
+        default_value_t = contract::Workload::Postgres.spiffe_id().parse().expect("a SPIFFE ID")
     )]
     pub db_spiffe_id: SpiffeId,
     /// Upper bound for getting a connection and running one query, in milliseconds.

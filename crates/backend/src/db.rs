@@ -6,21 +6,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use contract::{Cause, Order, PeerCert};
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use openssl::x509::store::X509StoreBuilder;
 use postgres_openssl::MakeTlsConnector;
-use serde::Serialize;
 use svid::{SpiffeId, spiffe_id_of};
 use tokio_postgres::config::SslMode;
 
+use crate::svid_source::Unusable;
 use crate::{Config, SvidSource};
 
 /// Why a database call failed, in words for the person looking at the demo.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum DbError {
     #[error("no usable SVID to present to PostgreSQL: {0}")]
-    NoSvid(String),
+    NoSvid(Unusable),
     #[error("PostgreSQL at {0} is unreachable: {1}")]
     Unreachable(String, String),
     #[error("PostgreSQL did not answer within {0} ms")]
@@ -32,32 +33,16 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// A short machine-readable kind for JSON bodies.
-    pub fn kind(&self) -> &'static str {
+    /// What failed, for the JSON body.
+    pub fn cause(&self) -> Cause {
         match self {
-            DbError::NoSvid(_) => "no_svid",
-            DbError::Unreachable(..) => "db_unreachable",
-            DbError::Timeout(_) => "db_timeout",
-            DbError::Tls(_) => "db_tls",
-            DbError::Refused(_) => "db_refused",
+            DbError::NoSvid(u) => u.cause,
+            DbError::Unreachable(..) => Cause::DbUnreachable,
+            DbError::Timeout(_) => Cause::DbTimeout,
+            DbError::Tls(_) => Cause::DbTls,
+            DbError::Refused(_) => Cause::DbRefused,
         }
     }
-}
-
-/// The certificate PostgreSQL presented on the latest connection.
-#[derive(Clone, Debug, Serialize)]
-pub struct PeerCert {
-    pub spiffe_id: Option<String>,
-    pub serial: String,
-    /// Unix seconds.
-    pub not_after: i64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Order {
-    pub id: i32,
-    pub description: String,
-    pub status: String,
 }
 
 pub struct Connection {
@@ -125,12 +110,7 @@ impl Manager {
             let id = spiffe_id_of(cert).ok();
             seen.leaf = Some(PeerCert {
                 spiffe_id: id.as_ref().map(|i| i.to_string()),
-                serial: cert
-                    .serial_number()
-                    .to_bn()
-                    .ok()
-                    .and_then(|b| b.to_hex_str().ok().map(|s| s.to_string()))
-                    .unwrap_or_default(),
+                serial: svid::serial_hex(cert),
                 not_after: svid::unix_time(cert.not_after()),
             });
             if !chain_ok {
@@ -268,7 +248,7 @@ impl managed::Manager for Manager {
             return Err(RecycleError::message("opened with an older SVID"));
         }
         // An identity that has expired is not used any more, not even on an open connection.
-        if conn.svid_not_after <= svid::unix_now() {
+        if conn.svid_not_after <= contract::time::unix_now() {
             return Err(RecycleError::message(
                 "opened with an SVID that has expired",
             ));
@@ -318,7 +298,7 @@ impl Database {
         Ok(rows
             .iter()
             .map(|r| Order {
-                id: r.get(0),
+                id: r.get::<_, i32>(0).into(),
                 description: r.get(1),
                 status: r.get(2),
             })

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use contract::{Cause, ErrorBody};
 
 use crate::DbError;
 
@@ -20,15 +21,18 @@ pub type Result<T, E = AppError> = std::result::Result<T, E>;
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, kind) = match &self {
-            AppError::Db(e) => (StatusCode::SERVICE_UNAVAILABLE, e.kind()),
-            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        let (status, cause) = match &self {
+            AppError::Db(e) => (StatusCode::SERVICE_UNAVAILABLE, e.cause()),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, Cause::NotFound),
+            AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, Cause::MethodNotAllowed),
         };
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let body = serde_json::json!({ "error": kind, "reason": self.to_string() });
+        let body = ErrorBody {
+            error: cause,
+            reason: self.to_string(),
+        };
         (status, Json(body)).into_response()
     }
 }

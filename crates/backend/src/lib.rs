@@ -16,7 +16,7 @@ pub use api::{AppState, app, health_app};
 pub use config::Config;
 pub use db::{Database, DbError};
 pub use error::AppError;
-pub use svid_source::SvidSource;
+pub use svid_source::{SvidSource, Unusable};
 
 /// Loads the SVID, starts watching its files, and sets up the database pool (no connection yet).
 pub async fn start(config: &Config) -> anyhow::Result<AppState> {

@@ -4,7 +4,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use contract::Cause;
 use svid::{Svid, SvidFiles};
+
+/// Why there is no SVID to present right now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unusable {
+    /// `NoSvid` or `SvidExpired`.
+    pub cause: Cause,
+    pub reason: String,
+}
 
 pub struct SvidSource {
     files: SvidFiles,
@@ -18,7 +28,7 @@ struct State {
     seen: Vec<u8>,
     good: Option<Arc<Svid>>,
     /// Why the files on disk are not usable right now, if they are not.
-    problem: Option<String>,
+    problem: Option<Unusable>,
 }
 
 /// How many times a pair that looks half written is read again before it counts as broken.
@@ -35,24 +45,32 @@ impl SvidSource {
     }
 
     /// The SVID to present now: the latest that loaded whole and is unexpired.
-    pub fn current(&self) -> Result<Arc<Svid>, String> {
+    pub fn current(&self) -> Result<Arc<Svid>, Unusable> {
         let state = self.state.read().unwrap();
+        let no_svid = |reason: String| Unusable {
+            cause: Cause::NoSvid,
+            reason,
+        };
         match (&state.good, &state.problem) {
             (Some(svid), _) if svid.seconds_left() > 0 => Ok(svid.clone()),
-            (Some(svid), _) => Err(format!(
-                "SVID {} (serial {}) expired {} s ago and no newer one was written",
-                svid.spiffe_id,
-                svid.serial,
-                -svid.seconds_left()
-            )),
+            (Some(svid), _) => Err(Unusable {
+                cause: Cause::SvidExpired,
+                reason: format!(
+                    "SVID {} (serial {}) expired {} s ago and no newer one was written",
+                    svid.spiffe_id,
+                    svid.serial,
+                    -svid.seconds_left()
+                ),
+            }),
             (None, Some(problem)) => Err(problem.clone()),
-            (None, None) => Err("no SVID loaded yet".into()),
+            (None, None) => Err(no_svid("no SVID loaded yet".into())),
         }
     }
 
     /// Why the files on disk are not usable, if they are not.
     pub fn problem(&self) -> Option<String> {
-        self.state.read().unwrap().problem.clone()
+        let state = self.state.read().unwrap();
+        state.problem.as_ref().map(|p| p.reason.clone())
     }
 
     /// Grows each time a different SVID is loaded; connections made with an older one are recycled.
@@ -84,11 +102,18 @@ impl SvidSource {
                 }
                 Err(e) => {
                     let mut state = self.state.write().unwrap();
-                    if state.problem.as_deref() != Some(&e.to_string()) {
+                    let problem = Unusable {
+                        cause: match e {
+                            svid::SvidError::Expired { .. } => Cause::SvidExpired,
+                            _ => Cause::NoSvid,
+                        },
+                        reason: e.to_string(),
+                    };
+                    if state.problem.as_ref() != Some(&problem) {
                         tracing::warn!(error = %e, "SVID files not usable; keeping the last good SVID while it is valid");
                     }
                     state.seen = bytes;
-                    state.problem = Some(e.to_string());
+                    state.problem = Some(problem);
                     return;
                 }
             }

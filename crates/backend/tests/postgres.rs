@@ -12,11 +12,11 @@ use svid::test_ca::{Leaf, TestCa, write_files};
 use testkit::{BACKEND_ID, POSTGRES_ID, Postgres, get_json as get};
 
 fn backend_leaf() -> Leaf {
-    Leaf::new(BACKEND_ID, Some("backend"))
+    Leaf::new(&BACKEND_ID, Some("backend"))
 }
 
 fn postgres_leaf() -> Leaf {
-    Leaf::new(POSTGRES_ID, Some("postgres"))
+    Leaf::new(&POSTGRES_ID, Some("postgres"))
 }
 
 async fn backend_app(pg: &Postgres, svid_dir: &std::path::Path) -> axum::Router {
@@ -39,7 +39,7 @@ async fn orders_are_read_over_mtls_and_postgres_is_identified_by_spiffe_id() {
     let orders = body["orders"].as_array().unwrap();
     assert_eq!(orders.len(), 3, "{body}");
     assert_eq!(orders[0]["id"], 1001);
-    assert_eq!(body["db_server"]["spiffe_id"], POSTGRES_ID);
+    assert_eq!(body["db_server"]["spiffe_id"], *POSTGRES_ID);
 
     // PostgreSQL saw our certificate: the serial it reports is the SVID's.
     let serials = pg.psql(
@@ -152,7 +152,7 @@ async fn a_server_with_another_spiffe_id_is_refused_and_named() {
     assert_eq!(body["error"], "db_tls");
     let reason = body["reason"].as_str().unwrap();
     assert!(
-        reason.contains(impostor) && reason.contains(POSTGRES_ID),
+        reason.contains(impostor) && reason.contains(POSTGRES_ID.as_str()),
         "{reason}"
     );
 }
@@ -168,7 +168,7 @@ async fn a_server_certificate_from_another_ca_or_expired_is_refused() {
     assert_eq!(status, 503, "{body}");
     let reason = body["reason"].as_str().unwrap();
     assert!(
-        reason.contains("expired") && reason.contains(POSTGRES_ID),
+        reason.contains("expired") && reason.contains(POSTGRES_ID.as_str()),
         "{reason}"
     );
 
@@ -190,7 +190,7 @@ async fn postgres_refuses_a_client_certificate_with_another_cn() {
     let ca = TestCa::new("example.org");
     let pg = Postgres::start(&ca, &postgres_leaf());
     let svids = tempfile::tempdir().unwrap();
-    ca.write_svid(svids.path(), &Leaf::new(BACKEND_ID, Some("frontend")));
+    ca.write_svid(svids.path(), &Leaf::new(&BACKEND_ID, Some("frontend")));
     let app = backend_app(&pg, svids.path()).await;
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 503, "{body}");
@@ -256,9 +256,10 @@ async fn an_expired_own_svid_is_not_used_and_not_ready() {
         ready["reason"].as_str().unwrap().contains("expired"),
         "{ready}"
     );
+    assert_eq!(ready["cause"], "svid_expired", "{ready}");
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "no_svid");
+    assert_eq!(body["error"], "svid_expired");
     assert!(
         !pg.log().contains("identity=\"CN=backend"),
         "an expired SVID reached PostgreSQL"

@@ -3,43 +3,9 @@
 //! The Envoys in this lab prefix their own replies with who they are ("frontend Envoy:",
 //! "backend Envoy:", see their `local_reply_config`), so a failure can be put on the right hop.
 
-use serde::{Deserialize, Serialize};
+use contract::{Cause, ErrorBody, Link, Orders, RunDemo};
 
 use crate::Config;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum LinkStatus {
-    Success,
-    Failed,
-    /// Not reached: an earlier link failed.
-    Unknown,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Link {
-    pub status: LinkStatus,
-    pub reason: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Order {
-    pub id: i64,
-    pub description: String,
-    pub status: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct DemoResult {
-    pub frontend_to_backend: Link,
-    pub backend_to_db: Link,
-    pub orders: Vec<Order>,
-    /// The SPIFFE ID the backend saw calling it (from Envoy's x-forwarded-client-cert).
-    pub caller_seen_by_backend: Option<String>,
-    /// The SPIFFE ID of the PostgreSQL server certificate the backend checked.
-    pub db_server_spiffe_id: Option<String>,
-    pub elapsed_ms: u64,
-}
 
 /// What came back from the frontend's Envoy.
 #[derive(Debug)]
@@ -54,56 +20,48 @@ const RBAC_REASON: &str =
     "denied by the backend's Envoy RBAC policy: this caller's SPIFFE ID is not allowed";
 const NOT_REACHED: &str = "not reached: the call to the backend failed first";
 
-fn link(status: LinkStatus, reason: Option<String>) -> Link {
-    Link { status, reason }
-}
-
-fn backend_failed(reason: String) -> (Link, Link) {
-    (
-        link(LinkStatus::Failed, Some(reason)),
-        link(LinkStatus::Unknown, Some(NOT_REACHED.into())),
-    )
+fn backend_failed(cause: Cause, reason: String) -> (Link, Link) {
+    (Link::failed(cause, reason), Link::not_reached(NOT_REACHED))
 }
 
 /// Turns the answer into both links' status and a reason a person understands.
-pub fn classify(upstream: Upstream, envoy: &str) -> DemoResult {
-    let mut result = DemoResult {
-        frontend_to_backend: link(LinkStatus::Unknown, None),
-        backend_to_db: link(LinkStatus::Unknown, None),
+pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
+    let mut result = RunDemo {
+        frontend_to_backend: Link::success(),
+        backend_to_db: Link::success(),
         orders: Vec::new(),
         caller_seen_by_backend: None,
         db_server_spiffe_id: None,
         elapsed_ms: 0,
     };
+    let unreachable = |reason: String| backend_failed(Cause::Unreachable, reason);
     let (f2b, b2db) = match upstream {
-        Upstream::ConnectFailed(e) => backend_failed(format!(
+        Upstream::ConnectFailed(e) => unreachable(format!(
             "backend unreachable: the frontend's Envoy at {envoy} is not accepting connections ({e})"
         )),
         Upstream::TimedOut(ms) => {
-            backend_failed(format!("backend unreachable: no answer within {ms} ms"))
+            unreachable(format!("backend unreachable: no answer within {ms} ms"))
         }
-        Upstream::Failed(e) => backend_failed(format!("backend unreachable: {e}")),
+        Upstream::Failed(e) => unreachable(format!("backend unreachable: {e}")),
         Upstream::Answered { status: 200, body } => match serde_json::from_str::<Orders>(&body) {
             Ok(orders) => {
                 result.orders = orders.orders;
                 result.caller_seen_by_backend = orders.caller;
                 result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
-                (
-                    link(LinkStatus::Success, None),
-                    link(LinkStatus::Success, None),
-                )
+                (Link::success(), Link::success())
             }
-            Err(e) => backend_failed(format!("the backend answered something unreadable: {e}")),
+            Err(e) => backend_failed(
+                Cause::Unexpected,
+                format!("the backend answered something unreadable: {e}"),
+            ),
         },
         Upstream::Answered { status, body } => {
-            if let Ok(err) = serde_json::from_str::<BackendError>(&body) {
+            if let Ok(err) = serde_json::from_str::<ErrorBody>(&body) {
                 // The backend itself answered: the first link worked.
-                (
-                    link(LinkStatus::Success, None),
-                    link(LinkStatus::Failed, Some(err.reason)),
-                )
+                (Link::success(), Link::failed(err.error, err.reason))
             } else {
-                backend_failed(explain_envoy_reply(status, body.trim()))
+                let (cause, reason) = explain_envoy_reply(status, body.trim());
+                backend_failed(cause, reason)
             }
         }
     };
@@ -112,13 +70,13 @@ pub fn classify(upstream: Upstream, envoy: &str) -> DemoResult {
     result
 }
 
-fn explain_envoy_reply(status: u16, body: &str) -> String {
+fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
     let detail = body
         .trim_start_matches("frontend Envoy:")
         .trim_start_matches("backend Envoy:")
         .trim();
     if status == 403 && body.contains("RBAC: access denied") {
-        return RBAC_REASON.into();
+        return (Cause::RbacDenied, RBAC_REASON.into());
     }
     let tls = [
         "TLS_error",
@@ -129,8 +87,11 @@ fn explain_envoy_reply(status: u16, body: &str) -> String {
     .iter()
     .any(|m| body.contains(m));
     if tls {
-        return format!(
-            "mTLS to the backend failed: the handshake between the Envoys was refused ({detail})"
+        return (
+            Cause::MtlsFailed,
+            format!(
+                "mTLS to the backend failed: the handshake between the Envoys was refused ({detail})"
+            ),
         );
     }
     let refused = [
@@ -142,45 +103,38 @@ fn explain_envoy_reply(status: u16, body: &str) -> String {
     .iter()
     .any(|m| body.contains(m));
     if refused && body.starts_with("frontend Envoy:") {
-        return format!(
-            "backend unreachable: the backend's Envoy does not accept connections (HTTP {status}: {detail})"
+        return (
+            Cause::Unreachable,
+            format!(
+                "backend unreachable: the backend's Envoy does not accept connections (HTTP {status}: {detail})"
+            ),
         );
     }
     if body.starts_with("backend Envoy:") {
-        return format!(
-            "backend unreachable: the backend's Envoy is up but the backend service did not answer (HTTP {status}: {detail})"
+        return (
+            Cause::Unreachable,
+            format!(
+                "backend unreachable: the backend's Envoy is up but the backend service did not answer (HTTP {status}: {detail})"
+            ),
         );
     }
     if body.contains("upstream connect error") || body.contains("no healthy upstream") {
-        return format!(
-            "mTLS to the backend failed / backend unreachable: the backend's Envoy could not be reached (HTTP {status}: {detail})"
+        return (
+            Cause::Unreachable,
+            format!(
+                "mTLS to the backend failed / backend unreachable: the backend's Envoy could not be reached (HTTP {status}: {detail})"
+            ),
         );
     }
     let excerpt: String = detail.chars().take(200).collect();
-    format!("unexpected answer from the backend path: HTTP {status}: {excerpt}")
-}
-
-#[derive(Deserialize)]
-struct Orders {
-    orders: Vec<Order>,
-    caller: Option<String>,
-    db_server: Option<DbServer>,
-}
-
-#[derive(Deserialize)]
-struct DbServer {
-    spiffe_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BackendError {
-    #[allow(dead_code)]
-    error: String,
-    reason: String,
+    (
+        Cause::Unexpected,
+        format!("unexpected answer from the backend path: HTTP {status}: {excerpt}"),
+    )
 }
 
 /// Calls `GET /api/orders` through the frontend's Envoy and classifies the outcome.
-pub async fn run(http: &reqwest::Client, config: &Config) -> DemoResult {
+pub async fn run(http: &reqwest::Client, config: &Config) -> RunDemo {
     let started = std::time::Instant::now();
     let url = format!("{}/api/orders", config.backend_url.trim_end_matches('/'));
     let upstream = match http.get(&url).send().await {
@@ -198,9 +152,7 @@ pub async fn run(http: &reqwest::Client, config: &Config) -> DemoResult {
     };
     let mut result = classify(upstream, &config.backend_url);
     result.elapsed_ms = started.elapsed().as_millis() as u64;
-    if result.frontend_to_backend.status != LinkStatus::Success
-        || result.backend_to_db.status != LinkStatus::Success
-    {
+    if !result.frontend_to_backend.succeeded() || !result.backend_to_db.succeeded() {
         tracing::warn!(
             frontend_to_backend = ?result.frontend_to_backend,
             backend_to_db = ?result.backend_to_db,
@@ -221,6 +173,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contract::LinkStatus;
 
     fn answered(status: u16, body: &str) -> Upstream {
         Upstream::Answered {
@@ -234,7 +187,7 @@ mod tests {
         let r = classify(
             answered(
                 200,
-                r#"{"orders":[{"id":1,"description":"x","status":"shipped"}],"caller":"spiffe://example.org/ns/demo/sa/frontend","db_server":{"spiffe_id":"spiffe://example.org/ns/demo/sa/postgres","serial":"AB"}}"#,
+                r#"{"orders":[{"id":1,"description":"x","status":"shipped"}],"caller":"spiffe://example.org/ns/demo/sa/frontend","backend":"spiffe://example.org/ns/demo/sa/backend","db_server":{"spiffe_id":"spiffe://example.org/ns/demo/sa/postgres","serial":"AB","not_after":1795327868}}"#,
             ),
             "http://127.0.0.1:8001",
         );
@@ -250,7 +203,7 @@ mod tests {
     #[test]
     fn rbac_denial_is_named() {
         let r = classify(answered(403, "backend Envoy: RBAC: access denied"), "e");
-        assert_eq!(r.frontend_to_backend.status, LinkStatus::Failed);
+        assert!(r.frontend_to_backend.failed_with(Cause::RbacDenied));
         assert_eq!(r.frontend_to_backend.reason.as_deref(), Some(RBAC_REASON));
         assert_eq!(r.backend_to_db.status, LinkStatus::Unknown);
     }
@@ -259,6 +212,7 @@ mod tests {
     fn tls_failure_is_named() {
         let body = "frontend Envoy: upstream connect error or disconnect/reset before headers. reset reason: remote connection failure (upstream transport: TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end)";
         let r = classify(answered(503, body), "e");
+        assert!(r.frontend_to_backend.failed_with(Cause::MtlsFailed));
         let reason = r.frontend_to_backend.reason.unwrap();
         assert!(reason.starts_with("mTLS to the backend failed"), "{reason}");
         assert!(reason.contains("CERTIFICATE_VERIFY_FAILED"), "{reason}");
@@ -298,7 +252,7 @@ mod tests {
             "e",
         );
         assert_eq!(r.frontend_to_backend.status, LinkStatus::Success);
-        assert_eq!(r.backend_to_db.status, LinkStatus::Failed);
+        assert!(r.backend_to_db.failed_with(Cause::DbUnreachable));
         assert!(r.backend_to_db.reason.unwrap().contains("unreachable"));
     }
 
@@ -308,6 +262,7 @@ mod tests {
             Upstream::ConnectFailed("Connection refused (os error 111)".into()),
             "http://127.0.0.1:8001",
         );
+        assert!(r.frontend_to_backend.failed_with(Cause::Unreachable));
         let reason = r.frontend_to_backend.reason.unwrap();
         assert!(
             reason.contains("127.0.0.1:8001") && reason.contains("backend unreachable"),

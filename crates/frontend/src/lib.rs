@@ -17,8 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub use config::Config;
-pub use demo::{DemoResult, Link, LinkStatus, Order, Upstream, classify};
-pub use identity::{CertHolder, IdentityPanel};
+pub use demo::{Upstream, classify};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -68,11 +67,11 @@ async fn run_demo_page(State(s): State<AppState>) -> Html<String> {
     Html(page::render(Some(&result), &panel))
 }
 
-async fn run_demo_json(State(s): State<AppState>) -> Json<DemoResult> {
+async fn run_demo_json(State(s): State<AppState>) -> Json<contract::RunDemo> {
     Json(demo::run(&s.http, &s.config).await)
 }
 
-async fn identity_json(State(s): State<AppState>) -> Json<IdentityPanel> {
+async fn identity_json(State(s): State<AppState>) -> Json<contract::IdentityPanel> {
     Json(identity::gather(&s.http, &s.config).await)
 }
 

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::{DemoResult, IdentityPanel, Link, LinkStatus};
+use contract::{Holder, IdentityPanel, Link, LinkStatus, RunDemo};
 
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -63,7 +63,17 @@ fn seconds(s: Option<i64>) -> String {
     }
 }
 
-pub fn render(result: Option<&DemoResult>, panel: &IdentityPanel) -> String {
+/// What the page calls each holder.
+fn label(h: Holder) -> &'static str {
+    match h {
+        Holder::FrontendEnvoy => "frontend Envoy (SDS)",
+        Holder::BackendEnvoy => "backend Envoy (SDS)",
+        Holder::BackendFiles => "backend (spiffe-helper files)",
+        Holder::PostgresServer => "PostgreSQL server (as the backend saw it)",
+    }
+}
+
+pub fn render(result: Option<&RunDemo>, panel: &IdentityPanel) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -125,7 +135,7 @@ pub fn render(result: Option<&DemoResult>, panel: &IdentityPanel) -> String {
         let _ = write!(
             out,
             "<tr><td>{}</td><td>{id}</td><td><code>{}</code></td><td>{}</td></tr>",
-            escape(&h.holder),
+            label(h.holder),
             escape(h.serial.as_deref().unwrap_or("unknown")),
             seconds(h.seconds_left)
         );

@@ -14,9 +14,9 @@ use testkit::{BACKEND_ID, POSTGRES_ID, Postgres, free_port};
 #[tokio::test(flavor = "multi_thread")]
 async fn run_demo_in_chromium_shows_both_links_and_the_orders() {
     let ca = TestCa::new("example.org");
-    let pg = Postgres::start(&ca, &Leaf::new(POSTGRES_ID, Some("postgres")));
+    let pg = Postgres::start(&ca, &Leaf::new(&POSTGRES_ID, Some("postgres")));
     let svids = tempfile::tempdir().unwrap();
-    ca.write_svid(svids.path(), &Leaf::new(BACKEND_ID, Some("backend")));
+    ca.write_svid(svids.path(), &Leaf::new(&BACKEND_ID, Some("backend")));
 
     let backend_port = free_port();
     let backend = backend::Config::parse_from([

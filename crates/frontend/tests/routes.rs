@@ -43,6 +43,7 @@ async fn rbac_denial_reads_as_such() {
     let app = frontend(&envoy_stand_in(403, "backend Envoy: RBAC: access denied").await);
     let r = run_demo(&app).await;
     assert_eq!(r["frontend_to_backend"]["status"], "FAILED");
+    assert_eq!(r["frontend_to_backend"]["cause"], "rbac_denied");
     assert!(
         r["frontend_to_backend"]["reason"]
             .as_str()
@@ -70,6 +71,7 @@ async fn database_failure_reads_as_such() {
     let r = run_demo(&app).await;
     assert_eq!(r["frontend_to_backend"]["status"], "SUCCESS");
     assert_eq!(r["backend_to_db"]["status"], "FAILED");
+    assert_eq!(r["backend_to_db"]["cause"], "db_unreachable");
     assert!(
         r["backend_to_db"]["reason"]
             .as_str()

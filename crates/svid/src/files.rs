@@ -1,7 +1,6 @@
 //! Loading the three files spiffe-helper writes, and checking them before anyone uses them.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::pkey::{PKey, Private};
@@ -106,7 +105,7 @@ impl SvidFiles {
             detail,
         })?;
         let not_after = unix_time(leaf.not_after());
-        let now = now_unix();
+        let now = contract::time::unix_now();
         if not_after <= now {
             return Err(SvidError::Expired {
                 spiffe_id,
@@ -127,7 +126,7 @@ impl SvidFiles {
 
 impl Svid {
     pub fn seconds_left(&self) -> i64 {
-        self.not_after - now_unix()
+        self.not_after - contract::time::unix_now()
     }
 
     pub fn leaf(&self) -> &X509Ref {
@@ -173,7 +172,9 @@ pub fn describe_certificate(cert: &X509Ref) -> String {
     format!("{id} (serial {})", serial_hex(cert))
 }
 
-fn serial_hex(cert: &X509Ref) -> String {
+/// A certificate's serial in upper-case hexadecimal, as Envoy's admin `/certs` (upper-cased) and
+/// `openssl x509 -serial` print it.
+pub fn serial_hex(cert: &X509Ref) -> String {
     cert.serial_number()
         .to_bn()
         .and_then(|bn| bn.to_hex_str().map(|s| s.to_string()))
@@ -187,14 +188,6 @@ pub fn unix_time(t: &Asn1TimeRef) -> i64 {
         Ok(d) => i64::from(d.days) * 86_400 + i64::from(d.secs),
         Err(_) => 0,
     }
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, SvidError> {

@@ -9,6 +9,6 @@ mod id;
 pub mod test_ca;
 
 pub use files::{
-    Svid, SvidError, SvidFiles, describe_certificate, now_unix as unix_now, spiffe_id_of, unix_time,
+    Svid, SvidError, SvidFiles, describe_certificate, serial_hex, spiffe_id_of, unix_time,
 };
 pub use id::{SpiffeId, SpiffeIdError};

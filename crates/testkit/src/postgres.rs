@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use svid::test_ca::{Leaf, TestCa};
 
-pub const BACKEND_ID: &str = "spiffe://example.org/ns/demo/sa/backend";
-pub const POSTGRES_ID: &str = "spiffe://example.org/ns/demo/sa/postgres";
+/// The backend's and PostgreSQL's SPIFFE IDs (from `contract`, where they are defined).
+pub static BACKEND_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| contract::Workload::Backend.spiffe_id());
+pub static POSTGRES_ID: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| contract::Workload::Postgres.spiffe_id());
 
 /// The PostgreSQL 15 server binaries, or a panic that says how to install them.
 pub fn pg_bindir() -> PathBuf {

@@ -1,212 +1,23 @@
-//! Scenarios, written once against the runtime-neutral [`Lab`] handle: each prints its steps and
-//! evidence as it goes and ends with PASS or FAIL.
+//! The eight scenarios. Each decides on typed fields (`contract`), never on a sentence of the UI;
+//! the sentences are printed as evidence.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use serde::Serialize;
-use serde_json::Value;
-use xshell::Shell;
+use contract::{Cause, Holder, LinkStatus, Workload};
 
-use crate::lab::{Component, Lab, Policy, Runtime};
-use crate::local::{LocalLab, workload_id};
+use super::Report;
+use crate::demo::{Demo, Load};
+use crate::lab::{Component, Lab, Policy};
 use crate::probe;
-
-pub const NAMES: [&str; 8] = [
-    "happy",
-    "rbac",
-    "db-down",
-    "envoy-down",
-    "unregistered",
-    "rotation",
-    "server-outage",
-    "helper-down",
-];
-
-#[derive(clap::Args)]
-pub struct Scenario {
-    #[command(flatten)]
-    pub runtime: crate::lab::RuntimeArgs,
-    /// happy, rbac, rotation, server-outage, unregistered, db-down, envoy-down, helper-down, or all.
-    pub name: String,
-    /// Write a machine-readable report here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// The short X.509-SVID TTL, in seconds, for rotation, server-outage and helper-down.
-    #[arg(long, default_value_t = 20)]
-    pub ttl: u32,
-}
-
-/// What one scenario found.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub name: String,
-    pub passed: bool,
-    pub seconds: f64,
-    pub evidence: Vec<String>,
-    pub figures: BTreeMap<String, Value>,
-    pub failure: Option<String>,
-}
-
-impl Report {
-    fn say(&mut self, line: impl Into<String>) {
-        let line = line.into();
-        println!("    · {line}");
-        self.evidence.push(line);
-    }
-    fn figure(&mut self, key: &str, v: impl Into<Value>) {
-        self.figures.insert(key.into(), v.into());
-    }
-}
 
 fn step(what: &str) {
     println!("  → {what}");
 }
 
-impl Scenario {
-    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        let names: Vec<&str> = if self.name == "all" {
-            NAMES.to_vec()
-        } else if NAMES.contains(&self.name.as_str()) {
-            vec![self.name.as_str()]
-        } else {
-            bail!(
-                "no scenario {:?}; choose one of: {}, or all",
-                self.name,
-                NAMES.join(", ")
-            );
-        };
-        let mut lab: Box<dyn Lab> = match self.runtime.resolve(sh)? {
-            Runtime::Local => Box::new(LocalLab::open()?),
-            Runtime::Kind => Box::new(crate::kind::KindLab::open(sh)?),
-        };
-        let reports = run_all(lab.as_mut(), &names, self.ttl);
-        if names.len() > 1 {
-            print_summary(&reports);
-        }
-        if let Some(path) = &self.json {
-            std::fs::write(path, serde_json::to_string_pretty(&reports)?)
-                .with_context(|| format!("write {}", path.display()))?;
-            println!("report written to {}", path.display());
-        }
-        verdict(&reports)
-    }
-}
-
-/// The summary table: one line a scenario, and the total.
-pub fn print_summary(reports: &[Report]) {
-    println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
-    for r in reports {
-        let result = if r.passed { "PASS" } else { "FAIL" };
-        println!("{:<15} {:<6} {:>9.1}", r.name, result, r.seconds);
-    }
-    let total: f64 = reports.iter().map(|r| r.seconds).sum();
-    println!("{:<15} {:<6} {:>9.1}", "total", "", total);
-}
-
-/// The closing line (`N passed, N failed`, as CI readers look for it) and the outcome.
-pub fn verdict(reports: &[Report]) -> anyhow::Result<()> {
-    let failed: Vec<&str> = reports
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| r.name.as_str())
-        .collect();
-    let passed = reports.len() - failed.len();
-    println!("scenarios: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        bail!("scenario(s) failed: {}", failed.join(", "));
-    }
-    Ok(())
-}
-
-pub fn run_all(lab: &mut dyn Lab, names: &[&str], ttl: u32) -> Vec<Report> {
-    let mut reports = Vec::new();
-    for name in names {
-        println!("\n━━ scenario {name} ({} runtime)", lab.runtime());
-        let mut report = Report {
-            name: (*name).into(),
-            ..Report::default()
-        };
-        let started = Instant::now();
-        let result = match *name {
-            "happy" => happy(lab, &mut report),
-            "rbac" => rbac(lab, &mut report),
-            "rotation" => rotation(lab, &mut report, ttl),
-            "server-outage" => server_outage(lab, &mut report, ttl),
-            "unregistered" => unregistered(lab, &mut report),
-            "db-down" => db_down(lab, &mut report),
-            "envoy-down" => envoy_down(lab, &mut report),
-            "helper-down" => helper_down(lab, &mut report, ttl),
-            _ => unreachable!(),
-        };
-        report.seconds = started.elapsed().as_secs_f64();
-        match result {
-            Ok(()) => {
-                report.passed = true;
-                println!("PASS {name} ({:.1} s)", report.seconds);
-            }
-            Err(e) => {
-                println!("FAIL {name} ({:.1} s): {e:#}", report.seconds);
-                report.failure = Some(format!("{e:#}"));
-            }
-        }
-        reports.push(report);
-    }
-    reports
-}
-
-/// One Run Demo, as the UI's JSON reports it.
-#[derive(Debug)]
-pub struct Demo {
-    pub f2b: String,
-    pub f2b_reason: Option<String>,
-    pub b2db: String,
-    pub b2db_reason: Option<String>,
-    pub orders: usize,
-    pub caller: Option<String>,
-    pub took: Duration,
-}
-
-impl Demo {
-    pub fn ok(&self) -> bool {
-        self.f2b == "SUCCESS" && self.b2db == "SUCCESS" && self.orders > 0
-    }
-    fn line(&self) -> String {
-        let mut s = format!("Frontend to Backend: {}", self.f2b);
-        if let Some(r) = &self.f2b_reason {
-            s += &format!(" — {r}");
-        }
-        s += &format!(" | Backend to DB: {}", self.b2db);
-        if let Some(r) = &self.b2db_reason {
-            s += &format!(" — {r}");
-        }
-        if self.orders > 0 {
-            s += &format!(" | {} orders", self.orders);
-        }
-        s
-    }
-}
-
-pub fn run_demo(lab: &dyn Lab) -> anyhow::Result<Demo> {
-    let started = Instant::now();
-    let (status, body) = probe::post(&format!("{}/api/run-demo", lab.frontend_url()))?;
-    let took = started.elapsed();
-    ensure!(status == 200, "the frontend answered HTTP {status}: {body}");
-    let v: Value = serde_json::from_str(&body)?;
-    let s = |p: &str, k: &str| v[p][k].as_str().map(str::to_owned);
-    Ok(Demo {
-        f2b: s("frontend_to_backend", "status").unwrap_or_default(),
-        f2b_reason: s("frontend_to_backend", "reason"),
-        b2db: s("backend_to_db", "status").unwrap_or_default(),
-        b2db_reason: s("backend_to_db", "reason"),
-        orders: v["orders"].as_array().map_or(0, Vec::len),
-        caller: v["caller_seen_by_backend"].as_str().map(str::to_owned),
-        took,
-    })
+fn run_demo(lab: &dyn Lab) -> anyhow::Result<Demo> {
+    crate::demo::run_demo(&lab.frontend_url())
 }
 
 /// Runs the demo until `done` holds for its result, every 200 ms, for at most `limit`.
@@ -232,16 +43,16 @@ fn until(
     }
 }
 
-fn happy(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
+pub fn happy(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     step("Run Demo");
     let d = run_demo(lab)?;
     r.say(d.line());
     ensure!(d.ok(), "expected both links SUCCESS with orders");
     step("the backend saw the frontend's SPIFFE ID (x-forwarded-client-cert from its Envoy)");
-    let caller = d.caller.clone().unwrap_or_default();
+    let caller = d.result.caller_seen_by_backend.clone().unwrap_or_default();
     r.say(format!("caller seen by the backend: {caller}"));
     ensure!(
-        caller == workload_id("frontend"),
+        caller == Workload::Frontend.spiffe_id(),
         "the backend saw caller {caller:?}"
     );
 
@@ -296,7 +107,7 @@ fn happy(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         bundle.len(),
         bundle
             .iter()
-            .map(probe::serial)
+            .map(|c| svid::serial_hex(c))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -311,24 +122,27 @@ fn happy(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     }
     // The frontend Envoy only acts as a client: its certificate is checked by the backend Envoy
     // (the handshakes above) against the same bundle, which it also validates the server with.
-    let bundle_serials: BTreeSet<String> = bundle.iter().map(probe::serial).collect();
-    let fe = probe::envoy_cert(&lab.envoy_admin_url(false))?;
+    let bundle_serials: BTreeSet<String> = bundle.iter().map(|c| svid::serial_hex(c)).collect();
+    let fe = probe::envoy_certs(&lab.envoy_admin_url(false))?;
+    let ca_serials = fe.ca_serials();
     ensure!(
-        fe.ca_serials.iter().any(|s| bundle_serials.contains(s)),
-        "the frontend Envoy validates against CA serials {:?}, not the SPIRE bundle's",
-        fe.ca_serials
+        ca_serials.iter().any(|s| bundle_serials.contains(s)),
+        "the frontend Envoy validates against CA serials {ca_serials:?}, not the SPIRE bundle's"
     );
+    let leaf = fe
+        .leaf()
+        .context("the frontend Envoy holds no certificate")?;
     r.say(format!(
         "frontend Envoy: {} (serial {}) accepted by the backend Envoy; its validation bundle is SPIRE's (CA {})",
-        fe.spiffe_id.unwrap_or_default(),
-        fe.serial,
-        fe.ca_serials.join(", ")
+        leaf.spiffe_id.unwrap_or_default(),
+        leaf.serial,
+        ca_serials.join(", ")
     ));
     Ok(())
 }
 
-fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
-    let limit = Duration::from_secs(if lab.runtime() == "local" { 15 } else { 90 });
+pub fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
+    let limit = lab.capabilities().policy_propagation;
     let before = (
         lab.instance(Component::Frontend),
         lab.instance(Component::Backend),
@@ -339,7 +153,9 @@ fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         "switch the backend Envoy's RBAC policy to deny (manifests/backend/config/rbac-deny.yaml)",
     );
     lab.set_policy(Policy::Deny)?;
-    let outcome = until(lab, limit, |d| d.f2b == "FAILED");
+    let outcome = until(lab, limit, |d| {
+        d.result.frontend_to_backend.status == LinkStatus::Failed
+    });
     let (d, took) = match outcome {
         Ok(v) => v,
         Err(e) => {
@@ -350,13 +166,13 @@ fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     r.say(d.line());
     r.say(format!("switch to effect: {:.2} s", took.as_secs_f64()));
     r.figure("deny_effect_seconds", took.as_secs_f64());
-    let reason = d.f2b_reason.clone().unwrap_or_default();
-    let denied = reason.contains("RBAC policy");
+    let denied = d.result.frontend_to_backend.failed_with(Cause::RbacDenied);
     step("restore the allow policy (manifests/backend/config/rbac.yaml)");
     lab.set_policy(Policy::AllowFrontend)?;
     ensure!(
         denied,
-        "the failure does not name the RBAC policy: {reason}"
+        "the failure is not an RBAC denial: {:?}",
+        d.result.frontend_to_backend
     );
     let (d, took) = until(lab, limit, Demo::ok)?;
     r.say(d.line());
@@ -380,7 +196,7 @@ fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn holder_serials(lab: &dyn Lab) -> BTreeMap<&'static str, (String, Option<i64>)> {
+fn holder_serials(lab: &dyn Lab) -> BTreeMap<Holder, (String, Option<i64>)> {
     lab.holdings()
         .into_iter()
         .flatten()
@@ -397,7 +213,7 @@ fn shorten_ttl(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     let started = Instant::now();
     loop {
         let h = holder_serials(lab);
-        if h.len() == 4
+        if h.len() == Holder::ALL.len()
             && h.values()
                 .all(|(_, left)| left.is_some_and(|l| l <= i64::from(ttl)))
         {
@@ -419,59 +235,7 @@ fn restore_ttl(lab: &mut dyn Lab) -> anyhow::Result<()> {
     lab.set_svid_ttl(None)
 }
 
-/// Run Demo requests from `workers` threads until `stop`; counts and the first failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(url: String, workers: usize, pause: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..workers)
-            .map(|_| {
-                let (stop, ok, failures, url) =
-                    (stop.clone(), ok.clone(), failures.clone(), url.clone());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match probe::post(&format!("{url}/api/run-demo")) {
-                            Ok((200, body)) if body.matches("\"SUCCESS\"").count() == 2 => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok((status, body)) => failures
-                                .lock()
-                                .unwrap()
-                                .push(format!("HTTP {status}: {body}")),
-                            Err(e) => failures.lock().unwrap().push(format!("{e:#}")),
-                        }
-                        std::thread::sleep(pause);
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            threads,
-        }
-    }
-
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
-}
-
-fn rotation(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+pub fn rotation(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     let run_for = Duration::from_secs(3 * u64::from(ttl) + 2);
     let outcome = rotation_under_load(lab, r, ttl, run_for);
     restore_ttl(lab)?;
@@ -482,7 +246,7 @@ fn rotation(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
         outcome.failures
     );
     ensure!(
-        outcome.serials.len() == 4,
+        outcome.serials.len() == Holder::ALL.len(),
         "not every certificate holder could be observed: {:?}",
         outcome.serials.keys()
     );
@@ -497,7 +261,7 @@ pub struct Rotation {
     pub requests: usize,
     pub failures: usize,
     /// Distinct serials seen per certificate holder.
-    pub serials: BTreeMap<&'static str, usize>,
+    pub serials: BTreeMap<Holder, usize>,
 }
 
 /// Shortens the SVID TTL, then runs continuous Run Demo requests for `run_for` while sampling
@@ -513,8 +277,8 @@ pub fn rotation_under_load(
         "continuous Run Demo requests for {} s while SPIRE rotates every SVID",
         run_for.as_secs()
     ));
-    let load = Load::start(lab.frontend_url(), 2, Duration::from_millis(100));
-    let mut seen: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+    let load = Load::start(&lab.frontend_url(), 2, Duration::from_millis(100));
+    let mut seen: BTreeMap<Holder, BTreeSet<String>> = BTreeMap::new();
     let started = Instant::now();
     while started.elapsed() < run_for {
         for (holder, (serial, _)) in holder_serials(lab) {
@@ -527,34 +291,34 @@ pub fn rotation_under_load(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (ok, failures) = load.finish();
-    let total = ok + failures.len();
+    let tally = load.finish();
+    let total = tally.requests();
     r.say(format!(
         "{total} requests in {:.0} s ({:.1}/s), {} failed",
         run_for.as_secs_f64(),
         total as f64 / run_for.as_secs_f64(),
-        failures.len()
+        tally.failed
     ));
     r.figure("requests", total);
-    r.figure("failures", failures.len());
+    r.figure("failures", tally.failed);
     for (holder, serials) in &seen {
         r.say(format!("{holder}: {} distinct serials", serials.len()));
         r.figure(
-            &format!("serials_{}", holder.replace(' ', "_")),
+            &format!("serials_{}", holder.to_string().replace(' ', "_")),
             serials.len(),
         );
     }
-    for f in failures.iter().take(5) {
+    for f in tally.failures.iter().take(5) {
         r.say(format!("failure: {f}"));
     }
     Ok(Rotation {
         requests: total,
-        failures: failures.len(),
+        failures: tally.failed,
         serials: seen.into_iter().map(|(h, s)| (h, s.len())).collect(),
     })
 }
 
-fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+pub fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     shorten_ttl(lab, r, ttl)?;
     let result = (|| -> anyhow::Result<()> {
         let before: BTreeMap<_, _> = holder_serials(lab)
@@ -582,10 +346,10 @@ fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<
         step("start the SPIRE server again");
         lab.start(Component::SpireServer)?;
         let started = Instant::now();
-        let mut fresh: BTreeSet<&'static str> = BTreeSet::new();
+        let mut fresh: BTreeSet<Holder> = BTreeSet::new();
         while fresh.len() < before.len() {
             for (holder, (serial, _)) in holder_serials(lab) {
-                if before.get(holder).is_some_and(|b| *b != serial) && fresh.insert(holder) {
+                if before.get(&holder).is_some_and(|b| *b != serial) && fresh.insert(holder) {
                     r.say(format!(
                         "{holder}: new serial {serial} {:.1} s after the server returned",
                         started.elapsed().as_secs_f64()
@@ -610,7 +374,7 @@ fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<
     result
 }
 
-fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
+pub fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     // A rogue entry left by an interrupted run would make the first check meaningless.
     lab.remove_rogue()?;
     step("a workload no registration entry describes asks its agent for an SVID");
@@ -622,9 +386,10 @@ fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     let refusal = probe::tls_without_client_cert(&lab.backend_envoy_addr())?;
     r.say(format!("backend Envoy refused the handshake: {refusal}"));
 
-    step(
-        "a rogue workload with a valid SVID for spiffe://example.org/ns/demo/sa/rogue (CN backend)",
-    );
+    let rogue = contract::workload_id(contract::ids::ROGUE);
+    step(&format!(
+        "a rogue workload with a valid SVID for {rogue} (CN backend)"
+    ));
     let dir = match lab.issue_rogue_svid() {
         Ok(dir) => dir,
         Err(e) => {
@@ -643,12 +408,13 @@ fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
             &cert,
             &dir.join("svid.0.key"),
             &dir.join("bundle.0.pem"),
-            &workload_id("backend"),
+            &Workload::Backend.spiffe_id(),
         )?;
         r.say(format!(
             "backend Envoy answered HTTP {status}: {}",
             body.trim()
         ));
+        // Envoy's RBAC filter has one answer for a denied principal: 403 with this body.
         ensure!(
             status == 403 && body.contains("RBAC: access denied"),
             "the rogue was not denied by RBAC"
@@ -659,7 +425,7 @@ fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
                 let e = format!("{e:#}");
                 r.say(format!("PostgreSQL refused: {e}"));
                 ensure!(
-                    e.contains(&workload_id("rogue")),
+                    e.contains(&rogue),
                     "PostgreSQL's refusal does not name the rogue's SPIFFE ID"
                 );
             }
@@ -670,7 +436,7 @@ fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     result
 }
 
-fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
+pub fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     let backend = lab.instance(Component::Backend);
     step("stop PostgreSQL");
     lab.stop(Component::Postgres)?;
@@ -678,13 +444,17 @@ fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         let d = run_demo(lab)?;
         r.say(format!("{} ({} ms)", d.line(), d.took.as_millis()));
         r.figure("db_down_answer_ms", d.took.as_millis() as u64);
+        let b2db = &d.result.backend_to_db;
         ensure!(
-            d.f2b == "SUCCESS" && d.b2db == "FAILED",
+            d.result.frontend_to_backend.succeeded() && b2db.status == LinkStatus::Failed,
             "expected Frontend to Backend SUCCESS and Backend to DB FAILED"
         );
         ensure!(
-            d.b2db_reason.as_deref().is_some_and(|s| !s.is_empty()),
-            "no reason given"
+            matches!(
+                b2db.cause,
+                Some(Cause::DbUnreachable | Cause::DbTimeout | Cause::DbTls | Cause::DbRefused)
+            ) && b2db.reason.as_deref().is_some_and(|s| !s.is_empty()),
+            "the database link failed for another cause, or without a reason: {b2db:?}"
         );
         ensure!(
             d.took < Duration::from_secs(2),
@@ -709,17 +479,16 @@ fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn envoy_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
+pub fn envoy_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     step("stop the backend's Envoy");
     lab.stop(Component::EnvoyBackend)?;
     let result = (|| -> anyhow::Result<()> {
         let d = run_demo(lab)?;
         r.say(d.line());
-        ensure!(d.f2b == "FAILED", "expected Frontend to Backend FAILED");
-        let reason = d.f2b_reason.unwrap_or_default();
         ensure!(
-            reason.contains("backend unreachable"),
-            "the reason does not say the backend is unreachable: {reason}"
+            d.result.frontend_to_backend.failed_with(Cause::Unreachable),
+            "expected Frontend to Backend FAILED with the backend unreachable: {:?}",
+            d.result.frontend_to_backend
         );
         Ok(())
     })();
@@ -731,20 +500,20 @@ fn envoy_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+pub fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     shorten_ttl(lab, r, ttl)?;
     let result = (|| -> anyhow::Result<()> {
         step("stop the backend's spiffe-helper");
         lab.stop(Component::HelperBackend)?;
         let started = Instant::now();
-        let reason = loop {
+        let readiness = loop {
             let (status, body) = lab.backend_readyz()?;
             if status != 200 {
-                break body["reason"].as_str().unwrap_or_default().to_owned();
+                break body;
             }
             println!(
                 "      /readyz: ready, SVID {} s left",
-                body["svid_seconds_left"]
+                body.svid_seconds_left.unwrap_or_default()
             );
             ensure!(
                 started.elapsed() < Duration::from_secs(u64::from(ttl) + 15),
@@ -753,25 +522,21 @@ fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
             std::thread::sleep(Duration::from_secs(2));
         };
         r.say(format!(
-            "/readyz turned not ready after {:.1} s: {reason}",
-            started.elapsed().as_secs_f64()
+            "/readyz turned not ready after {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            readiness.reason.clone().unwrap_or_default()
         ));
         ensure!(
-            reason.contains("expired"),
-            "the reason does not say the SVID expired"
+            readiness.cause == Some(Cause::SvidExpired),
+            "not ready for another cause than an expired SVID: {:?}",
+            readiness.cause
         );
         let d = run_demo(lab)?;
         r.say(d.line());
-        let refused_expired = d.b2db == "FAILED"
-            && d.b2db_reason
-                .as_deref()
-                .is_some_and(|s| s.contains("expired"));
+        let refused_expired = d.result.backend_to_db.failed_with(Cause::SvidExpired);
         // On Kubernetes the failing readiness probe soon takes the pod out of its Service too.
-        let out_of_service = lab.readiness_gates_traffic()
-            && d.f2b == "FAILED"
-            && d.f2b_reason
-                .as_deref()
-                .is_some_and(|s| s.contains("backend unreachable"));
+        let out_of_service = lab.capabilities().readiness_gates_traffic
+            && d.result.frontend_to_backend.failed_with(Cause::Unreachable);
         if out_of_service {
             r.say("the backend pod, not ready, was already out of its Service");
         }
@@ -788,13 +553,13 @@ fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
                 r.say(format!(
                     "/readyz ready again after {:.1} s (SVID {} s left)",
                     started.elapsed().as_secs_f64(),
-                    body["svid_seconds_left"]
+                    body.svid_seconds_left.unwrap_or_default()
                 ));
                 break;
             }
             ensure!(
                 started.elapsed() < Duration::from_secs(20),
-                "not ready again: {body}"
+                "not ready again: {body:?}"
             );
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -805,11 +570,4 @@ fn helper_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     }
     restore_ttl(lab)?;
     result
-}
-
-/// Seconds from now until an RFC 3339 UTC time (`2026-11-22T06:11:08Z`, as Envoy prints expiry).
-pub fn rfc3339_left(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(s).ok()?;
-    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(secs - crate::local::now())
 }

@@ -1,12 +1,17 @@
 //! `KindLab`, the scenarios' handle on the lab on kind: kubectl for changes, port-forwards for
 //! looking, `docker exec` into a kind node to freeze a spiffe-helper.
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
+use contract::{Holder, NAMESPACE};
 use xshell::{Shell, cmd};
 
+use super::plan::{CLUSTER_ALIAS, account_selectors, registrations, server_cli};
+use super::{Placement, Stop, context, placement};
+use crate::lab::{Capabilities, Component, Holding, Lab, Policy};
 use crate::procs::wait_for;
-
-use super::{KindEntry, NAMESPACE, context, registrations, server_cli, workload};
+use crate::spire::{self, Entry};
 
 /// Local ports where `kubectl port-forward` exposes what scenarios look at inside the pods.
 const FWD_FRONTEND_ADMIN: u16 = 19901;
@@ -20,7 +25,7 @@ const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
 
 /// A process the scenario froze with SIGSTOP: the kind node (a container) and its pid there.
 struct Frozen {
-    component: crate::lab::Component,
+    component: Component,
     node: String,
     pid: String,
 }
@@ -60,12 +65,13 @@ impl KindLab {
         Ok(lab)
     }
 
-    /// The handle on a running API server with no nodes: no port-forwards (no pod runs).
-    pub(super) fn attach(api: &crate::apiserver::ApiServer) -> KindLab {
+    /// The handle on a cluster without pods to forward to (the checks' API server with no
+    /// nodes): `kubectl` and `kubeconfig` given, context `ctx`.
+    pub fn attach(kubectl: &std::path::Path, kubeconfig: &std::path::Path, ctx: &str) -> KindLab {
         KindLab {
-            ctx: api.contexts[0].clone(),
-            kubectl: api.kubectl.clone(),
-            kubeconfig: Some(api.kubeconfig.clone()),
+            ctx: ctx.to_owned(),
+            kubectl: kubectl.to_owned(),
+            kubeconfig: Some(kubeconfig.to_owned()),
             forwards: Default::default(),
             rogue_dir: None,
             frozen: Vec::new(),
@@ -82,7 +88,7 @@ impl KindLab {
     }
 
     /// `kubectl FLAGS… apply -f -` of `yaml` (or JSON): what kubectl printed, or its error.
-    pub(super) fn apply_yaml(&self, yaml: &str, flags: &[&str]) -> anyhow::Result<String> {
+    pub fn apply_yaml(&self, yaml: &str, flags: &[&str]) -> anyhow::Result<String> {
         let mut apply = self
             .kubectl()
             .args(flags)
@@ -105,7 +111,7 @@ impl KindLab {
         Ok(crate::procs::printed(&out))
     }
 
-    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl().args(args).output()?;
         anyhow::ensure!(
             out.status.success(),
@@ -163,27 +169,13 @@ impl KindLab {
         Ok(())
     }
 
-    /// What `kubectl scale` stops for a component: a whole pod on kind.
-    fn scaled(
-        c: crate::lab::Component,
-    ) -> anyhow::Result<(&'static str, &'static str, &'static str)> {
-        use crate::lab::Component::*;
-        Ok(match c {
-            SpireServer => ("spire-system", "statefulset/spire-server", "spire-server"),
-            Postgres => (NAMESPACE, "statefulset/postgres", "postgres"),
-            // The backend's Envoy cannot stop alone: its whole pod (Envoy, backend, helper) does.
-            EnvoyBackend | Backend => (NAMESPACE, "deployment/backend", "backend"),
-            other => bail!("stopping {} alone is not possible on kind", other.name()),
-        })
-    }
-
     /// A spiffe-helper (a native sidecar) cannot be stopped alone by Kubernetes, and SIGSTOP
     /// from inside its pod would not reach it (it is PID 1 of its PID namespace). The kind node
     /// is a container holding every pod's processes: SIGSTOP from there freezes the helper and
     /// nothing else, and SIGCONT resumes it.
-    fn freeze(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
-        let (ns, target, container) = workload(c);
-        let app = target.split('/').nth(1).unwrap_or_default();
+    fn freeze(&mut self, c: Component) -> anyhow::Result<()> {
+        let p = placement(c);
+        let (ns, container, app) = (p.namespace, p.container, p.app());
         let out = self.run(&[
             "-n",
             ns,
@@ -236,7 +228,7 @@ impl KindLab {
         Ok(())
     }
 
-    fn thaw(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
+    fn thaw(&mut self, c: Component) -> anyhow::Result<()> {
         for f in self.frozen.iter().filter(|f| f.component == c) {
             signal(&f.node, &f.pid, "CONT")?;
         }
@@ -246,7 +238,7 @@ impl KindLab {
 
     /// The rogue pod now: the agent's refusal if its fetch failed at least once, and whether
     /// it holds an SVID (its client container runs).
-    pub(super) fn rogue_state(&self) -> anyhow::Result<(Option<String>, bool)> {
+    pub fn rogue_state(&self) -> anyhow::Result<(Option<String>, bool)> {
         let out = self.run(&["-n", NAMESPACE, "get", "pod", "rogue", "-o", "json"])?;
         let pod: serde_json::Value = serde_json::from_str(&out)?;
         let fetch = &pod["status"]["initContainerStatuses"][0];
@@ -268,7 +260,7 @@ impl KindLab {
     }
 
     /// `uid/restarts` of the pod labelled `app` and its container (a sidecar's included).
-    pub(super) fn pod_instance(&self, ns: &str, app: &str, container: &str) -> Option<String> {
+    pub fn pod_instance(&self, ns: &str, app: &str, container: &str) -> Option<String> {
         let path = format!(
             "jsonpath={{.items[0].metadata.uid}}/{{.items[0].status.containerStatuses[?(@.name==\"{container}\")].restartCount}}{{.items[0].status.initContainerStatuses[?(@.name==\"{container}\")].restartCount}}"
         );
@@ -286,13 +278,13 @@ impl KindLab {
         .filter(|s| !s.trim().is_empty())
     }
 
-    pub(super) fn apply_rogue(&self) -> anyhow::Result<()> {
+    pub fn apply_rogue(&self) -> anyhow::Result<()> {
         let manifest = crate::project_root().join(ROGUE_MANIFEST);
         self.run(&["apply", "-f", &manifest.display().to_string()])?;
         Ok(())
     }
 
-    pub(super) fn delete_rogue_pod(&self) -> anyhow::Result<()> {
+    pub fn delete_rogue_pod(&self) -> anyhow::Result<()> {
         self.run(&[
             "-n",
             NAMESPACE,
@@ -307,21 +299,14 @@ impl KindLab {
     }
 
     fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
-        let out = self.run(&server_cli(&[
+        spire::entry_ids(&self.run(&server_cli(&[
             "entry",
             "show",
             "-spiffeID",
             spiffe_id,
             "-output",
             "json",
-        ]))?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["id"].as_str().map(str::to_owned))
-            .collect())
+        ]))?)
     }
 }
 
@@ -357,13 +342,21 @@ impl Drop for KindLab {
     }
 }
 
-impl crate::lab::Lab for KindLab {
-    fn runtime(&self) -> &'static str {
-        "kind"
+impl Lab for KindLab {
+    fn label(&self) -> &'static str {
+        "kind runtime"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            readiness_gates_traffic: true,
+            // A ConfigMap reaches the pod's volume on the kubelet's next sync (about a minute).
+            policy_propagation: Duration::from_secs(90),
+        }
     }
 
     fn frontend_url(&self) -> String {
-        "http://localhost:8080".into()
+        super::ui_url()
     }
 
     fn envoy_admin_url(&self, backend: bool) -> String {
@@ -377,14 +370,20 @@ impl crate::lab::Lab for KindLab {
         )
     }
 
-    fn stop(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
-        use crate::lab::Component::{HelperBackend, HelperPostgres};
-        if matches!(c, HelperBackend | HelperPostgres) {
-            return self.freeze(c);
+    fn stop(&mut self, c: Component) -> anyhow::Result<()> {
+        let p = placement(c);
+        match p.stop {
+            Stop::Freeze => return self.freeze(c),
+            Stop::No => bail!("stopping {} alone is not possible on kind", c.name()),
+            Stop::Scale => {}
         }
-        let (ns, target, _) = Self::scaled(c)?;
+        let Placement {
+            namespace: ns,
+            workload: target,
+            ..
+        } = p;
+        let app = p.app();
         self.run(&["-n", ns, "scale", target, "--replicas=0"])?;
-        let app = target.split('/').nth(1).unwrap_or_default();
         self.run(&[
             "-n",
             ns,
@@ -398,35 +397,33 @@ impl crate::lab::Lab for KindLab {
         Ok(())
     }
 
-    fn start(&mut self, c: crate::lab::Component) -> anyhow::Result<()> {
-        use crate::lab::Component::{HelperBackend, HelperPostgres};
-        if matches!(c, HelperBackend | HelperPostgres) {
-            return self.thaw(c);
+    fn start(&mut self, c: Component) -> anyhow::Result<()> {
+        let p = placement(c);
+        match p.stop {
+            Stop::Freeze => return self.thaw(c),
+            Stop::No => bail!("starting {} alone is not possible on kind", c.name()),
+            Stop::Scale => {}
         }
-        let (ns, target, _) = Self::scaled(c)?;
+        let (ns, target) = (p.namespace, p.workload);
         self.run(&["-n", ns, "scale", target, "--replicas=1"])?;
         self.run(&["-n", ns, "rollout", "status", target, "--timeout=180s"])?;
         self.forward()
     }
 
-    fn instance(&self, c: crate::lab::Component) -> Option<String> {
+    fn instance(&self, c: Component) -> Option<String> {
         if self.frozen.iter().any(|f| f.component == c) {
             return None;
         }
-        let (ns, target, container) = workload(c);
-        self.pod_instance(ns, target.split('/').nth(1)?, container)
+        let p = placement(c);
+        self.pod_instance(p.namespace, p.app(), p.container)
     }
 
-    fn set_policy(&mut self, p: crate::lab::Policy) -> anyhow::Result<()> {
-        let file = match p {
-            crate::lab::Policy::AllowFrontend => "rbac.yaml",
-            crate::lab::Policy::Deny => "rbac-deny.yaml",
-        };
+    fn set_policy(&mut self, p: Policy) -> anyhow::Result<()> {
         let from = format!(
             "--from-file=rbac.yaml={}",
             crate::project_root()
                 .join("manifests/backend/config")
-                .join(file)
+                .join(p.file())
                 .display()
         );
         let yaml = self.run(&[
@@ -446,21 +443,29 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()> {
-        let ttl = ttl.unwrap_or(0).to_string();
         for e in registrations() {
+            let args = e.args(Some(ttl.unwrap_or(0)));
             for id in self.entry_ids(&e.spiffe_id)? {
-                let mut args = server_cli(&["entry", "update", "-entryID", &id]);
-                args.extend(["-x509SVIDTTL", &ttl]);
-                args.extend(e.args());
-                self.run(&args)?;
+                let mut argv = server_cli(&["entry", "update", "-entryID", &id]);
+                argv.extend(args.iter().map(String::as_str));
+                self.run(&argv)?;
             }
         }
         Ok(())
     }
 
-    fn log(&self, c: crate::lab::Component) -> anyhow::Result<String> {
-        let (ns, target, container) = workload(c);
-        self.run(&["-n", ns, "logs", target, "-c", container, "--tail", "-1"])
+    fn log(&self, c: Component) -> anyhow::Result<String> {
+        let p = placement(c);
+        self.run(&[
+            "-n",
+            p.namespace,
+            "logs",
+            p.workload,
+            "-c",
+            p.container,
+            "--tail",
+            "-1",
+        ])
     }
 
     fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
@@ -468,36 +473,28 @@ impl crate::lab::Lab for KindLab {
         Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
     }
 
-    fn holdings(&self) -> Vec<anyhow::Result<crate::lab::Holding>> {
-        use crate::lab::Holding;
+    fn holdings(&self) -> Vec<anyhow::Result<Holding>> {
         // The backend's files live in its pod: its own /api/identity, through the frontend.
         let files = || -> anyhow::Result<Holding> {
             let (_, body) = crate::probe::get(&format!("{}/api/identity", self.frontend_url()))?;
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            let h = v["holders"]
-                .as_array()
-                .and_then(|a| {
-                    a.iter().find(|h| {
-                        h["holder"]
-                            .as_str()
-                            .is_some_and(|s| s.starts_with("backend"))
-                    })
-                })
-                .cloned()
+            let panel: contract::IdentityPanel = serde_json::from_str(&body)
+                .with_context(|| format!("the identity panel does not read: {body}"))?;
+            let h = panel
+                .get(Holder::BackendFiles)
                 .context("no backend in the identity panel")?;
             Ok(Holding {
-                holder: "backend files",
-                spiffe_id: h["spiffe_id"].as_str().map(str::to_owned),
-                serial: h["serial"]
-                    .as_str()
-                    .context("the backend's serial is unknown")?
-                    .to_owned(),
-                seconds_left: h["seconds_left"].as_i64(),
+                holder: Holder::BackendFiles,
+                spiffe_id: h.spiffe_id.clone(),
+                serial: h
+                    .serial
+                    .clone()
+                    .context("the backend's serial is unknown")?,
+                seconds_left: h.seconds_left,
             })
         };
         vec![
-            Holding::of_envoy("frontend Envoy", &self.envoy_admin_url(false)),
-            Holding::of_envoy("backend Envoy", &self.envoy_admin_url(true)),
+            Holding::of_envoy(Holder::FrontendEnvoy, &self.envoy_admin_url(false)),
+            Holding::of_envoy(Holder::BackendEnvoy, &self.envoy_admin_url(true)),
             files(),
             Holding::of_postgres(&format!("127.0.0.1:{FWD_POSTGRES}")),
         ]
@@ -516,10 +513,14 @@ impl crate::lab::Lab for KindLab {
         ]
     }
 
-    fn backend_readyz(&self) -> anyhow::Result<(u16, serde_json::Value)> {
+    fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)> {
         let (status, body) =
             crate::probe::get(&format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/readyz"))?;
-        Ok((status, serde_json::from_str(&body)?))
+        Ok((
+            status,
+            serde_json::from_str(&body)
+                .with_context(|| format!("/readyz answered something else: {body}"))?,
+        ))
     }
 
     fn backend_envoy_addr(&self) -> String {
@@ -528,12 +529,10 @@ impl crate::lab::Lab for KindLab {
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
         self.apply_rogue()?;
-        let outcome = wait_for(std::time::Duration::from_secs(90), || {
-            match self.rogue_state()? {
-                (Some(refusal), _) => Ok(Err(refusal)),
-                (None, true) => Ok(Ok("the rogue pod holds an SVID".to_owned())),
-                (None, false) => bail!("the rogue pod neither got an SVID nor failed"),
-            }
+        let outcome = wait_for(Duration::from_secs(90), || match self.rogue_state()? {
+            (Some(refusal), _) => Ok(Err(refusal)),
+            (None, true) => Ok(Ok("the rogue pod holds an SVID".to_owned())),
+            (None, false) => bail!("the rogue pod neither got an SVID nor failed"),
         });
         self.delete_rogue_pod()?;
         match outcome?.0 {
@@ -543,13 +542,14 @@ impl crate::lab::Lab for KindLab {
     }
 
     fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf> {
-        let rogue = KindEntry::of_account("rogue", Some("backend"));
-        let mut args = server_cli(&["entry", "create"]);
-        args.extend(rogue.args());
-        self.run(&args)?;
+        let rogue = Entry::rogue(CLUSTER_ALIAS, account_selectors(contract::ids::ROGUE));
+        let args = rogue.args(None);
+        let mut argv = server_cli(&["entry", "create"]);
+        argv.extend(args.iter().map(String::as_str));
+        self.run(&argv)?;
         self.apply_rogue()?;
         // The pod retries a refused fetch until its node's agent has synced the new entry.
-        wait_for(std::time::Duration::from_secs(90), || {
+        wait_for(Duration::from_secs(90), || {
             let (refusal, holds) = self.rogue_state()?;
             anyhow::ensure!(
                 holds,
@@ -595,7 +595,7 @@ impl crate::lab::Lab for KindLab {
             "rogue",
             "--ignore-not-found",
         ])?;
-        for id in self.entry_ids(&crate::local::workload_id("rogue"))? {
+        for id in self.entry_ids(&contract::workload_id(contract::ids::ROGUE))? {
             self.run(&server_cli(&["entry", "delete", "-entryID", &id]))?;
         }
         self.rogue_dir = None;
@@ -614,9 +614,5 @@ impl crate::lab::Lab for KindLab {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    fn readiness_gates_traffic(&self) -> bool {
-        true
     }
 }

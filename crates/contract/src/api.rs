@@ -1,0 +1,289 @@
+//! The JSON bodies of the services' APIs: the backend's `/api/orders`, `/api/identity`,
+//! `/readyz` and error body; the frontend's `/api/run-demo` and `/api/identity`. The services
+//! write them, and the frontend, the scenarios and the bench read them, through these types.
+
+use serde::{Deserialize, Serialize};
+
+/// How one link of the path fared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LinkStatus {
+    Success,
+    Failed,
+    /// Not reached: an earlier link failed.
+    Unknown,
+}
+
+/// Why something failed, for programs; the `reason` beside it says it for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The backend's Envoy RBAC policy refused the caller's SPIFFE ID.
+    RbacDenied,
+    /// The mTLS handshake between the Envoys failed.
+    MtlsFailed,
+    /// Nothing answered on the way to the backend (an Envoy or the backend itself is down).
+    Unreachable,
+    /// An earlier link failed, so this one was not tried.
+    NotReached,
+    /// The backend holds no usable SVID (none written yet, or unreadable).
+    NoSvid,
+    /// The backend's SVID expired and no newer one was written.
+    SvidExpired,
+    DbUnreachable,
+    DbTimeout,
+    /// TLS with PostgreSQL failed (its certificate, or ours, refused).
+    DbTls,
+    /// PostgreSQL refused the login or the query.
+    DbRefused,
+    NotFound,
+    MethodNotAllowed,
+    /// An answer nobody expected.
+    Unexpected,
+}
+
+/// One link of the path: its status and, when it did not succeed, why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub status: LinkStatus,
+    #[serde(default)]
+    pub cause: Option<Cause>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Link {
+    pub fn success() -> Link {
+        Link {
+            status: LinkStatus::Success,
+            cause: None,
+            reason: None,
+        }
+    }
+
+    pub fn failed(cause: Cause, reason: impl Into<String>) -> Link {
+        Link {
+            status: LinkStatus::Failed,
+            cause: Some(cause),
+            reason: Some(reason.into()),
+        }
+    }
+
+    pub fn not_reached(reason: impl Into<String>) -> Link {
+        Link {
+            status: LinkStatus::Unknown,
+            cause: Some(Cause::NotReached),
+            reason: Some(reason.into()),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == LinkStatus::Success
+    }
+
+    /// Failed for this cause.
+    pub fn failed_with(&self, cause: Cause) -> bool {
+        self.status == LinkStatus::Failed && self.cause == Some(cause)
+    }
+}
+
+/// An order, as the backend reads it from PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: i64,
+    pub description: String,
+    pub status: String,
+}
+
+/// The certificate PostgreSQL presented to the backend on its latest new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCert {
+    pub spiffe_id: Option<String>,
+    /// Upper-case hexadecimal.
+    pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// The backend's `GET /api/orders`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Orders {
+    pub orders: Vec<Order>,
+    /// The caller's SPIFFE ID, as the backend's Envoy forwarded it (x-forwarded-client-cert).
+    pub caller: Option<String>,
+    /// The backend's own SPIFFE ID.
+    pub backend: Option<String>,
+    pub db_server: Option<PeerCert>,
+}
+
+/// The backend's error body, with any 4xx or 5xx.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: Cause,
+    pub reason: String,
+}
+
+/// The SVID a service holds, or why it holds none it can use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SvidState {
+    Held {
+        spiffe_id: String,
+        serial: String,
+        /// Unix seconds.
+        not_after: i64,
+        seconds_left: i64,
+    },
+    Unusable {
+        cause: Cause,
+        error: String,
+    },
+}
+
+/// The backend's `GET /api/identity`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendIdentity {
+    pub svid: SvidState,
+    pub db_server: Option<PeerCert>,
+    pub caller: Option<String>,
+}
+
+/// The backend's `GET /readyz` (HTTP 200 when ready, 503 when not).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub cause: Option<Cause>,
+    pub reason: Option<String>,
+    pub svid_seconds_left: Option<i64>,
+    pub svid_serial: Option<String>,
+}
+
+/// The frontend's `POST /api/run-demo`: one call through both links.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunDemo {
+    pub frontend_to_backend: Link,
+    pub backend_to_db: Link,
+    pub orders: Vec<Order>,
+    /// The SPIFFE ID the backend saw calling it (from Envoy's x-forwarded-client-cert).
+    pub caller_seen_by_backend: Option<String>,
+    /// The SPIFFE ID of the PostgreSQL server certificate the backend checked.
+    pub db_server_spiffe_id: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+impl RunDemo {
+    /// Both links succeeded and orders came back.
+    pub fn succeeded(&self) -> bool {
+        self.frontend_to_backend.succeeded()
+            && self.backend_to_db.succeeded()
+            && !self.orders.is_empty()
+    }
+}
+
+/// A certificate holder on the path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Holder {
+    /// The frontend's Envoy (its SVID over SDS).
+    FrontendEnvoy,
+    /// The backend's Envoy (its SVID over SDS).
+    BackendEnvoy,
+    /// The backend's files, written by its spiffe-helper.
+    BackendFiles,
+    /// The certificate PostgreSQL serves (written by its spiffe-helper).
+    PostgresServer,
+}
+
+impl Holder {
+    pub const ALL: [Holder; 4] = [
+        Holder::FrontendEnvoy,
+        Holder::BackendEnvoy,
+        Holder::BackendFiles,
+        Holder::PostgresServer,
+    ];
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Holder::FrontendEnvoy => "frontend Envoy",
+            Holder::BackendEnvoy => "backend Envoy",
+            Holder::BackendFiles => "backend files",
+            Holder::PostgresServer => "PostgreSQL server cert",
+        })
+    }
+}
+
+/// One holder's certificate as the frontend's identity panel sees it; unknown fields say why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertHolder {
+    pub holder: Holder,
+    pub spiffe_id: Option<String>,
+    pub serial: Option<String>,
+    pub seconds_left: Option<i64>,
+    /// Why the fields are unknown, when they are.
+    pub note: Option<String>,
+}
+
+impl CertHolder {
+    pub fn unknown(holder: Holder, note: impl Into<String>) -> CertHolder {
+        CertHolder {
+            holder,
+            spiffe_id: None,
+            serial: None,
+            seconds_left: None,
+            note: Some(note.into()),
+        }
+    }
+}
+
+/// The frontend's `GET /api/identity`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IdentityPanel {
+    pub holders: Vec<CertHolder>,
+}
+
+impl IdentityPanel {
+    pub fn get(&self, holder: Holder) -> Option<&CertHolder> {
+        self.holders.iter().find(|h| h.holder == holder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire shapes the services have always written still read: statuses in capitals,
+    /// causes in snake case, an unusable SVID as `{cause, error}`.
+    #[test]
+    fn wire_shapes() {
+        let link: Link =
+            serde_json::from_str(r#"{"status":"FAILED","cause":"rbac_denied","reason":"x"}"#)
+                .unwrap();
+        assert!(link.failed_with(Cause::RbacDenied));
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error":"db_unreachable","reason":"down"}"#).unwrap();
+        assert_eq!(body.error, Cause::DbUnreachable);
+        let svid: SvidState =
+            serde_json::from_str(r#"{"cause":"svid_expired","error":"expired 3 s ago"}"#).unwrap();
+        assert!(matches!(
+            svid,
+            SvidState::Unusable {
+                cause: Cause::SvidExpired,
+                ..
+            }
+        ));
+        let held = serde_json::to_value(SvidState::Held {
+            spiffe_id: "spiffe://example.org/ns/demo/sa/backend".into(),
+            serial: "AB".into(),
+            not_after: 10,
+            seconds_left: 5,
+        })
+        .unwrap();
+        assert_eq!(held["serial"], "AB");
+        assert_eq!(
+            serde_json::to_value(Holder::BackendFiles).unwrap(),
+            "backend-files"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! What the lab's parts say to each other, defined once: the trust domain and the workloads'
+//! SPIFFE IDs (`ids`), the JSON bodies the backend and frontend serve and the scenarios and bench
+//! read (`api`), Envoy's admin `/certs` as the lab reads it (`envoy`), and one clock (`time`).
+//!
+//! Programs decide on these fields, never on a sentence meant for a person.
+
+pub mod api;
+pub mod envoy;
+pub mod ids;
+pub mod time;
+
+pub use api::{
+    BackendIdentity, Cause, CertHolder, ErrorBody, Holder, IdentityPanel, Link, LinkStatus, Order,
+    Orders, PeerCert, Readiness, RunDemo, SvidState,
+};
+pub use ids::{NAMESPACE, TRUST_DOMAIN, Workload, workload_id};

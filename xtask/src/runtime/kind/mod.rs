@@ -1,0 +1,381 @@
+//! The kind runtime, kept thin: `plan` is everything `up` does (kind, docker, kubectl steps
+//! built from the pins and `manifests/`), printed by `--dry-run` and run step by step here;
+//! `lab` is the scenarios' handle on the running lab. Only this module (and the checks that
+//! exercise it) runs docker, kind or kubectl.
+
+mod lab;
+pub mod plan;
+
+use anyhow::{Context, bail};
+use contract::NAMESPACE;
+use xshell::{Shell, cmd};
+
+use crate::lab::Component;
+use crate::pins::Pins;
+pub use lab::KindLab;
+use plan::{Action, CONTEXT_PREFIX, RANDOM_PASSWORD, Step};
+pub use plan::{ImageBuild, Target};
+
+/// Where the UI is: the frontend Service's NodePort, mapped to this port on the host by
+/// `manifests/kind/cluster.yaml`.
+const UI_NODE_PORT: u16 = 30080;
+const UI_HOST_PORT: u16 = 8080;
+
+fn ui_url() -> String {
+    format!("http://localhost:{UI_HOST_PORT}")
+}
+
+/// The Docker engine's version, when one answers: kind can run here.
+pub fn detect(sh: &Shell) -> Option<String> {
+    let format = "{{.ServerVersion}}";
+    cmd!(sh, "docker info --format {format}")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The kubeconfig context of the kind cluster.
+fn context() -> anyhow::Result<String> {
+    Ok(format!(
+        "{CONTEXT_PREFIX}{}",
+        Pins::load(&crate::project_root())?.kind.cluster_name
+    ))
+}
+
+/// How scenarios stop a component on Kubernetes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Scale its workload to 0 (its whole pod goes).
+    Scale,
+    /// Freeze its process with SIGSTOP from the kind node: a native sidecar cannot be stopped
+    /// alone, and from inside its pod it is PID 1, which ignores the signal.
+    Freeze,
+    /// Not alone: one agent of a DaemonSet.
+    No,
+}
+
+/// Where a component runs on Kubernetes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub namespace: &'static str,
+    /// `kind/name` of its workload.
+    pub workload: &'static str,
+    pub container: &'static str,
+    pub stop: Stop,
+}
+
+impl Placement {
+    /// The `app` label of the workload's pods (its name).
+    pub fn app(&self) -> &'static str {
+        self.workload.split_once('/').map_or("", |(_, n)| n)
+    }
+}
+
+pub fn placement(c: Component) -> Placement {
+    use Component::*;
+    let at = |namespace, workload, container, stop| Placement {
+        namespace,
+        workload,
+        container,
+        stop,
+    };
+    match c {
+        SpireServer => at(
+            "spire-system",
+            "statefulset/spire-server",
+            "spire-server",
+            Stop::Scale,
+        ),
+        // One DaemonSet: on kind the agents are per Kubernetes node.
+        Agent(_) => at(
+            "spire-system",
+            "daemonset/spire-agent",
+            "spire-agent",
+            Stop::No,
+        ),
+        HelperPostgres => at(
+            NAMESPACE,
+            "statefulset/postgres",
+            "spiffe-helper",
+            Stop::Freeze,
+        ),
+        Postgres => at(NAMESPACE, "statefulset/postgres", "postgres", Stop::Scale),
+        HelperBackend => at(
+            NAMESPACE,
+            "deployment/backend",
+            "spiffe-helper",
+            Stop::Freeze,
+        ),
+        // The backend and its Envoy cannot stop alone: their whole pod does.
+        Backend => at(NAMESPACE, "deployment/backend", "backend", Stop::Scale),
+        EnvoyBackend => at(NAMESPACE, "deployment/backend", "envoy", Stop::Scale),
+        EnvoyFrontend => at(NAMESPACE, "deployment/frontend", "envoy", Stop::No),
+        Frontend => at(NAMESPACE, "deployment/frontend", "frontend", Stop::No),
+    }
+}
+
+/// `docker`, `kind` and `kubectl` answer; each missing one is named with how to get it.
+fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if detect(sh).is_none() {
+        missing.push("a running Docker engine (`docker info` fails)".to_owned());
+    } else if *target == Target::Kind {
+        // `docker image save --platform` (the image archive step) came with Docker 28.
+        let format = "{{.Server.Version}}";
+        let version = cmd!(sh, "docker version --format {format}")
+            .quiet()
+            .read()
+            .unwrap_or_default();
+        let major: u32 = version
+            .trim()
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if major < 28 {
+            missing.push(format!(
+                "Docker Engine 28 or newer (found {:?}; `docker image save --platform` is needed)",
+                version.trim()
+            ));
+        }
+    }
+    if *target == Target::Kind {
+        match cmd!(sh, "kind version").quiet().read() {
+            Ok(v) if v.contains(&format!("v{}", pins.kind.version)) => {}
+            Ok(v) => println!(
+                "note: kind {} is pinned, found {}",
+                pins.kind.version,
+                v.trim()
+            ),
+            Err(_) => missing.push(format!("kind {} (in `nix develop`)", pins.kind.version)),
+        }
+    }
+    if cmd!(sh, "kubectl version --client")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_err()
+    {
+        missing.push("kubectl (in `nix develop`)".into());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the kind runtime needs: {}. Without them, run the same lab as processes: cargo xtask up --local",
+            missing.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the plan (or prints it with `dry_run`).
+pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
+    let pins = Pins::load(&crate::project_root())?;
+    let build = if cmd!(sh, "nix --version")
+        .quiet()
+        .ignore_stdout()
+        .ignore_stderr()
+        .run()
+        .is_ok()
+    {
+        ImageBuild::Nix
+    } else {
+        println!("no Nix here: the services' images are built with manifests/images/Dockerfile");
+        ImageBuild::Dockerfile
+    };
+    let plan = plan::plan(&pins, build, &target);
+    if dry_run {
+        let on = match &target {
+            Target::Kind => format!("the kind cluster {}", pins.kind.cluster_name),
+            Target::Existing { context, .. } => format!("the cluster of context {context}"),
+        };
+        println!("`cargo xtask up` on {on} would run, in order (`xtask:` marks its own steps):");
+        for (i, s) in plan.iter().enumerate() {
+            println!("{:>3}. {}\n     {s}", i + 1, s.what);
+        }
+        return Ok(());
+    }
+    prerequisites(sh, &pins, &target)?;
+    let exists = cmd!(sh, "kind get clusters")
+        .quiet()
+        .read()
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == pins.kind.cluster_name);
+    for (i, s) in plan.iter().enumerate() {
+        if s.only_if_new_cluster && exists {
+            println!("[{:>2}/{}] {} (exists already)", i + 1, plan.len(), s.what);
+            continue;
+        }
+        println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
+        run_step(sh, s, false).with_context(|| format!("step {}: {}\n  {s}", i + 1, s.what))?;
+    }
+    match &target {
+        Target::Kind => println!(
+            "\nThe lab is up on kind: open {}\nNext: cargo xtask status · cargo xtask scenario all --runtime kind · cargo xtask down",
+            ui_url()
+        ),
+        Target::Existing { context, .. } => println!(
+            "\nThe lab is up in {context}: kubectl --context {context} -n {NAMESPACE} port-forward svc/frontend {UI_HOST_PORT}:8080, then open {}",
+            ui_url()
+        ),
+    }
+    Ok(())
+}
+
+/// Runs one step; `quiet` keeps the command and its output off the terminal unless it fails.
+pub fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
+    let argv = match &s.action {
+        Action::WriteRegistryOverlay { dir, registry } => {
+            let pins = Pins::load(&crate::project_root())?;
+            let dir = sh.current_dir().join(dir);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(
+                dir.join("kustomization.yaml"),
+                plan::registry_overlay(&pins, registry),
+            )?;
+            return Ok(());
+        }
+        Action::NixImageLoad { attr, image } => return nix_image_load(sh, attr, image),
+        Action::Command(argv) => argv
+            .iter()
+            .map(|a| {
+                if a == RANDOM_PASSWORD {
+                    format!("--from-literal=password={}", random_password())
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+    };
+    if !s.already_done.is_empty() || quiet {
+        let out = sh
+            .cmd(&argv[0])
+            .args(&argv[1..])
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let text = crate::procs::printed(&out);
+        anyhow::ensure!(
+            out.status.success() || s.already_done.iter().any(|m| text.contains(m)),
+            "{}",
+            text.trim()
+        );
+        return Ok(());
+    }
+    sh.cmd(&argv[0]).args(&argv[1..]).run()?;
+    Ok(())
+}
+
+/// The flake's streamLayeredImage script writes an image archive to stdout: docker load it.
+fn nix_image_load(sh: &Shell, attr: &str, image: &str) -> anyhow::Result<()> {
+    let script = cmd!(sh, "nix build --no-link --print-out-paths {attr}").read()?;
+    let mut stream = std::process::Command::new(script.trim())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let status = std::process::Command::new("docker")
+        .arg("load")
+        .stdin(stream.stdout.take().context("no stdout")?)
+        .status()?;
+    anyhow::ensure!(
+        stream.wait()?.success() && status.success(),
+        "loading {image} failed"
+    );
+    Ok(())
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 24];
+    openssl::rand::rand_bytes(&mut bytes).expect("random bytes");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deletes the kind cluster.
+pub fn down(sh: &Shell) -> anyhow::Result<()> {
+    let pins = Pins::load(&crate::project_root())?;
+    let name = &pins.kind.cluster_name;
+    cmd!(sh, "kind delete cluster --name {name}")
+        .run()
+        .context("kind delete cluster")?;
+    Ok(())
+}
+
+/// The pods of both namespaces, and where the UI is.
+pub fn status(sh: &Shell) -> anyhow::Result<()> {
+    let ctx = context()?;
+    for ns in ["spire-system", NAMESPACE] {
+        println!("── {ns}");
+        cmd!(sh, "kubectl --context {ctx} -n {ns} get pods -o wide").run()?;
+    }
+    println!("\nUI: {} (NodePort {UI_NODE_PORT})", ui_url());
+    Ok(())
+}
+
+/// One component's log: `kubectl logs` of its container.
+pub fn logs(sh: &Shell, c: Component, lines: usize) -> anyhow::Result<()> {
+    let ctx = context()?;
+    let Placement {
+        namespace: ns,
+        workload,
+        container,
+        ..
+    } = placement(c);
+    let tail = if lines == 0 {
+        "-1".to_owned()
+    } else {
+        lines.to_string()
+    };
+    cmd!(
+        sh,
+        "kubectl --context {ctx} -n {ns} logs {workload} -c {container} --tail {tail}"
+    )
+    .run()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kind cluster: the pinned name and node image, the UI's NodePort on the host port
+    /// `ui_url` names.
+    #[test]
+    fn the_cluster_config_matches_the_pins_and_the_ui_port() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let read = |rel: &str| -> serde_json::Value {
+            serde_yaml_ng::from_str(
+                &std::fs::read_to_string(crate::project_root().join(rel)).unwrap(),
+            )
+            .unwrap()
+        };
+        let cluster = read("manifests/kind/cluster.yaml");
+        assert_eq!(cluster["name"], pins.kind.cluster_name.as_str());
+        let node = format!(
+            "{}@{}",
+            pins.kind.node_image,
+            pins.kind.node_digest.as_deref().unwrap()
+        );
+        for n in cluster["nodes"].as_array().unwrap() {
+            assert_eq!(n["image"], node.as_str());
+        }
+        let mapping = &cluster["nodes"][0]["extraPortMappings"][0];
+        assert_eq!(
+            (
+                mapping["containerPort"].as_u64(),
+                mapping["hostPort"].as_u64()
+            ),
+            (Some(u64::from(UI_NODE_PORT)), Some(u64::from(UI_HOST_PORT)))
+        );
+        let frontend =
+            std::fs::read_to_string(crate::project_root().join("manifests/frontend/frontend.yaml"))
+                .unwrap();
+        let service = serde_yaml_ng::Deserializer::from_str(&frontend)
+            .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+            .find(|o| o["kind"] == "Service")
+            .unwrap();
+        assert_eq!(service["spec"]["ports"][0]["nodePort"], UI_NODE_PORT);
+    }
+}

@@ -1,0 +1,592 @@
+//! What `cargo xtask up` does on Kubernetes, as a plan of steps built from the pins and
+//! `manifests/`: printed by `--dry-run`, run step by step otherwise, and checked without a
+//! cluster by `checks` (its kubectl steps against a real API server, its kind commands against
+//! the pinned kind CLI, its registration against a real SPIRE server).
+
+use std::fmt;
+
+use contract::{NAMESPACE, Workload};
+
+use crate::pins::Pins;
+use crate::spire::Entry;
+
+/// One step: what it does, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub what: String,
+    pub action: Action,
+    /// Run only when the cluster does not exist yet.
+    pub only_if_new_cluster: bool,
+    /// Failure messages that mean the step was done by an earlier `up`.
+    pub already_done: &'static [&'static str],
+}
+
+/// How a step is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A command (kind, docker, kubectl, mkdir).
+    Command(Vec<String>),
+    /// xtask builds the flake's image (`nix build` of a `streamLayeredImage`) and pipes the
+    /// archive it streams into `docker load`.
+    NixImageLoad { attr: String, image: String },
+    /// xtask writes a kustomize overlay of `manifests/` whose services' images come from the
+    /// registry they were pushed to.
+    WriteRegistryOverlay { dir: String, registry: String },
+}
+
+impl Step {
+    /// The command's arguments (empty for xtask's own steps).
+    pub fn argv(&self) -> &[String] {
+        match &self.action {
+            Action::Command(argv) => argv,
+            _ => &[],
+        }
+    }
+
+    /// A command step whose program is `program`.
+    pub fn runs(&self, program: &str) -> bool {
+        self.argv().first().is_some_and(|p| p == program)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.action {
+            Action::Command(argv) => {
+                let quoted: Vec<String> = argv
+                    .iter()
+                    .map(|a| {
+                        if a.contains(' ') || a.is_empty() {
+                            format!("'{a}'")
+                        } else {
+                            a.clone()
+                        }
+                    })
+                    .collect();
+                write!(f, "$ {}", quoted.join(" "))
+            }
+            Action::NixImageLoad { attr, image } => write!(
+                f,
+                "xtask: nix build {attr}, its image archive into docker load ({image})"
+            ),
+            Action::WriteRegistryOverlay { dir, registry } => write!(
+                f,
+                "xtask: write {dir}/kustomization.yaml (manifests/, the services' images from {registry})"
+            ),
+        }
+    }
+}
+
+fn command(what: &str, argv: &[&str]) -> Step {
+    Step {
+        what: what.into(),
+        action: Action::Command(argv.iter().map(|s| s.to_string()).collect()),
+        only_if_new_cluster: false,
+        already_done: &[],
+    }
+}
+
+/// How the services' images are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageBuild {
+    /// The flake's `dockerTools.streamLayeredImage` images.
+    Nix,
+    /// `manifests/images/Dockerfile`, built inside Docker.
+    Dockerfile,
+}
+
+/// Where the lab goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The kind cluster `spire-demo`, created when absent; images side-loaded with `kind load`.
+    Kind,
+    /// An existing cluster (a kubeconfig context); the services' images pushed to a registry.
+    Existing { context: String, registry: String },
+}
+
+pub const CONTEXT_PREFIX: &str = "kind-";
+/// Every agent of the cluster gets this alias; workload entries hang below it.
+pub const CLUSTER_ALIAS: &str = "spiffe://example.org/k8s-cluster/spire-demo";
+/// Where `up --context … --registry …` keeps its overlay of `manifests/` (not committed).
+pub const REGISTRY_OVERLAY: &str = ".lab/registry-overlay";
+/// The third-party images, saved for the nodes' platform (not committed).
+const THIRD_PARTY_ARCHIVE: &str = ".lab/images/third-party.tar";
+/// A registration step's failure that means the entry exists already.
+const REGISTERED: &[&str] = &["AlreadyExists", "similar entry already exists"];
+/// The placeholder of the PostgreSQL superuser password, replaced when the step runs.
+pub const RANDOM_PASSWORD: &str = "--from-literal=password=<random>";
+
+/// `kubectl` arguments that run the SPIRE server's CLI inside its pod.
+pub const SERVER_CLI: [&str; 8] = [
+    "-n",
+    "spire-system",
+    "exec",
+    "spire-server-0",
+    "-c",
+    "spire-server",
+    "--",
+    "/opt/spire/bin/spire-server",
+];
+
+/// `kubectl` arguments for `spire-server ARGS…` in its pod.
+pub fn server_cli<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    SERVER_CLI
+        .iter()
+        .copied()
+        .chain(args.iter().copied())
+        .collect()
+}
+
+/// The workloads' registration entries on Kubernetes: below the cluster's alias, selected by
+/// namespace and service account.
+pub fn registrations() -> Vec<Entry> {
+    Workload::ALL
+        .into_iter()
+        .map(|w| Entry::workload(w, CLUSTER_ALIAS, account_selectors(w.service_account())))
+        .collect()
+}
+
+/// The k8s workload attestor's selectors for a service account of the demo namespace.
+pub fn account_selectors(service_account: &str) -> Vec<String> {
+    vec![
+        format!("k8s:ns:{NAMESPACE}"),
+        format!("k8s:sa:{service_account}"),
+    ]
+}
+
+/// The kind nodes' platform: this machine's (Docker runs them natively).
+fn node_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
+}
+
+/// Where an image goes in a registry: `REGISTRY/name:tag`.
+pub fn pushed(image: &str, registry: &str) -> String {
+    format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
+}
+
+/// The overlay of `manifests/` whose services' images come from `registry`.
+pub fn registry_overlay(pins: &Pins, registry: &str) -> String {
+    let mut yaml = String::from(
+        "# Written by `cargo xtask up --context … --registry …`: the lab's manifests, with the\n# services' images from the registry they were pushed to.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../manifests\nimages:\n",
+    );
+    for image in [&pins.services.frontend_image, &pins.services.backend_image] {
+        let name = image.rsplit_once(':').map_or(image.as_str(), |(n, _)| n);
+        let remote = pushed(name, registry);
+        yaml += &format!("- name: {name}\n  newName: {remote}\n");
+    }
+    yaml
+}
+
+/// Everything `cargo xtask up` does, in order: the cluster, the images, the manifests, SPIRE,
+/// registration, the workloads.
+pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
+    let context = match target {
+        Target::Kind => format!("{CONTEXT_PREFIX}{}", pins.kind.cluster_name),
+        Target::Existing { context, .. } => context.clone(),
+    };
+    let kubectl = Kubectl(&context);
+    [
+        cluster(pins, target),
+        service_images(pins, build),
+        image_delivery(pins, target),
+        manifests(target, &kubectl),
+        rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
+        registration(&kubectl),
+        rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
+    ]
+    .concat()
+}
+
+/// `kubectl --context CONTEXT …` steps.
+struct Kubectl<'a>(&'a str);
+
+impl Kubectl<'_> {
+    fn step(&self, what: &str, args: &[&str]) -> Step {
+        let mut argv = vec!["kubectl", "--context", self.0];
+        argv.extend_from_slice(args);
+        command(what, &argv)
+    }
+}
+
+fn cluster(pins: &Pins, target: &Target) -> Vec<Step> {
+    if *target != Target::Kind {
+        return vec![];
+    }
+    let create = [
+        "kind",
+        "create",
+        "cluster",
+        "--name",
+        &pins.kind.cluster_name,
+        "--config",
+        "manifests/kind/cluster.yaml",
+        "--wait",
+        "120s",
+    ];
+    vec![Step {
+        only_if_new_cluster: true,
+        ..command("create the kind cluster", &create)
+    }]
+}
+
+fn service_images(pins: &Pins, build: ImageBuild) -> Vec<Step> {
+    services(pins)
+        .into_iter()
+        .map(|(name, image)| match build {
+            ImageBuild::Nix => Step {
+                what: format!("build {image} with Nix and load it into docker"),
+                action: Action::NixImageLoad {
+                    attr: format!(".#{name}-image"),
+                    image: image.to_owned(),
+                },
+                only_if_new_cluster: false,
+                already_done: &[],
+            },
+            ImageBuild::Dockerfile => command(
+                &format!("build {image} with docker (no Nix here)"),
+                &[
+                    "docker",
+                    "build",
+                    "--target",
+                    name,
+                    "-t",
+                    image,
+                    "-f",
+                    "manifests/images/Dockerfile",
+                    ".",
+                ],
+            ),
+        })
+        .collect()
+}
+
+fn services(pins: &Pins) -> [(&'static str, &str); 2] {
+    [
+        ("frontend", &pins.services.frontend_image),
+        ("backend", &pins.services.backend_image),
+    ]
+}
+
+/// Into kind's nodes (side-loaded), or pushed to the existing cluster's registry.
+fn image_delivery(pins: &Pins, target: &Target) -> Vec<Step> {
+    let cluster = pins.kind.cluster_name.as_str();
+    match target {
+        Target::Kind => {
+            let third: Vec<&str> = pins
+                .images()
+                .iter()
+                .filter(|i| i.name != "kind node")
+                .map(|i| i.reference)
+                .collect();
+            let platform = node_platform();
+            let mut steps: Vec<Step> = third
+                .iter()
+                .map(|image| {
+                    command(
+                        &format!("pull {image}"),
+                        &["docker", "pull", "--platform", &platform, image],
+                    )
+                })
+                .collect();
+            // One platform only, through an archive: `kind load docker-image` of a
+            // multi-platform image fails with "content digest … not found" on Docker's
+            // containerd image store (kind's documented workaround).
+            steps.push(command(
+                "a place for the image archive (not committed)",
+                &["mkdir", "-p", ".lab/images"],
+            ));
+            let mut save = vec![
+                "docker",
+                "image",
+                "save",
+                "--platform",
+                &platform,
+                "-o",
+                THIRD_PARTY_ARCHIVE,
+            ];
+            save.extend(&third);
+            steps.push(command(
+                &format!("save the third-party images for {platform}"),
+                &save,
+            ));
+            steps.push(command(
+                "load them into the cluster's nodes",
+                &[
+                    "kind",
+                    "load",
+                    "image-archive",
+                    "--name",
+                    cluster,
+                    THIRD_PARTY_ARCHIVE,
+                ],
+            ));
+            steps.push(command(
+                "load the services' images (built for this machine only)",
+                &[
+                    "kind",
+                    "load",
+                    "docker-image",
+                    "--name",
+                    cluster,
+                    &pins.services.frontend_image,
+                    &pins.services.backend_image,
+                ],
+            ));
+            steps
+        }
+        Target::Existing { registry, .. } => services(pins)
+            .into_iter()
+            .flat_map(|(_, image)| {
+                let remote = pushed(image, registry);
+                [
+                    command(
+                        &format!("tag {image} for {registry}"),
+                        &["docker", "tag", image, &remote],
+                    ),
+                    command(&format!("push {remote}"), &["docker", "push", &remote]),
+                ]
+            })
+            .collect(),
+    }
+}
+
+/// The namespaces, the PostgreSQL superuser's Secret, and the manifests (through the registry
+/// overlay on an existing cluster).
+fn manifests(target: &Target, kubectl: &Kubectl) -> Vec<Step> {
+    let mut steps = vec![
+        kubectl.step(
+            "namespaces first (the Secret below lives in demo)",
+            &["apply", "-f", "manifests/namespaces.yaml"],
+        ),
+        Step {
+            already_done: &["already exists"],
+            ..kubectl.step(
+                "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
+                &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, RANDOM_PASSWORD],
+            )
+        },
+    ];
+    match target {
+        Target::Kind => {
+            steps.push(kubectl.step("apply the manifests", &["apply", "-k", "manifests"]))
+        }
+        Target::Existing { registry, .. } => {
+            // An overlay, not `kubectl set image` after the apply: every later `up` would set
+            // the base's image back first, and roll the pods out twice.
+            steps.push(Step {
+                what: format!(
+                    "a kustomize overlay of the manifests with the services' images from {registry}"
+                ),
+                action: Action::WriteRegistryOverlay {
+                    dir: REGISTRY_OVERLAY.into(),
+                    registry: registry.clone(),
+                },
+                only_if_new_cluster: false,
+                already_done: &[],
+            });
+            steps.push(kubectl.step(
+                "apply the manifests, through that overlay",
+                &["apply", "-k", REGISTRY_OVERLAY],
+            ));
+        }
+    }
+    steps
+}
+
+const SPIRE_WORKLOADS: &[(&str, &str)] = &[
+    ("statefulset", "spire-server"),
+    ("daemonset", "spire-agent"),
+    ("daemonset", "spiffe-csi-driver"),
+];
+const DEMO_WORKLOADS: &[(&str, &str)] = &[
+    ("statefulset", "postgres"),
+    ("deployment", "backend"),
+    ("deployment", "frontend"),
+];
+
+fn rollouts(kubectl: &Kubectl, ns: &str, workloads: &[(&str, &str)]) -> Vec<Step> {
+    workloads
+        .iter()
+        .map(|(kind, name)| {
+            kubectl.step(
+                &format!("wait for {name}"),
+                &[
+                    "-n",
+                    ns,
+                    "rollout",
+                    "status",
+                    &format!("{kind}/{name}"),
+                    "--timeout=180s",
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The cluster's agents under one alias, then each workload below it.
+fn registration(kubectl: &Kubectl) -> Vec<Step> {
+    let mut alias = server_cli(&["entry", "create"]);
+    alias.extend([
+        "-node",
+        "-spiffeID",
+        CLUSTER_ALIAS,
+        "-selector",
+        "k8s_psat:cluster:spire-demo",
+    ]);
+    let mut steps = vec![Step {
+        already_done: REGISTERED,
+        ..kubectl.step("register the cluster's agents under one alias", &alias)
+    }];
+    for e in registrations() {
+        let args = e.args(None);
+        let mut argv = server_cli(&["entry", "create"]);
+        argv.extend(args.iter().map(String::as_str));
+        steps.push(Step {
+            already_done: REGISTERED,
+            ..kubectl.step(&format!("register {}", e.spiffe_id), &argv)
+        });
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dry-run plan: cluster, images, namespaces and Secret before the manifests, the SPIRE
+    /// rollouts before registration, registration before the workloads are awaited.
+    #[test]
+    fn up_dry_run_plan_is_complete_and_ordered() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let plan = plan(&pins, ImageBuild::Nix, &Target::Kind);
+        let lines: Vec<String> = plan.iter().map(|s| s.to_string()).collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no step `{needle}` in:\n{}", lines.join("\n")))
+        };
+        assert!(plan[0].only_if_new_cluster);
+        assert_eq!(
+            lines[0],
+            "$ kind create cluster --name spire-demo --config manifests/kind/cluster.yaml --wait 120s"
+        );
+        let load = at("kind load docker-image");
+        for image in [&pins.services.frontend_image, &pins.services.backend_image] {
+            assert!(
+                lines[load].contains(image.as_str()),
+                "{image} is not loaded"
+            );
+        }
+        // Third-party images: pulled and saved for one platform, loaded from the archive.
+        let save = at("docker image save --platform linux/");
+        for image in [
+            &pins.envoy.image,
+            &pins.spire.server_image,
+            &pins.spire.agent_image,
+        ] {
+            assert!(at("docker pull --platform linux/") < save);
+            assert!(lines[save].contains(image.as_str()), "{image} is not saved");
+        }
+        assert!(!lines[save].contains("kindest/node"));
+        assert!(at("mkdir -p .lab/images") < save);
+        assert!(save < at("kind load image-archive --name spire-demo .lab/images/third-party.tar"));
+        assert!(at("xtask: nix build .#frontend-image") < load);
+        assert!(
+            at("apply -f manifests/namespaces.yaml")
+                < at("create secret generic postgres-superuser")
+        );
+        assert!(at("create secret generic") < at("apply -k manifests"));
+        assert!(at("rollout status statefulset/spire-server") < at("-node -spiffeID"));
+        for e in registrations() {
+            assert!(
+                at(&format!("-spiffeID {}", e.spiffe_id))
+                    < at("rollout status deployment/frontend")
+            );
+        }
+        assert!(at("-spiffeID spiffe://example.org/ns/demo/sa/backend") > at("-node -spiffeID"));
+        assert!(lines[at("sa/backend")].ends_with("-dns backend"));
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("password=") || l.contains("<random>")),
+            "a secret in the plan"
+        );
+        assert!(
+            plan.iter()
+                .filter(|s| s.runs("kubectl"))
+                .all(|s| s.argv()[1..3] == ["--context", "kind-spire-demo"])
+        );
+
+        // Without Nix, the same images come from the Dockerfile, whose bases are pinned.
+        let docker = super::plan(&pins, ImageBuild::Dockerfile, &Target::Kind);
+        let built: Vec<String> = docker
+            .iter()
+            .map(|s| s.to_string())
+            .filter(|l| l.starts_with("$ docker build"))
+            .collect();
+        assert_eq!(built.len(), 2);
+        assert!(built[0].contains(&format!("-t {}", pins.services.frontend_image)));
+        let dockerfile =
+            std::fs::read_to_string(crate::project_root().join("manifests/images/Dockerfile"))
+                .unwrap();
+        let froms: Vec<&str> = dockerfile
+            .lines()
+            .filter_map(|l| l.strip_prefix("FROM "))
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert!(
+            froms.contains(&pins.services.build_image.as_str())
+                && froms.contains(&pins.services.runtime_image.as_str()),
+            "{froms:?}"
+        );
+        assert_eq!(docker.len(), plan.len());
+
+        // An existing cluster: no kind, the services pushed to the registry and set on the pods.
+        let target = Target::Existing {
+            context: "prod-eu".into(),
+            registry: "registry.example.com/lab".into(),
+        };
+        let existing = super::plan(&pins, ImageBuild::Nix, &target);
+        let lines: Vec<String> = existing.iter().map(|s| s.to_string()).collect();
+        assert!(existing.iter().all(|s| !s.runs("kind")), "{lines:?}");
+        assert!(
+            lines.contains(&"$ docker push registry.example.com/lab/frontend:0.1.0".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            existing
+                .iter()
+                .filter(|s| s.runs("kubectl"))
+                .all(|s| s.argv()[1..3] == ["--context", "prod-eu"])
+        );
+        let overlay = existing
+            .iter()
+            .position(|s| {
+                s.action
+                    == Action::WriteRegistryOverlay {
+                        dir: REGISTRY_OVERLAY.into(),
+                        registry: "registry.example.com/lab".into(),
+                    }
+            })
+            .unwrap();
+        let apply = lines
+            .iter()
+            .position(|l| l.ends_with("apply -k .lab/registry-overlay"))
+            .unwrap();
+        assert!(overlay < apply);
+        assert!(!lines.iter().any(|l| l.contains("apply -k manifests")));
+        let yaml = registry_overlay(&pins, "registry.example.com/lab");
+        assert!(
+            yaml.contains(
+                "- name: spire-lab/backend\n  newName: registry.example.com/lab/backend\n"
+            ),
+            "{yaml}"
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! The local runtime: the whole lab as real processes on this machine, one SPIRE agent per
+//! "node" (frontend-node, backend-node, postgres-node), every config rendered from `manifests/`.
+//!
+//! State lives in `/tmp/spire-lab-<uid>-<hash of the checkout>` (short enough for Unix sockets,
+//! reachable by the postgres user), linked from the git-ignored `.lab/local`.
+//!
+//! - `layout`: nodes, ports and paths. `configs`: the rendered configs. `plaintext`: the bench's
+//!   baseline. `state`: what is remembered between commands.
+//! - `up`: starting and stopping everything. `process`: one component's process and readiness.
+//! - `registration`: join tokens and entries. `postgres`: initdb and psql. `status`.
+
+mod configs;
+mod layout;
+mod plaintext;
+mod postgres;
+mod process;
+mod registration;
+mod state;
+mod status;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use contract::{Holder, Workload};
+use serde::{Deserialize, Serialize};
+use xshell::{Shell, cmd};
+
+use crate::lab::{Capabilities, Component, Holding, Lab, Policy};
+use crate::probe;
+use crate::procs;
+use layout::{Layout, Ports, node_of};
+use state::{Running, State};
+
+pub use up::{down, down_all, ensure_nothing_left, up};
+
+/// The lab, or the benchmark's plaintext baseline of the same topology.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Profile {
+    #[default]
+    Mtls,
+    /// No SPIRE, no TLS anywhere: only `cargo xtask bench` uses it, to price mTLS. It runs
+    /// beside the lab, with its own state directory and every port shifted by 1000.
+    Plaintext,
+}
+
+impl Profile {
+    fn root(self) -> PathBuf {
+        match self {
+            Profile::Mtls => layout::state_root(),
+            Profile::Plaintext => {
+                PathBuf::from(format!("{}-plaintext", layout::state_root().display()))
+            }
+        }
+    }
+
+    /// Where its ports start, beside the lab's.
+    fn port_offset(self) -> u16 {
+        match self {
+            Profile::Mtls => 0,
+            Profile::Plaintext => 1000,
+        }
+    }
+
+    fn components(self) -> Vec<Component> {
+        match self {
+            Profile::Mtls => Component::ALL.to_vec(),
+            Profile::Plaintext => vec![
+                Component::Postgres,
+                Component::Backend,
+                Component::EnvoyBackend,
+                Component::EnvoyFrontend,
+                Component::Frontend,
+            ],
+        }
+    }
+}
+
+/// The running local lab.
+pub struct LocalLab {
+    state: State,
+    root: PathBuf,
+}
+
+fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn chown(path: &Path, user: Option<(u32, u32)>) -> anyhow::Result<()> {
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl LocalLab {
+    /// The running lab of this checkout.
+    pub fn open() -> anyhow::Result<LocalLab> {
+        Self::open_at(&Profile::Mtls.root())
+    }
+
+    fn open_at(root: &Path) -> anyhow::Result<LocalLab> {
+        Ok(LocalLab {
+            state: State::load(root)?,
+            root: root.to_owned(),
+        })
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        self.state.save(&self.root)
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.state.layout
+    }
+
+    fn ports(&self) -> &Ports {
+        &self.state.layout.ports
+    }
+
+    fn running(&self, c: Component) -> Option<&Running> {
+        self.state.components.iter().find(|r| r.name == c.name())
+    }
+
+    /// The pid of a running component (checked against the program it was started as).
+    pub fn pid(&self, c: Component) -> Option<u32> {
+        self.running(c)
+            .and_then(|r| r.pid.filter(|p| procs::is_ours(*p, &r.spec.program)))
+    }
+
+    /// The SPIRE server's CLI and the socket it answers on.
+    pub fn server_cli(&self) -> (PathBuf, PathBuf) {
+        (
+            self.state.tools.spire_server.clone(),
+            self.layout().server_socket(),
+        )
+    }
+
+    /// Where a client with the backend's SVID reaches PostgreSQL directly (the bench's
+    /// connection figures): the backend's SVID directory and PostgreSQL's host:port.
+    pub fn db_client(&self) -> (PathBuf, String) {
+        (
+            self.layout().certs("backend"),
+            format!("127.0.0.1:{}", self.ports().postgres),
+        )
+    }
+
+    fn postgres_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports().postgres)
+    }
+}
+
+impl Lab for LocalLab {
+    fn label(&self) -> &'static str {
+        "local runtime"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            readiness_gates_traffic: false,
+            // Envoy watches the policy file itself.
+            policy_propagation: Duration::from_secs(15),
+        }
+    }
+
+    fn frontend_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports().frontend)
+    }
+
+    fn envoy_admin_url(&self, backend: bool) -> String {
+        let p = if backend {
+            self.ports().backend_envoy_admin
+        } else {
+            self.ports().frontend_envoy_admin
+        };
+        format!("http://127.0.0.1:{p}")
+    }
+
+    fn stop(&mut self, c: Component) -> anyhow::Result<()> {
+        let r = self
+            .running(c)
+            .with_context(|| format!("{} was never started", c.name()))?
+            .clone();
+        if let Some(pid) = r.pid
+            && !procs::stop(pid, &r.spec, Duration::from_secs(10))
+        {
+            bail!("{} (pid {pid}) did not stop", c.name());
+        }
+        if let Some(r) = self
+            .state
+            .components
+            .iter_mut()
+            .find(|r| r.name == c.name())
+        {
+            r.pid = None;
+        }
+        self.save()
+    }
+
+    fn start(&mut self, c: Component) -> anyhow::Result<()> {
+        if self.pid(c).is_some() {
+            return Ok(());
+        }
+        let sh = Shell::new()?;
+        self.launch(&sh, c).map(drop)
+    }
+
+    fn instance(&self, c: Component) -> Option<String> {
+        self.pid(c).map(|p| format!("pid {p}"))
+    }
+
+    fn set_policy(&mut self, p: Policy) -> anyhow::Result<()> {
+        // Written beside, then renamed over: Envoy sees one whole file change.
+        let dir = self.layout().rbac_dir();
+        let tmp = dir.join(".rbac.yaml.new");
+        std::fs::copy(
+            crate::project_root()
+                .join("manifests/backend/config")
+                .join(p.file()),
+            &tmp,
+        )?;
+        std::fs::rename(&tmp, dir.join("rbac.yaml"))?;
+        Ok(())
+    }
+
+    fn set_svid_ttl(&mut self, ttl: Option<u32>) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        for r in self.state.entries.iter().filter(|r| r.entry.is_workload()) {
+            self.entry_update(&sh, r, ttl)?;
+        }
+        Ok(())
+    }
+
+    fn log(&self, c: Component) -> anyhow::Result<String> {
+        let path = self.layout().p(&format!("logs/{}.log", c.name()));
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+    }
+
+    fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
+        let sh = Shell::new()?;
+        let (server, sock) = self.server_cli();
+        let pem = cmd!(sh, "{server} bundle show -socketPath {sock}")
+            .quiet()
+            .read()?;
+        Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
+    }
+
+    fn holdings(&self) -> Vec<anyhow::Result<Holding>> {
+        let files = || -> anyhow::Result<Holding> {
+            let s = svid::SvidFiles::in_dir(self.layout().certs("backend"))
+                .load()
+                .context("backend files")?;
+            Ok(Holding {
+                holder: Holder::BackendFiles,
+                seconds_left: Some(s.seconds_left()),
+                spiffe_id: Some(s.spiffe_id.to_string()),
+                serial: s.serial,
+            })
+        };
+        vec![
+            Holding::of_envoy(Holder::FrontendEnvoy, &self.envoy_admin_url(false)),
+            Holding::of_envoy(Holder::BackendEnvoy, &self.envoy_admin_url(true)),
+            files(),
+            Holding::of_postgres(&self.postgres_addr()),
+        ]
+    }
+
+    fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
+        let files = svid::SvidFiles::in_dir(self.layout().certs("backend"));
+        vec![
+            (
+                "backend Envoy (served on its mTLS listener)",
+                probe::server_chain(&self.backend_envoy_addr(), false),
+            ),
+            (
+                "PostgreSQL (served to TLS clients)",
+                probe::server_chain(&self.postgres_addr(), true),
+            ),
+            (
+                "backend files (svid.pem)",
+                files.load().map(|s| s.chain).map_err(Into::into),
+            ),
+        ]
+    }
+
+    fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)> {
+        let (status, body) =
+            probe::get(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?;
+        Ok((
+            status,
+            serde_json::from_str(&body)
+                .with_context(|| format!("/readyz answered something else: {body}"))?,
+        ))
+    }
+
+    fn backend_envoy_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports().backend_envoy)
+    }
+
+    fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
+        let sh = Shell::new()?;
+        let agent = &self.state.tools.spire_agent;
+        let sock = self.layout().agent_socket(node_of(Workload::Backend));
+        // spire-agent itself is no registered workload: its binary path matches no entry.
+        let out = cmd!(sh, "{agent} api fetch x509 -socketPath {sock} -timeout 3s")
+            .quiet()
+            .ignore_status()
+            .output()?;
+        let text = procs::printed(&out);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            bail!("{}", text.trim())
+        }
+    }
+
+    fn issue_rogue_svid(&mut self) -> anyhow::Result<PathBuf> {
+        self.register_rogue()
+    }
+
+    fn remove_rogue(&mut self) -> anyhow::Result<()> {
+        self.unregister_rogue()
+    }
+
+    fn query_postgres_with(&self, dir: &Path) -> anyhow::Result<String> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} dbname=demo user=backend sslmode=verify-ca sslcert={} sslkey={} sslrootcert={}",
+            self.ports().postgres,
+            dir.join("svid.0.pem").display(),
+            dir.join("svid.0.key").display(),
+            dir.join("bundle.0.pem").display()
+        );
+        let out = std::process::Command::new(self.state.tools.pg_bin.join("psql"))
+            .args([conninfo.as_str(), "-AtXc", "SELECT count(*) FROM orders"])
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// What only this runtime may know, for the tidy check that nothing else names it: its node
+/// names, its ports, and the paths of its state.
+#[cfg(test)]
+pub fn private_names() -> (Vec<&'static str>, Vec<u16>, Vec<&'static str>) {
+    (
+        layout::NODES.to_vec(),
+        Ports::with_offset(0)
+            .named()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect(),
+        vec!["/tmp/spire-lab", ".lab/local", "state.json"],
+    )
+}

@@ -1,0 +1,265 @@
+//! One component of the local runtime as a process: how it is started (its `Spec`), first-time
+//! setup before it starts, and the one readiness check each component has.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use xshell::{Shell, cmd};
+
+use super::layout::node_of;
+use super::state::Running;
+use super::{LocalLab, Profile};
+use crate::lab::{Component, Lab};
+use crate::probe;
+use crate::procs::{self, Spec, wait_for};
+
+impl LocalLab {
+    pub(super) fn spec(&self, c: Component) -> anyhow::Result<Spec> {
+        let l = self.layout();
+        let t = &self.state.tools;
+        let cfg = |name: &str| l.config(name).display().to_string();
+        let log = l.p(&format!("logs/{}.log", c.name()));
+        let release = crate::project_root().join("target/release");
+        let (program, args, user): (PathBuf, Vec<String>, Option<(u32, u32)>) = match c {
+            Component::SpireServer => (
+                t.spire_server.clone(),
+                vec!["run".into(), "-config".into(), cfg("spire-server.conf")],
+                None,
+            ),
+            Component::Agent(w) => {
+                let node = node_of(w);
+                let token = std::fs::read_to_string(l.p(&format!("agents/{node}/join-token")))
+                    .context("the agent's join token is missing")?;
+                (
+                    t.spire_agent.clone(),
+                    vec![
+                        "run".into(),
+                        "-config".into(),
+                        cfg(&format!("agent-{node}.conf")),
+                        "-joinToken".into(),
+                        token.trim().into(),
+                    ],
+                    None,
+                )
+            }
+            Component::HelperPostgres => (
+                self.pg_helper(),
+                vec!["-config".into(), cfg("helper-postgres.conf")],
+                self.state.pg_user,
+            ),
+            Component::HelperBackend => (
+                t.spiffe_helper.clone(),
+                vec!["-config".into(), cfg("helper-backend.conf")],
+                None,
+            ),
+            Component::Postgres => (
+                t.pg_bin.join("postgres"),
+                vec![
+                    "-D".into(),
+                    l.p("postgres/data").display().to_string(),
+                    "-c".into(),
+                    format!("config_file={}", cfg("postgresql.conf")),
+                ],
+                self.state.pg_user,
+            ),
+            Component::Backend => (
+                release.join("backend"),
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", self.ports().backend),
+                    "--svid-dir".into(),
+                    l.certs("backend").display().to_string(),
+                    "--db-host".into(),
+                    "127.0.0.1".into(),
+                    "--db-port".into(),
+                    self.ports().postgres.to_string(),
+                ]
+                .into_iter()
+                .chain(
+                    (self.state.profile == Profile::Plaintext)
+                        .then(|| "--db-insecure-plaintext".into()),
+                )
+                .collect(),
+                None,
+            ),
+            Component::EnvoyBackend | Component::EnvoyFrontend => {
+                let which = if c == Component::EnvoyBackend {
+                    "backend"
+                } else {
+                    "frontend"
+                };
+                (
+                    t.envoy.clone(),
+                    vec![
+                        "-c".into(),
+                        cfg(&format!("envoy-{which}.yaml")),
+                        "--disable-hot-restart".into(),
+                        "--log-level".into(),
+                        "info".into(),
+                        "--drain-time-s".into(),
+                        "1".into(),
+                    ],
+                    None,
+                )
+            }
+            Component::Frontend => (
+                release.join("frontend"),
+                vec![
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", self.ports().frontend),
+                    "--backend-url".into(),
+                    format!("http://127.0.0.1:{}", self.ports().frontend_envoy),
+                    "--envoy-admin-url".into(),
+                    self.envoy_admin_url(false),
+                ],
+                None,
+            ),
+        };
+        Ok(Spec {
+            program,
+            args,
+            env: vec![],
+            user,
+            log,
+            stop_signal: (c == Component::Postgres).then_some(libc::SIGINT),
+        })
+    }
+
+    /// The spiffe-helper the postgres user runs: a copy in the state directory when we are root,
+    /// since the cache (under root's home) is not reachable by that user.
+    pub(super) fn pg_helper(&self) -> PathBuf {
+        match self.state.pg_user {
+            Some(_) => self.layout().p("bin/spiffe-helper"),
+            None => self.state.tools.spiffe_helper.clone(),
+        }
+    }
+
+    /// Starts one component (first-time setup included) and waits until it is ready.
+    pub(super) fn launch(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
+        self.spawn(sh, c)?;
+        self.wait_ready(sh, c)
+    }
+
+    /// Starts one component's process (first-time setup included), without waiting.
+    pub(super) fn spawn(&mut self, sh: &Shell, c: Component) -> anyhow::Result<()> {
+        match c {
+            Component::Agent(w) => self.join_token(sh, node_of(w))?,
+            Component::Postgres => self.initdb()?,
+            _ => {}
+        }
+        let spec = self.spec(c)?;
+        let pid = procs::spawn(&spec)?;
+        match self
+            .state
+            .components
+            .iter_mut()
+            .find(|r| r.name == c.name())
+        {
+            Some(r) => {
+                r.pid = Some(pid);
+                r.spec = spec;
+            }
+            None => self.state.components.push(Running {
+                name: c.name(),
+                spec,
+                pid: Some(pid),
+            }),
+        }
+        self.save()
+    }
+
+    /// Waits until a started component is ready, then does what follows its start once.
+    pub(super) fn wait_ready(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
+        let limit = Duration::from_secs(if c == Component::SpireServer { 60 } else { 30 });
+        let r = self.running(c).context("not started")?.clone();
+        let pid = r.pid.context("not started")?;
+        let (_, took) = wait_for(limit, || {
+            if !procs::is_ours(pid, &r.spec.program) {
+                bail!("{} exited", c.name());
+            }
+            self.ready(sh, c)
+        })
+        .with_context(|| format!("{} did not become ready", c.name()))?;
+        if c == Component::SpireServer {
+            let server = &self.state.tools.spire_server;
+            let sock = self.layout().server_socket();
+            let bundle = cmd!(sh, "{server} bundle show -socketPath {sock}")
+                .quiet()
+                .read()?;
+            std::fs::write(self.layout().bundle(), bundle + "\n")?;
+        }
+        if c == Component::Postgres {
+            self.init_database()?;
+        }
+        Ok(took)
+    }
+
+    /// One readiness check per component.
+    pub(super) fn ready(&self, sh: &Shell, c: Component) -> anyhow::Result<()> {
+        let l = self.layout();
+        let t = &self.state.tools;
+        match c {
+            Component::SpireServer => {
+                let sock = l.server_socket();
+                let server = &t.spire_server;
+                cmd!(sh, "{server} healthcheck -socketPath {sock}")
+                    .quiet()
+                    .ignore_stderr()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            Component::Agent(w) => {
+                let sock = l.agent_socket(node_of(w));
+                let agent = &t.spire_agent;
+                cmd!(sh, "{agent} healthcheck -socketPath {sock}")
+                    .quiet()
+                    .ignore_stderr()
+                    .ignore_stdout()
+                    .run()?;
+            }
+            Component::HelperPostgres => {
+                svid::SvidFiles::in_dir(l.certs("postgres")).load()?;
+            }
+            Component::HelperBackend => {
+                svid::SvidFiles::in_dir(l.certs("backend")).load()?;
+            }
+            Component::Postgres => {
+                self.psql("postgres", "SELECT 1")?;
+                if self.state.profile == Profile::Mtls {
+                    probe::server_chain(&self.postgres_addr(), true)?;
+                }
+            }
+            Component::Backend => {
+                expect_ok(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?
+            }
+            Component::EnvoyBackend | Component::EnvoyFrontend => {
+                let backend = c == Component::EnvoyBackend;
+                let admin = self.envoy_admin_url(backend);
+                // Through the readiness listener the kubelet probes on kind.
+                let p = self.ports();
+                let ready = if backend {
+                    p.backend_envoy_ready
+                } else {
+                    p.frontend_envoy_ready
+                };
+                expect_ok(&format!("http://127.0.0.1:{ready}/ready"))?;
+                if self.state.profile == Profile::Mtls {
+                    probe::envoy_certs(&admin)?
+                        .leaf()
+                        .context("Envoy holds no certificate yet")?;
+                }
+            }
+            Component::Frontend => expect_ok(&format!("{}/readyz", self.frontend_url()))?,
+        }
+        Ok(())
+    }
+}
+
+fn expect_ok(url: &str) -> anyhow::Result<()> {
+    let (status, body) = probe::get(url)?;
+    if status != 200 {
+        bail!("{url} answered HTTP {status}: {}", body.trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! SPIRE registration on the local runtime: a join token per node, and entries with the same
+//! SPIFFE IDs as on kind, selected by unix uid and binary path.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use contract::Workload;
+use xshell::{Shell, cmd};
+
+use super::layout::node_of;
+use super::state::Registered;
+use super::{LocalLab, chmod};
+use crate::procs::wait_for;
+use crate::spire::{self, Entry};
+
+fn node_id(node: &str) -> String {
+    format!("spiffe://{}/node/{node}", contract::TRUST_DOMAIN)
+}
+
+/// A path as a `unix:path` selector matches it: with every link resolved.
+fn canonical(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_owned())
+        .display()
+        .to_string()
+}
+
+fn unix_selectors(uid: u32, program: &Path) -> Vec<String> {
+    vec![
+        format!("unix:uid:{uid}"),
+        format!("unix:path:{}", canonical(program)),
+    ]
+}
+
+impl LocalLab {
+    /// A join token for `node`'s agent, written 0600 beside its data.
+    pub(super) fn join_token(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
+        let (server, sock) = self.server_cli();
+        let id = node_id(node);
+        let out = cmd!(
+            sh,
+            "{server} token generate -socketPath {sock} -spiffeID {id} -ttl 600"
+        )
+        .quiet()
+        .read()
+        .context("generate a join token")?;
+        let token = out
+            .split_whitespace()
+            .last()
+            .context("no token in `spire-server token generate` output")?;
+        let path = self.layout().p(&format!("agents/{node}/join-token"));
+        std::fs::write(&path, token)?;
+        chmod(&path, 0o600)
+    }
+
+    /// Entries with the same SPIFFE IDs as on kind; unix selectors (uid and binary path) here:
+    /// each workload's Envoy or spiffe-helper, on its node.
+    pub(super) fn register(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        let uid = unsafe { libc::geteuid() };
+        let pg_uid = self.state.pg_user.map_or(uid, |(u, _)| u);
+        let tools = self.state.tools.clone();
+        let wanted = [
+            (Workload::Frontend, uid, tools.envoy.clone()),
+            (Workload::Backend, uid, tools.envoy),
+            (Workload::Backend, uid, tools.spiffe_helper),
+            (Workload::Postgres, pg_uid, self.pg_helper()),
+        ];
+        for (w, uid, program) in wanted {
+            let node = node_of(w);
+            let entry = Entry::workload(w, &node_id(node), unix_selectors(uid, &program));
+            let id = self.entry_create(sh, &entry)?;
+            println!(
+                "        {} ← {} ({})",
+                entry.spiffe_id,
+                node,
+                entry.selectors.join(", ")
+            );
+            self.state.entries.push(Registered { id, entry });
+        }
+        self.save()
+    }
+
+    fn entry_create(&self, sh: &Shell, e: &Entry) -> anyhow::Result<String> {
+        let (server, sock) = self.server_cli();
+        let args = e.args(None);
+        let out = cmd!(
+            sh,
+            "{server} entry create -socketPath {sock} -output json {args...}"
+        )
+        .quiet()
+        .read()
+        .with_context(|| format!("create the entry for {}", e.spiffe_id))?;
+        spire::created_id(&out)
+    }
+
+    /// Sets the entry's X.509-SVID TTL (`None`: the server's default).
+    pub(super) fn entry_update(
+        &self,
+        sh: &Shell,
+        r: &Registered,
+        ttl: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let (server, sock) = self.server_cli();
+        let id = &r.id;
+        let args = r.entry.args(Some(ttl.unwrap_or(0)));
+        cmd!(
+            sh,
+            "{server} entry update -socketPath {sock} -entryID {id} {args...}"
+        )
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| format!("update the entry for {}", r.entry.spiffe_id))
+    }
+
+    /// Registers the rogue (the SPIRE agent's own CLI, on the backend's node) and fetches its
+    /// SVID into a private directory.
+    pub(super) fn register_rogue(&mut self) -> anyhow::Result<PathBuf> {
+        let sh = Shell::new()?;
+        let agent = self.state.tools.spire_agent.clone();
+        let node = node_of(Workload::Backend);
+        let entry = Entry::rogue(
+            &node_id(node),
+            unix_selectors(unsafe { libc::geteuid() }, &agent),
+        );
+        let id = self.entry_create(&sh, &entry)?;
+        self.state.entries.push(Registered { id, entry });
+        self.save()?;
+        let dir = self.layout().p("rogue");
+        std::fs::create_dir_all(&dir)?;
+        chmod(&dir, 0o700)?;
+        let sock = self.layout().agent_socket(node);
+        // The agent learns of the new entry on its next sync (every 5 s).
+        wait_for(Duration::from_secs(20), || {
+            cmd!(
+                sh,
+                "{agent} api fetch x509 -socketPath {sock} -timeout 2s -write {dir}"
+            )
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .map_err(Into::into)
+        })?;
+        Ok(dir)
+    }
+
+    pub(super) fn unregister_rogue(&mut self) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let (server, sock) = self.server_cli();
+        let rogue = contract::workload_id(contract::ids::ROGUE);
+        for r in self
+            .state
+            .entries
+            .iter()
+            .filter(|r| r.entry.spiffe_id == rogue)
+        {
+            let id = &r.id;
+            cmd!(sh, "{server} entry delete -socketPath {sock} -entryID {id}")
+                .quiet()
+                .ignore_stdout()
+                .run()?;
+        }
+        self.state.entries.retain(|r| r.entry.spiffe_id != rogue);
+        let _ = std::fs::remove_dir_all(self.layout().p("rogue"));
+        self.save()
+    }
+}

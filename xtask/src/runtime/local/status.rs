@@ -1,0 +1,78 @@
+//! `cargo xtask status --local`: every component (pid, memory, address, readiness) and the
+//! certificate each holder has now.
+
+use xshell::Shell;
+
+use super::LocalLab;
+use super::layout::node_of;
+use crate::lab::{Component, Lab};
+use crate::procs;
+
+impl LocalLab {
+    pub fn print_status(&self) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let p = self.ports();
+        println!(
+            "Local lab in {} (linked from .lab/local)\n",
+            self.root.display()
+        );
+        println!("COMPONENT                   PID   RSS MB  ADDRESS                         READY");
+        for c in Component::ALL {
+            let address = match c {
+                Component::SpireServer => format!("127.0.0.1:{}", p.spire_server),
+                Component::Agent(w) => format!("agents/{}/api.sock", node_of(w)),
+                Component::Postgres => format!("127.0.0.1:{}", p.postgres),
+                Component::Backend => format!("127.0.0.1:{}", p.backend),
+                Component::EnvoyBackend => format!(
+                    "127.0.0.1:{} (admin {})",
+                    p.backend_envoy, p.backend_envoy_admin
+                ),
+                Component::EnvoyFrontend => format!(
+                    "127.0.0.1:{} (admin {})",
+                    p.frontend_envoy, p.frontend_envoy_admin
+                ),
+                Component::Frontend => format!("127.0.0.1:{}", p.frontend),
+                Component::HelperBackend => "certs/backend".into(),
+                Component::HelperPostgres => "certs/postgres".into(),
+            };
+            let (pid, ready) = match self.pid(c) {
+                Some(pid) => (
+                    pid.to_string(),
+                    match self.ready(&sh, c) {
+                        Ok(()) => "yes".to_owned(),
+                        Err(e) => format!("no: {e:#}"),
+                    },
+                ),
+                None => ("-".into(), "not running".into()),
+            };
+            let rss = self
+                .pid(c)
+                .and_then(procs::rss_kib)
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+            println!(
+                "{:<22} {:>8} {:>8}  {:<30} {}",
+                c.name(),
+                pid,
+                rss,
+                address,
+                ready
+            );
+        }
+        println!(
+            "\nSVID HOLDER                SPIFFE ID                                  SERIAL                             EXPIRES IN"
+        );
+        for h in self.holdings() {
+            match h {
+                Ok(h) => println!(
+                    "{:<26} {:<42} {:<34} {}",
+                    h.holder.to_string(),
+                    h.spiffe_id.unwrap_or_else(|| "?".into()),
+                    h.serial,
+                    h.seconds_left.map_or("?".into(), |s| format!("{s} s"))
+                ),
+                Err(e) => println!("{e:#}"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Scenarios, written once against the runtime-neutral [`Lab`] handle: each prints its steps and
+//! evidence as it goes and ends with PASS or FAIL. The scenarios themselves are in `cases`.
+
+mod cases;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::Value;
+use xshell::Shell;
+
+use crate::flags::{self, Pick};
+use crate::lab::Lab;
+
+pub use cases::rotation_under_load;
+
+/// The scenarios, in the order `all` runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Happy,
+    Rbac,
+    DbDown,
+    EnvoyDown,
+    Unregistered,
+    Rotation,
+    ServerOutage,
+    HelperDown,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Happy,
+        Scenario::Rbac,
+        Scenario::DbDown,
+        Scenario::EnvoyDown,
+        Scenario::Unregistered,
+        Scenario::Rotation,
+        Scenario::ServerOutage,
+        Scenario::HelperDown,
+    ];
+
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn run(self, lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+        match self {
+            Scenario::Happy => cases::happy(lab, r),
+            Scenario::Rbac => cases::rbac(lab, r),
+            Scenario::Rotation => cases::rotation(lab, r, ttl),
+            Scenario::ServerOutage => cases::server_outage(lab, r, ttl),
+            Scenario::Unregistered => cases::unregistered(lab, r),
+            Scenario::DbDown => cases::db_down(lab, r),
+            Scenario::EnvoyDown => cases::envoy_down(lab, r),
+            Scenario::HelperDown => cases::helper_down(lab, r, ttl),
+        }
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// What one scenario found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub name: String,
+    pub passed: bool,
+    pub seconds: f64,
+    pub evidence: Vec<String>,
+    pub figures: BTreeMap<String, Value>,
+    pub failure: Option<String>,
+}
+
+impl Report {
+    pub fn say(&mut self, line: impl Into<String>) {
+        let line = line.into();
+        println!("    · {line}");
+        self.evidence.push(line);
+    }
+    pub fn figure(&mut self, key: &str, v: impl Into<Value>) {
+        self.figures.insert(key.into(), v.into());
+    }
+}
+
+impl flags::ScenarioCmd {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let scenarios = match self.name {
+            Pick::All => Scenario::ALL.to_vec(),
+            Pick::One(s) => vec![s],
+        };
+        let mut lab = crate::runtime::open(sh, &self.runtime)?;
+        let reports = run_all(lab.as_mut(), &scenarios, self.ttl);
+        if scenarios.len() > 1 {
+            print_summary(&reports);
+        }
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_string_pretty(&reports)?)
+                .with_context(|| format!("write {}", path.display()))?;
+            println!("report written to {}", path.display());
+        }
+        verdict(&reports)
+    }
+}
+
+/// The summary table: one line a scenario, and the total.
+pub fn print_summary(reports: &[Report]) {
+    println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
+    for r in reports {
+        let result = if r.passed { "PASS" } else { "FAIL" };
+        println!("{:<15} {:<6} {:>9.1}", r.name, result, r.seconds);
+    }
+    let total: f64 = reports.iter().map(|r| r.seconds).sum();
+    println!("{:<15} {:<6} {:>9.1}", "total", "", total);
+}
+
+/// The closing line (`N passed, N failed`, as CI readers look for it) and the outcome.
+pub fn verdict(reports: &[Report]) -> anyhow::Result<()> {
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.name.as_str())
+        .collect();
+    let passed = reports.len() - failed.len();
+    println!("scenarios: {passed} passed, {} failed", failed.len());
+    if !failed.is_empty() {
+        bail!("scenario(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn run_all(lab: &mut dyn Lab, scenarios: &[Scenario], ttl: u32) -> Vec<Report> {
+    let mut reports = Vec::new();
+    for &scenario in scenarios {
+        let name = scenario.name();
+        println!("\n━━ scenario {name} ({})", lab.label());
+        let mut report = Report {
+            name: name.clone(),
+            ..Report::default()
+        };
+        let started = Instant::now();
+        let result = scenario.run(lab, &mut report, ttl);
+        report.seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                report.passed = true;
+                println!("PASS {name} ({:.1} s)", report.seconds);
+            }
+            Err(e) => {
+                println!("FAIL {name} ({:.1} s): {e:#}", report.seconds);
+                report.failure = Some(format!("{e:#}"));
+            }
+        }
+        reports.push(report);
+    }
+    reports
+}

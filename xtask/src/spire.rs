@@ -1,0 +1,123 @@
+//! SPIRE registration, as both runtimes do it: one entry type and the `spire-server entry`
+//! arguments that describe it. Each runtime chooses the parent and the selectors (unix on the
+//! local runtime, k8s on kind); the SPIFFE IDs and DNS names come from `contract`.
+
+use contract::Workload;
+
+/// A registration entry: who gets which SPIFFE ID, below which parent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub spiffe_id: String,
+    pub parent_id: String,
+    pub selectors: Vec<String>,
+    pub dns: Option<String>,
+}
+
+impl Entry {
+    /// A workload's entry: its SPIFFE ID and DNS name, below `parent_id`, with `selectors`.
+    pub fn workload(w: Workload, parent_id: &str, selectors: Vec<String>) -> Entry {
+        Entry {
+            spiffe_id: w.spiffe_id(),
+            parent_id: parent_id.to_owned(),
+            selectors,
+            dns: w.dns_name().map(Into::into),
+        }
+    }
+
+    /// The `unregistered` scenario's rogue: its own SPIFFE ID with the backend's DNS name (so
+    /// that its CN passes PostgreSQL's `cert` check and only the SPIFFE ID check can refuse it).
+    pub fn rogue(parent_id: &str, selectors: Vec<String>) -> Entry {
+        Entry {
+            spiffe_id: contract::workload_id(contract::ids::ROGUE),
+            dns: Workload::Backend.dns_name().map(Into::into),
+            ..Entry::workload(Workload::Backend, parent_id, selectors)
+        }
+    }
+
+    /// The arguments of `spire-server entry create` (and `entry update`, after `-entryID`),
+    /// with an X.509-SVID TTL when given (0: the server's default).
+    pub fn args(&self, ttl: Option<u32>) -> Vec<String> {
+        let mut args = vec![
+            "-parentID".to_owned(),
+            self.parent_id.clone(),
+            "-spiffeID".into(),
+            self.spiffe_id.clone(),
+        ];
+        for s in &self.selectors {
+            args.extend(["-selector".into(), s.clone()]);
+        }
+        if let Some(d) = &self.dns {
+            args.extend(["-dns".into(), d.clone()]);
+        }
+        if let Some(t) = ttl {
+            args.extend(["-x509SVIDTTL".into(), t.to_string()]);
+        }
+        args
+    }
+
+    /// True for the demo's workloads (whose TTL scenarios shorten), false for the rogue.
+    pub fn is_workload(&self) -> bool {
+        Workload::ALL
+            .iter()
+            .any(|w| w.spiffe_id() == self.spiffe_id)
+    }
+}
+
+/// The entry ids in `spire-server entry show -output json`.
+pub fn entry_ids(json: &str) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    Ok(v["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// The id of the entry `spire-server entry create -output json` made.
+pub fn created_id(json: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    v["results"][0]["entry"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no entry id in {json}"))
+}
+
+/// SPIRE's JSON selectors (`[{"type": …, "value": …}]`) as `type:value`.
+pub fn selector_strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            format!(
+                "{}:{}",
+                s["type"].as_str().unwrap_or(""),
+                s["value"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_arguments() {
+        let e = Entry::workload(
+            Workload::Backend,
+            "spiffe://example.org/node",
+            vec!["k8s:ns:demo".into(), "k8s:sa:backend".into()],
+        );
+        assert_eq!(
+            e.args(Some(20)).join(" "),
+            "-parentID spiffe://example.org/node -spiffeID spiffe://example.org/ns/demo/sa/backend -selector k8s:ns:demo -selector k8s:sa:backend -dns backend -x509SVIDTTL 20"
+        );
+        assert!(e.is_workload());
+        let rogue = Entry::rogue("spiffe://example.org/node", vec![]);
+        assert_eq!(rogue.spiffe_id, "spiffe://example.org/ns/demo/sa/rogue");
+        assert_eq!(rogue.dns.as_deref(), Some("backend"));
+        assert!(!rogue.is_workload());
+    }
+}
