@@ -58,6 +58,17 @@ impl flags::Ci {
             local::ensure_nothing_left()?;
             times.push(("bench --quick", t.elapsed()));
         }
+        if !self.no_lab && !self.no_kind {
+            let t = stage(
+                "the lab on a real kind cluster, offline (its own engine, every image built here)",
+            );
+            let result = kind_checks(sh);
+            let down = crate::runtime::kind::down(sh);
+            result?;
+            down?;
+            crate::runtime::kind::ensure_nothing_left()?;
+            times.push(("kind lab and scenarios", t.elapsed()));
+        }
 
         println!("\n══ ci: all green");
         for (name, took) in times {
@@ -91,4 +102,30 @@ fn lab_checks(sh: &Shell) -> anyhow::Result<()> {
         "the kind plan's {n} registration commands are accepted by the running SPIRE server, and recognised as done the second time"
     );
     Ok(())
+}
+
+/// The lab on a real two-node kind cluster, built and run with no registry: `up --runtime kind
+/// --offline`, Run Demo through the NodePort, the chains, every scenario, `status` and `logs`.
+fn kind_checks(sh: &Shell) -> anyhow::Result<()> {
+    use crate::runtime::kind;
+    kind::up(sh, false, kind::Target::Kind, true)?;
+    let mut lab = kind::KindLab::open(sh)?;
+    let demo = crate::demo::run_demo(&lab.frontend_url())?;
+    println!("Run Demo through the NodePort: {}", demo.line());
+    ensure!(
+        demo.ok(),
+        "Run Demo right after `up --runtime kind` did not succeed"
+    );
+    let bundle = lab.trust_bundle()?;
+    for (holder, chain) in lab.presented_chains() {
+        crate::probe::chains_to(&chain?, &bundle)
+            .with_context(|| format!("{holder} does not chain to the SPIRE bundle"))?;
+        println!("{holder}: chains to the running SPIRE server's bundle");
+    }
+    let reports = scenario::run_all(&mut lab, &Scenario::ALL, 20);
+    scenario::print_summary(&reports);
+    drop(lab);
+    kind::status(sh)?;
+    kind::logs(sh, crate::lab::Component::Backend, 5)?;
+    scenario::verdict(&reports)
 }

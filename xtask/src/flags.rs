@@ -34,6 +34,8 @@ pub enum Command {
     Scenario(ScenarioCmd),
     /// Render the Kubernetes manifests and check them without a cluster.
     Manifests(Manifests),
+    /// Build every image the kind runtime needs, the kind node's included, with no registry.
+    Images(Images),
     /// Show the pinned versions and images (nix/pins.json).
     Pins(Pins),
     /// Measure time to ready, the request path (mTLS against plaintext), footprint, rotation.
@@ -48,6 +50,10 @@ pub struct Deps {
     /// the Kubernetes OpenAPI document and API server).
     #[arg(long)]
     pub no_test_tools: bool,
+    /// Also what the kind runtime needs with no registry: Debian's Docker engine and mmdebstrap,
+    /// Kubernetes' node programs from source, the images' other programs (many minutes at first).
+    #[arg(long)]
+    pub kind_offline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -101,6 +107,18 @@ pub struct Up {
     /// The benchmark's plaintext baseline instead of the lab (for debugging `cargo xtask bench`).
     #[arg(long, hide = true)]
     pub bench_plaintext: bool,
+    /// kind with no registry: the lab's own Docker engine, every image and the node image built
+    /// here (`cargo xtask images --offline`), kind's network replaced by one xtask sets up.
+    #[arg(long, conflicts_with_all = ["context", "registry"])]
+    pub offline: bool,
+}
+
+#[derive(clap::Args)]
+pub struct Images {
+    /// Into the lab's own Docker engine (started if needed: no registry, nothing routed off the
+    /// machine), instead of the engine `docker` talks to.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(clap::Args)]
@@ -191,9 +209,12 @@ pub struct Bench {
 
 #[derive(clap::Args)]
 pub struct Ci {
-    /// Skip the local lab and its scenarios (formatting, lints and tests only).
+    /// Skip the labs and their scenarios (formatting, lints and tests only).
     #[arg(long)]
     pub no_lab: bool,
+    /// Skip the lab on a real kind cluster (the offline path; CI never skips it).
+    #[arg(long)]
+    pub no_kind: bool,
 }
 
 #[cfg(test)]

@@ -15,6 +15,32 @@ pub struct Pins {
     pub postgres: Postgres,
     pub kind: Kind,
     pub services: Services,
+    pub kind_offline: KindOffline,
+}
+
+/// The kind runtime without a registry: what `cargo xtask images --offline` builds from.
+#[derive(Clone, Debug, Deserialize)]
+pub struct KindOffline {
+    pub debian_suite: String,
+    pub node_image: String,
+    pub registrar_image: String,
+    pub crictl: GoProgram,
+    pub spiffe_csi_driver: GoProgram,
+    pub coredns: GoProgram,
+    pub local_path_provisioner: GoProgram,
+}
+
+/// A Go program built from its own module at a pinned version.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GoProgram {
+    pub module: String,
+    /// Absent where another pin gives it (the SPIFFE CSI driver's image version).
+    pub version: Option<String>,
+    /// The main package, relative to the module.
+    pub package: String,
+    /// The module's `go.sum` hash, where the checksum database has no record of it.
+    pub sum: Option<String>,
+    pub image: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,7 +1,7 @@
 -- Schema, seed rows and the SPIFFE ID check for the demo database.
 -- Run once, by the database superuser, connected to database "demo", when the data directory is
--- created: by the postgres image's /docker-entrypoint-initdb.d on kind, by `cargo xtask up --local`
--- on the local runtime, and by the backend's integration tests. The backend never changes the schema.
+-- created: by init-db.sh (PostgreSQL's init container on kind, `cargo xtask up --local` on the
+-- local runtime), and by the backend's integration tests. The backend never changes the schema.
 
 CREATE EXTENSION IF NOT EXISTS sslinfo;
 

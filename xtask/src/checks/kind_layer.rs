@@ -41,7 +41,6 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
 
     plans_run_twice(sh, &api, &lab, &pins, existing, rendered.len())?;
     pod_security_warnings_fail(&lab, &rendered)?;
-    superuser_password_is_random(&lab)?;
     rbac_as_the_apiserver_decides(&api)?;
     policy_switch(&mut lab)?;
     rogue_pod(&lab)?;
@@ -172,24 +171,6 @@ fn pod_security_warnings_fail(lab: &KindLab, rendered: &[Value]) -> anyhow::Resu
     println!(
         "a Deployment whose pods PodSecurity would refuse fails its apply (warnings as errors)"
     );
-    Ok(())
-}
-
-fn superuser_password_is_random(lab: &KindLab) -> anyhow::Result<()> {
-    let password = lab.run(&[
-        "-n",
-        NAMESPACE,
-        "get",
-        "secret/postgres-superuser",
-        "-o",
-        "jsonpath={.data.password}",
-    ])?;
-    let password = openssl::base64::decode_block(password.trim())?;
-    ensure!(
-        password.len() == 48 && password.iter().all(u8::is_ascii_hexdigit),
-        "the PostgreSQL superuser password is not 24 random bytes in hex"
-    );
-    println!("the PostgreSQL superuser password is 24 random bytes");
     Ok(())
 }
 

@@ -78,7 +78,7 @@ impl flags::Up {
                     (Some(context), Some(registry)) => kind::Target::Existing { context, registry },
                     _ => kind::Target::Kind,
                 };
-                kind::up(sh, self.dry_run, target)
+                kind::up(sh, self.dry_run, target, self.offline)
             }
         }
     }

@@ -23,6 +23,67 @@ const FWD_POSTGRES: u16 = 15433;
 /// The rogue of the `unregistered` scenario: a pod with service account `rogue`.
 const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
 
+/// One `kubectl port-forward` of one port (one process each: kubectl ends the whole process
+/// when one of its forwarded connections is refused).
+struct Forward {
+    target: &'static str,
+    local: u16,
+    remote: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Forward {
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What scenarios look at inside the pods, each on a local port.
+fn forwards() -> Vec<Forward> {
+    [
+        ("deployment/frontend", FWD_FRONTEND_ADMIN, 9901),
+        ("deployment/backend", FWD_BACKEND_ADMIN, 9901),
+        ("deployment/backend", FWD_BACKEND_MTLS, 8443),
+        ("deployment/backend", FWD_BACKEND_HEALTH, 9091),
+        ("statefulset/postgres", FWD_POSTGRES, 5432),
+    ]
+    .into_iter()
+    .map(|(target, local, remote)| Forward {
+        target,
+        local,
+        remote,
+        child: None,
+    })
+    .collect()
+}
+
+/// Whether a socket listens on 127.0.0.1:`port` (from /proc/net/tcp: connecting to a
+/// port-forward to find out would open a forwarded connection).
+fn listening(port: u16) -> bool {
+    let wanted = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == wanted && f[3] == "0A"
+        })
+    })
+}
+
 /// A process the scenario froze with SIGSTOP: the kind node (a container) and its pid there.
 struct Frozen {
     component: Component,
@@ -36,14 +97,18 @@ pub struct KindLab {
     /// `kubectl` from PATH, and the user's kubeconfig; in tests, a real API server's.
     kubectl: std::path::PathBuf,
     kubeconfig: Option<std::path::PathBuf>,
-    forwards: crate::procs::Children,
+    forwards: std::cell::RefCell<Vec<Forward>>,
     /// Where the rogue's SVID was copied out of its pod.
     rogue_dir: Option<tempfile::TempDir>,
     frozen: Vec<Frozen>,
+    /// The lab's own Docker engine when the cluster runs on it (the offline path).
+    docker_host: Option<String>,
 }
 
 impl KindLab {
     pub fn open(sh: &Shell) -> anyhow::Result<KindLab> {
+        let docker_host = super::offline::attach(sh);
+        let kubectl = super::tools_on_path(sh)?;
         let ctx = context()?;
         cmd!(
             sh,
@@ -55,11 +120,12 @@ impl KindLab {
         .context("the lab is not up on kind: run `cargo xtask up --runtime kind`")?;
         let mut lab = KindLab {
             ctx,
-            kubectl: "kubectl".into(),
+            kubectl,
             kubeconfig: None,
-            forwards: Default::default(),
+            forwards: std::cell::RefCell::new(forwards()),
             rogue_dir: None,
             frozen: Vec::new(),
+            docker_host,
         };
         lab.forward()?;
         Ok(lab)
@@ -72,9 +138,10 @@ impl KindLab {
             ctx: ctx.to_owned(),
             kubectl: kubectl.to_owned(),
             kubeconfig: Some(kubeconfig.to_owned()),
-            forwards: Default::default(),
+            forwards: std::cell::RefCell::new(Vec::new()),
             rogue_dir: None,
             frozen: Vec::new(),
+            docker_host: None,
         }
     }
 
@@ -122,49 +189,35 @@ impl KindLab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// (Re)starts the port-forwards and waits until each local port answers.
+    /// Restarts every port-forward (the pods behind them changed).
     fn forward(&mut self) -> anyhow::Result<()> {
-        // The old port-forwards stop as they are dropped.
-        self.forwards = Default::default();
-        let specs: [(&str, &[(u16, u16)]); 3] = [
-            ("deployment/frontend", &[(FWD_FRONTEND_ADMIN, 9901)]),
-            (
-                "deployment/backend",
-                &[
-                    (FWD_BACKEND_ADMIN, 9901),
-                    (FWD_BACKEND_MTLS, 8443),
-                    (FWD_BACKEND_HEALTH, 9091),
-                ],
-            ),
-            ("statefulset/postgres", &[(FWD_POSTGRES, 5432)]),
-        ];
-        for (target, ports) in specs {
-            let mut c = self.kubectl();
-            c.args(["-n", NAMESPACE, "port-forward", target]);
-            for (local, remote) in ports {
-                c.arg(format!("{local}:{remote}"));
-            }
-            let child = c
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?;
-            self.forwards.0.push(child);
+        for f in self.forwards.get_mut().iter_mut() {
+            f.stop();
         }
-        let started = std::time::Instant::now();
-        for port in [
-            FWD_FRONTEND_ADMIN,
-            FWD_BACKEND_ADMIN,
-            FWD_BACKEND_MTLS,
-            FWD_BACKEND_HEALTH,
-            FWD_POSTGRES,
-        ] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                anyhow::ensure!(
-                    started.elapsed().as_secs() < 30,
-                    "kubectl port-forward to port {port} did not come up"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(200));
+        self.ensure_forwarded()
+    }
+
+    /// Starts each port-forward that does not run (kubectl ends a port-forward when a forwarded
+    /// connection is refused inside the pod, as while a component restarts), and waits until
+    /// its local port listens.
+    fn ensure_forwarded(&self) -> anyhow::Result<()> {
+        for f in self.forwards.borrow_mut().iter_mut() {
+            if f.running() {
+                continue;
             }
+            f.stop();
+            let mut c = self.kubectl();
+            c.args(["-n", NAMESPACE, "port-forward", f.target])
+                .arg(format!("{}:{}", f.local, f.remote))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            f.child = Some(c.spawn()?);
+            let local = f.local;
+            wait_for(Duration::from_secs(30), || {
+                anyhow::ensure!(listening(local), "nothing listens on 127.0.0.1:{local}");
+                Ok(())
+            })
+            .with_context(|| format!("kubectl port-forward {} {local}", f.target))?;
         }
         Ok(())
     }
@@ -200,25 +253,26 @@ impl KindLab {
             .and_then(|s| s["containerID"].as_str())
             .and_then(|id| id.split_once("://").map(|(_, id)| id.to_owned()))
             .with_context(|| format!("{app}'s {container} has no running container"))?;
-        let pid = docker_exec(
-            &node,
-            &[
-                "crictl",
-                "inspect",
-                "--output",
-                "go-template",
-                "--template",
-                "{{.info.pid}}",
-                &id,
-            ],
-        )
-        .with_context(|| format!("finding {app}'s {container} on the kind node {node}"))?;
+        let pid = self
+            .docker_exec(
+                &node,
+                &[
+                    "crictl",
+                    "inspect",
+                    "--output",
+                    "go-template",
+                    "--template",
+                    "{{.info.pid}}",
+                    &id,
+                ],
+            )
+            .with_context(|| format!("finding {app}'s {container} on the kind node {node}"))?;
         let pid = pid.trim().to_owned();
         anyhow::ensure!(
             pid.parse::<u32>().is_ok_and(|p| p > 1),
             "crictl gave no pid for {container}: {pid:?}"
         );
-        signal(&node, &pid, "STOP")?;
+        self.signal(&node, &pid, "STOP")?;
         println!("      froze {app}'s {container} (pid {pid} on {node})");
         self.frozen.push(Frozen {
             component: c,
@@ -230,7 +284,7 @@ impl KindLab {
 
     fn thaw(&mut self, c: Component) -> anyhow::Result<()> {
         for f in self.frozen.iter().filter(|f| f.component == c) {
-            signal(&f.node, &f.pid, "CONT")?;
+            self.signal(&f.node, &f.pid, "CONT")?;
         }
         self.frozen.retain(|f| f.component != c);
         Ok(())
@@ -310,33 +364,39 @@ impl KindLab {
     }
 }
 
-/// Runs a command inside a kind node (a Docker container) and returns what it printed.
-fn docker_exec(node: &str, argv: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new("docker")
-        .args(["exec", node])
-        .args(argv)
-        .output()
-        .context("docker exec")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "docker exec {node} {}: {}",
-        argv.join(" "),
-        crate::procs::printed(&out).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+impl KindLab {
+    /// Runs a command inside a kind node (a Docker container) and returns what it printed.
+    fn docker_exec(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
+        let mut docker = std::process::Command::new("docker");
+        if let Some(host) = &self.docker_host {
+            docker.env("DOCKER_HOST", host);
+        }
+        let out = docker
+            .args(["exec", node])
+            .args(argv)
+            .output()
+            .context("docker exec")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker exec {node} {}: {}",
+            argv.join(" "),
+            crate::procs::printed(&out).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 
-/// Sends SIG`sig` to a process of a kind node, from the node's own PID namespace.
-fn signal(node: &str, pid: &str, sig: &str) -> anyhow::Result<()> {
-    docker_exec(node, &["sh", "-c", "kill -s \"$0\" \"$1\"", sig, pid])?;
-    Ok(())
+    /// Sends SIG`sig` to a process of a kind node, from the node's own PID namespace.
+    fn signal(&self, node: &str, pid: &str, sig: &str) -> anyhow::Result<()> {
+        self.docker_exec(node, &["sh", "-c", "kill -s \"$0\" \"$1\"", sig, pid])?;
+        Ok(())
+    }
 }
 
 impl Drop for KindLab {
     fn drop(&mut self) {
         // Never leave a frozen helper behind, whatever happened to the scenario.
         for f in &self.frozen {
-            let _ = signal(&f.node, &f.pid, "CONT");
+            let _ = self.signal(&f.node, &f.pid, "CONT");
         }
         // The port-forwards stop and the rogue's directory goes as the fields are dropped.
     }
@@ -360,6 +420,7 @@ impl Lab for KindLab {
     }
 
     fn envoy_admin_url(&self, backend: bool) -> String {
+        let _ = self.ensure_forwarded();
         format!(
             "http://127.0.0.1:{}",
             if backend {
@@ -474,6 +535,7 @@ impl Lab for KindLab {
     }
 
     fn holdings(&self) -> Vec<anyhow::Result<Holding>> {
+        let _ = self.ensure_forwarded();
         // The backend's files live in its pod: its own /api/identity, through the frontend.
         let files = || -> anyhow::Result<Holding> {
             let (_, body) = crate::probe::get(&format!("{}/api/identity", self.frontend_url()))?;
@@ -501,6 +563,7 @@ impl Lab for KindLab {
     }
 
     fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
+        let _ = self.ensure_forwarded();
         vec![
             (
                 "backend Envoy (served on its mTLS listener)",
@@ -514,6 +577,7 @@ impl Lab for KindLab {
     }
 
     fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)> {
+        self.ensure_forwarded()?;
         let (status, body) =
             crate::probe::get(&format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/readyz"))?;
         Ok((
@@ -524,6 +588,7 @@ impl Lab for KindLab {
     }
 
     fn backend_envoy_addr(&self) -> String {
+        let _ = self.ensure_forwarded();
         format!("127.0.0.1:{FWD_BACKEND_MTLS}")
     }
 

@@ -3,7 +3,12 @@
 //! `lab` is the scenarios' handle on the running lab. Only this module (and the checks that
 //! exercise it) runs docker, kind or kubectl.
 
+mod engine;
+mod images;
 mod lab;
+mod network;
+mod node;
+pub mod offline;
 pub mod plan;
 
 use anyhow::{Context, bail};
@@ -12,8 +17,9 @@ use xshell::{Shell, cmd};
 
 use crate::lab::Component;
 use crate::pins::Pins;
+pub use engine::ensure_nothing_left;
 pub use lab::KindLab;
-use plan::{Action, CONTEXT_PREFIX, RANDOM_PASSWORD, Step};
+use plan::{Action, CONTEXT_PREFIX, Step};
 pub use plan::{ImageBuild, Target};
 
 /// Where the UI is: the frontend Service's NodePort, mapped to this port on the host by
@@ -25,8 +31,10 @@ fn ui_url() -> String {
     format!("http://localhost:{UI_HOST_PORT}")
 }
 
-/// The Docker engine's version, when one answers: kind can run here.
+/// The Docker engine's version, when one answers (the lab's own, when it runs): kind can run
+/// here.
 pub fn detect(sh: &Shell) -> Option<String> {
+    offline::attach(sh);
     let format = "{{.ServerVersion}}";
     cmd!(sh, "docker info --format {format}")
         .quiet()
@@ -35,6 +43,23 @@ pub fn detect(sh: &Shell) -> Option<String> {
         .ok()
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// Puts the pinned kind and kubectl on `sh`'s PATH where PATH has none; the kubectl to use.
+pub fn tools_on_path(sh: &Shell) -> anyhow::Result<std::path::PathBuf> {
+    let pins = Pins::load(&crate::project_root())?;
+    let dirs = crate::deps::kind_tool_dirs(&pins);
+    if !dirs.is_empty() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined =
+            std::env::join_paths(dirs.iter().cloned().chain(std::env::split_paths(&path)))?;
+        sh.set_var("PATH", &joined);
+    }
+    Ok(dirs
+        .iter()
+        .map(|d| d.join("kubectl"))
+        .find(|k| k.is_file())
+        .unwrap_or_else(|| "kubectl".into()))
 }
 
 /// The kubeconfig context of the kind cluster.
@@ -117,13 +142,20 @@ pub fn placement(c: Component) -> Placement {
     }
 }
 
-/// `docker`, `kind` and `kubectl` answer; each missing one is named with how to get it.
-fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()> {
+/// `docker`, `kind` and `kubectl` answer; each missing one is named with how to get it. True
+/// when the engine predates `docker image save --platform` (Docker 28): its image store holds
+/// one platform per image, so a plain `docker image save` is the archive kind can load.
+fn prerequisites(
+    sh: &Shell,
+    pins: &Pins,
+    target: &Target,
+    build: ImageBuild,
+) -> anyhow::Result<bool> {
     let mut missing = Vec::new();
+    let mut legacy = false;
     if detect(sh).is_none() {
         missing.push("a running Docker engine (`docker info` fails)".to_owned());
-    } else if *target == Target::Kind {
-        // `docker image save --platform` (the image archive step) came with Docker 28.
+    } else if *target == Target::Kind && build != ImageBuild::Offline {
         let format = "{{.Server.Version}}";
         let version = cmd!(sh, "docker version --format {format}")
             .quiet()
@@ -136,10 +168,11 @@ fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()>
             .and_then(|m| m.parse().ok())
             .unwrap_or(0);
         if major < 28 {
-            missing.push(format!(
-                "Docker Engine 28 or newer (found {:?}; `docker image save --platform` is needed)",
+            println!(
+                "Docker Engine {}: the image archive is saved without --platform (its store holds one platform)",
                 version.trim()
-            ));
+            );
+            legacy = true;
         }
     }
     if *target == Target::Kind {
@@ -168,13 +201,29 @@ fn prerequisites(sh: &Shell, pins: &Pins, target: &Target) -> anyhow::Result<()>
             missing.join("; ")
         );
     }
-    Ok(())
+    Ok(legacy)
 }
 
-/// Runs the plan (or prints it with `dry_run`).
-pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
+/// The step as an engine older than Docker 28 takes it: `docker image save` without
+/// `--platform`.
+fn without_save_platform(s: &Step) -> Step {
+    let mut s = s.clone();
+    if let Action::Command(argv) = &mut s.action
+        && argv.starts_with(&["docker".to_owned(), "image".into(), "save".into()])
+        && let Some(at) = argv.iter().position(|a| a == "--platform")
+    {
+        argv.drain(at..at + 2);
+    }
+    s
+}
+
+/// Runs the plan (or prints it with `dry_run`); `offline`, on the lab's own engine with every
+/// image built here.
+pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::Result<()> {
     let pins = Pins::load(&crate::project_root())?;
-    let build = if cmd!(sh, "nix --version")
+    let build = if offline {
+        ImageBuild::Offline
+    } else if cmd!(sh, "nix --version")
         .quiet()
         .ignore_stdout()
         .ignore_stderr()
@@ -198,7 +247,11 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    prerequisites(sh, &pins, &target)?;
+    if offline {
+        offline::use_own_engine(sh)?;
+    }
+    tools_on_path(sh)?;
+    let legacy_engine = prerequisites(sh, &pins, &target, build)?;
     let exists = cmd!(sh, "kind get clusters")
         .quiet()
         .read()
@@ -211,7 +264,12 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target) -> anyhow::Result<()> {
             continue;
         }
         println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
-        run_step(sh, s, false).with_context(|| format!("step {}: {}\n  {s}", i + 1, s.what))?;
+        let s = if legacy_engine {
+            without_save_platform(s)
+        } else {
+            s.clone()
+        };
+        run_step(sh, &s, false).with_context(|| format!("step {}: {}\n  {s}", i + 1, s.what))?;
     }
     match &target {
         Target::Kind => println!(
@@ -240,16 +298,26 @@ pub fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         Action::NixImageLoad { attr, image } => return nix_image_load(sh, attr, image),
-        Action::Command(argv) => argv
-            .iter()
-            .map(|a| {
-                if a == RANDOM_PASSWORD {
-                    format!("--from-literal=password={}", random_password())
-                } else {
-                    a.clone()
-                }
-            })
-            .collect::<Vec<_>>(),
+        Action::BuildImages => {
+            let pins = Pins::load(&crate::project_root())?;
+            let off = crate::deps::ensure_kind_offline(sh, &pins)?;
+            return offline::build_images(sh, &off);
+        }
+        Action::WriteOfflineClusterConfig { path } => {
+            let path = sh.current_dir().join(path);
+            std::fs::create_dir_all(path.parent().context("a directory")?)?;
+            std::fs::write(&path, offline::offline_cluster_config()?)?;
+            return Ok(());
+        }
+        Action::PodNetwork { context } => return network::set_up(sh, context),
+        Action::WriteOfflineOverlay { dir } => {
+            let pins = Pins::load(&crate::project_root())?;
+            let dir = sh.current_dir().join(dir);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("kustomization.yaml"), plan::offline_overlay(&pins))?;
+            return Ok(());
+        }
+        Action::Command(argv) => argv.clone(),
     };
     if !s.already_done.is_empty() || quiet {
         let out = sh
@@ -287,24 +355,26 @@ fn nix_image_load(sh: &Shell, attr: &str, image: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn random_password() -> String {
-    let mut bytes = [0u8; 24];
-    openssl::rand::rand_bytes(&mut bytes).expect("random bytes");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Deletes the kind cluster.
+/// Deletes the kind cluster; on the lab's own engine, stops the engine too and puts the host
+/// back as it was.
 pub fn down(sh: &Shell) -> anyhow::Result<()> {
     let pins = Pins::load(&crate::project_root())?;
+    tools_on_path(sh)?;
     let name = &pins.kind.cluster_name;
+    let own = offline::attach(sh).is_some();
     cmd!(sh, "kind delete cluster --name {name}")
         .run()
         .context("kind delete cluster")?;
+    if own {
+        offline::stop_own_engine(sh)?;
+    }
     Ok(())
 }
 
 /// The pods of both namespaces, and where the UI is.
 pub fn status(sh: &Shell) -> anyhow::Result<()> {
+    offline::attach(sh);
+    tools_on_path(sh)?;
     let ctx = context()?;
     for ns in ["spire-system", NAMESPACE] {
         println!("── {ns}");
@@ -316,6 +386,8 @@ pub fn status(sh: &Shell) -> anyhow::Result<()> {
 
 /// One component's log: `kubectl logs` of its container.
 pub fn logs(sh: &Shell, c: Component, lines: usize) -> anyhow::Result<()> {
+    offline::attach(sh);
+    tools_on_path(sh)?;
     let ctx = context()?;
     let Placement {
         namespace: ns,

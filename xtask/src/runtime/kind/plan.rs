@@ -32,6 +32,15 @@ pub enum Action {
     /// xtask writes a kustomize overlay of `manifests/` whose services' images come from the
     /// registry they were pushed to.
     WriteRegistryOverlay { dir: String, registry: String },
+    /// xtask builds every image into the Docker engine with no registry (`cargo xtask images`).
+    BuildImages,
+    /// xtask writes kind's cluster config for the offline node image: `manifests/kind/cluster.yaml`
+    /// with kind's default CNI left out (it cannot be built offline).
+    WriteOfflineClusterConfig { path: String },
+    /// xtask sets the pod network up on every node (`network.rs`).
+    PodNetwork { context: String },
+    /// xtask writes a kustomize overlay of `manifests/` with the offline path's CSI registrar.
+    WriteOfflineOverlay { dir: String },
 }
 
 impl Step {
@@ -73,6 +82,22 @@ impl fmt::Display for Step {
                 f,
                 "xtask: write {dir}/kustomization.yaml (manifests/, the services' images from {registry})"
             ),
+            Action::BuildImages => write!(
+                f,
+                "xtask: cargo xtask images (every image, no registry; up to date ones are kept)"
+            ),
+            Action::WriteOfflineClusterConfig { path } => write!(
+                f,
+                "xtask: write {path} (manifests/kind/cluster.yaml with disableDefaultCNI)"
+            ),
+            Action::WriteOfflineOverlay { dir } => write!(
+                f,
+                "xtask: write {dir}/kustomization.yaml (manifests/, the lab's own CSI registrar)"
+            ),
+            Action::PodNetwork { context } => write!(
+                f,
+                "xtask: the pod network of {context} (ptp and a route per node, inside the nodes)"
+            ),
         }
     }
 }
@@ -86,13 +111,16 @@ fn command(what: &str, argv: &[&str]) -> Step {
     }
 }
 
-/// How the services' images are built.
+/// How the images are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ImageBuild {
-    /// The flake's `dockerTools.streamLayeredImage` images.
+    /// The services with the flake's `dockerTools.streamLayeredImage`; the rest pulled.
     Nix,
-    /// `manifests/images/Dockerfile`, built inside Docker.
+    /// The services with `manifests/images/Dockerfile`, built inside Docker; the rest pulled.
     Dockerfile,
+    /// Every image, the kind node's included, built by xtask with no registry
+    /// (`cargo xtask images`): the offline path.
+    Offline,
 }
 
 /// Where the lab goes.
@@ -109,12 +137,15 @@ pub const CONTEXT_PREFIX: &str = "kind-";
 pub const CLUSTER_ALIAS: &str = "spiffe://example.org/k8s-cluster/spire-demo";
 /// Where `up --context … --registry …` keeps its overlay of `manifests/` (not committed).
 pub const REGISTRY_OVERLAY: &str = ".lab/registry-overlay";
+/// Where the offline path keeps its overlay of `manifests/`: the CSI registrar it builds in
+/// place of the upstream one (written by `up`, not committed).
+pub const OFFLINE_OVERLAY: &str = ".lab/offline-overlay";
+/// kind's cluster config for the offline node image (written by `up`, not committed).
+pub const OFFLINE_CLUSTER_CONFIG: &str = ".lab/kind/cluster-offline.yaml";
 /// The third-party images, saved for the nodes' platform (not committed).
 const THIRD_PARTY_ARCHIVE: &str = ".lab/images/third-party.tar";
 /// A registration step's failure that means the entry exists already.
 const REGISTERED: &[&str] = &["AlreadyExists", "similar entry already exists"];
-/// The placeholder of the PostgreSQL superuser password, replaced when the step runs.
-pub const RANDOM_PASSWORD: &str = "--from-literal=password=<random>";
 
 /// `kubectl` arguments that run the SPIRE server's CLI inside its pod.
 pub const SERVER_CLI: [&str; 8] = [
@@ -169,6 +200,20 @@ pub fn pushed(image: &str, registry: &str) -> String {
     format!("{registry}/{}", image.rsplit('/').next().unwrap_or(image))
 }
 
+/// The overlay of `manifests/` with the CSI registrar the offline path builds (the upstream
+/// one's module is refused by the Go module proxy).
+pub fn offline_overlay(pins: &Pins) -> String {
+    let upstream = &pins.spiffe_csi_driver.registrar_image;
+    let upstream = upstream
+        .rsplit_once(':')
+        .map_or(upstream.as_str(), |(n, _)| n);
+    let own = &pins.kind_offline.registrar_image;
+    let (name, tag) = own.rsplit_once(':').unwrap_or((own, "latest"));
+    format!(
+        "# Written by `cargo xtask up --runtime kind --offline`: the lab's manifests, with the CSI\n# registrar the offline path builds (xtask/kind-node) in place of the upstream one.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../manifests\nimages:\n- name: {upstream}\n  newName: {name}\n  newTag: \"{tag}\"\n"
+    )
+}
+
 /// The overlay of `manifests/` whose services' images come from `registry`.
 pub fn registry_overlay(pins: &Pins, registry: &str) -> String {
     let mut yaml = String::from(
@@ -190,11 +235,50 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         Target::Existing { context, .. } => context.clone(),
     };
     let kubectl = Kubectl(&context);
+    if build == ImageBuild::Offline {
+        return [
+            vec![Step {
+                what: "every image, built with no registry".into(),
+                action: Action::BuildImages,
+                only_if_new_cluster: false,
+                already_done: &[],
+            }],
+            offline_cluster(pins, &kubectl),
+            vec![command(
+                "load the lab's images into the cluster's nodes",
+                &[
+                    &[
+                        "kind",
+                        "load",
+                        "docker-image",
+                        "--name",
+                        &pins.kind.cluster_name,
+                    ][..],
+                    &lab_images(pins),
+                ]
+                .concat(),
+            )],
+            vec![Step {
+                what: "a kustomize overlay of the manifests with the lab's own CSI registrar"
+                    .into(),
+                action: Action::WriteOfflineOverlay {
+                    dir: OFFLINE_OVERLAY.into(),
+                },
+                only_if_new_cluster: false,
+                already_done: &[],
+            }],
+            manifests(target, &kubectl, OFFLINE_OVERLAY),
+            rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
+            registration(&kubectl),
+            rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
+        ]
+        .concat();
+    }
     [
         cluster(pins, target),
         service_images(pins, build),
         image_delivery(pins, target),
-        manifests(target, &kubectl),
+        manifests(target, &kubectl, "manifests"),
         rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
         registration(&kubectl),
         rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
@@ -234,10 +318,86 @@ fn cluster(pins: &Pins, target: &Target) -> Vec<Step> {
     }]
 }
 
+/// Every image the offline path loads into the nodes: what the manifests name, with the
+/// offline CSI registrar in place of the upstream one.
+pub fn lab_images(pins: &Pins) -> Vec<&str> {
+    let mut images: Vec<&str> = pins
+        .images()
+        .iter()
+        .filter(|i| i.name != "kind node" && i.name != "csi-registrar")
+        .map(|i| i.reference)
+        .collect();
+    images.push(&pins.kind_offline.registrar_image);
+    images.extend(services(pins).map(|(_, image)| image));
+    images
+}
+
+/// The cluster from the offline node image, its pod network, and its nodes and DNS ready.
+fn offline_cluster(pins: &Pins, kubectl: &Kubectl) -> Vec<Step> {
+    let create = [
+        "kind",
+        "create",
+        "cluster",
+        "--name",
+        &pins.kind.cluster_name,
+        "--config",
+        OFFLINE_CLUSTER_CONFIG,
+        "--image",
+        &pins.kind_offline.node_image,
+    ];
+    vec![
+        Step {
+            what: "kind's cluster config for the offline node image".into(),
+            action: Action::WriteOfflineClusterConfig {
+                path: OFFLINE_CLUSTER_CONFIG.into(),
+            },
+            only_if_new_cluster: true,
+            already_done: &[],
+        },
+        Step {
+            only_if_new_cluster: true,
+            ..command(
+                "create the kind cluster from the offline node image",
+                &create,
+            )
+        },
+        Step {
+            what: "the pod network (kind's own is left out offline)".into(),
+            action: Action::PodNetwork {
+                context: kubectl.0.to_owned(),
+            },
+            only_if_new_cluster: false,
+            already_done: &[],
+        },
+        kubectl.step(
+            "wait for the nodes",
+            &[
+                "wait",
+                "--for=condition=Ready",
+                "nodes",
+                "--all",
+                "--timeout=180s",
+            ],
+        ),
+        kubectl.step(
+            "wait for the cluster's DNS",
+            &[
+                "-n",
+                "kube-system",
+                "rollout",
+                "status",
+                "deployment/coredns",
+                "--timeout=180s",
+            ],
+        ),
+    ]
+}
+
 fn service_images(pins: &Pins, build: ImageBuild) -> Vec<Step> {
     services(pins)
         .into_iter()
         .map(|(name, image)| match build {
+            ImageBuild::Offline => unreachable!("the offline plan builds its own images"),
             ImageBuild::Nix => Step {
                 what: format!("build {image} with Nix and load it into docker"),
                 action: Action::NixImageLoad {
@@ -355,26 +515,11 @@ fn image_delivery(pins: &Pins, target: &Target) -> Vec<Step> {
     }
 }
 
-/// The namespaces, the PostgreSQL superuser's Secret, and the manifests (through the registry
-/// overlay on an existing cluster).
-fn manifests(target: &Target, kubectl: &Kubectl) -> Vec<Step> {
-    let mut steps = vec![
-        kubectl.step(
-            "namespaces first (the Secret below lives in demo)",
-            &["apply", "-f", "manifests/namespaces.yaml"],
-        ),
-        Step {
-            already_done: &["already exists"],
-            ..kubectl.step(
-                "PostgreSQL's superuser password: random, never in the repository, never used by pg_hba.conf",
-                &["create", "secret", "generic", "postgres-superuser", "-n", NAMESPACE, RANDOM_PASSWORD],
-            )
-        },
-    ];
+/// The manifests (through the registry overlay on an existing cluster).
+fn manifests(target: &Target, kubectl: &Kubectl, base: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
     match target {
-        Target::Kind => {
-            steps.push(kubectl.step("apply the manifests", &["apply", "-k", "manifests"]))
-        }
+        Target::Kind => steps.push(kubectl.step("apply the manifests", &["apply", "-k", base])),
         Target::Existing { registry, .. } => {
             // An overlay, not `kubectl set image` after the apply: every later `up` would set
             // the base's image back first, and roll the pods out twice.
@@ -497,11 +642,7 @@ mod tests {
         assert!(at("mkdir -p .lab/images") < save);
         assert!(save < at("kind load image-archive --name spire-demo .lab/images/third-party.tar"));
         assert!(at("xtask: nix build .#frontend-image") < load);
-        assert!(
-            at("apply -f manifests/namespaces.yaml")
-                < at("create secret generic postgres-superuser")
-        );
-        assert!(at("create secret generic") < at("apply -k manifests"));
+        assert!(at("kind load docker-image") < at("apply -k manifests"));
         assert!(at("rollout status statefulset/spire-server") < at("-node -spiffeID"));
         for e in registrations() {
             assert!(
@@ -512,9 +653,7 @@ mod tests {
         assert!(at("-spiffeID spiffe://example.org/ns/demo/sa/backend") > at("-node -spiffeID"));
         assert!(lines[at("sa/backend")].ends_with("-dns backend"));
         assert!(
-            lines
-                .iter()
-                .all(|l| !l.contains("password=") || l.contains("<random>")),
+            lines.iter().all(|l| !l.contains("secret")),
             "a secret in the plan"
         );
         assert!(

@@ -140,6 +140,11 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             target: "init.sql".into(),
             edits: vec![],
         },
+        Render {
+            source: "postgres/config/init-db.sh",
+            target: "init-db.sh".into(),
+            edits: vec![],
+        },
     ];
     for (node, health) in NODES.iter().zip(ports.agent_health) {
         v.push(Render {

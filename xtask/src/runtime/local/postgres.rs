@@ -62,22 +62,30 @@ impl LocalLab {
         self.psql_run(db, ["-c".as_ref(), sql.as_ref()])
     }
 
-    /// Starts `initdb` for a new data directory (None when it exists); wait on the child.
+    /// Starts init-db.sh (the script PostgreSQL's init container runs on kind) for a new data
+    /// directory: initdb, init.sql through a socket-only server, stopped again. None when the
+    /// data directory holds a database already; wait on the child with `finish_initdb`.
     pub(super) fn start_initdb(&self) -> anyhow::Result<Option<std::process::Child>> {
+        use std::os::unix::process::CommandExt;
         let data = self.layout().p("postgres/data");
         if data.join("PG_VERSION").exists() {
             return Ok(None);
         }
-        let child = self
-            .pg_command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["--auth=peer", "-E", "UTF8", "--locale=C", "--no-sync"])
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg(self.layout().config("init-db.sh"))
+            .env("PGDATA", &data)
+            .env("PG_INIT_SQL", self.layout().config("init.sql"))
+            .env("PG_INIT_SOCKETS", self.layout().pg_run())
+            .env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.state.tools.pg_bin.display()),
+            )
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("start initdb")?;
-        Ok(Some(child))
+            .stderr(std::process::Stdio::piped());
+        if let Some((uid, gid)) = self.state.pg_user {
+            cmd.uid(uid).gid(gid);
+        }
+        Ok(Some(cmd.spawn().context("start init-db.sh")?))
     }
 
     pub(super) fn initdb(&self) -> anyhow::Result<()> {
@@ -87,21 +95,10 @@ impl LocalLab {
         Ok(())
     }
 
-    /// The demo database from manifests/postgres/config/init.sql, the first time only.
+    /// After PostgreSQL is ready: the benchmark's plaintext baseline reads without the identity
+    /// check (no client certificate, no SPIFFE ID).
     pub(super) fn init_database(&self) -> anyhow::Result<()> {
-        if self.psql(
-            "postgres",
-            "SELECT 1 FROM pg_database WHERE datname = 'demo'",
-        )? == "1"
-        {
-            return Ok(());
-        }
-        self.psql("postgres", "CREATE DATABASE demo")?;
-        let init = self.layout().config("init.sql");
-        self.psql_run("demo", ["-f".as_ref(), init.as_os_str()])
-            .context("init.sql")?;
         if self.state.profile == Profile::Plaintext {
-            // No client certificate, no SPIFFE ID: the baseline reads without the identity check.
             self.psql("demo", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY")?;
         }
         Ok(())
@@ -111,7 +108,10 @@ impl LocalLab {
 pub(super) fn finish_initdb(child: std::process::Child) -> anyhow::Result<()> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "init-db.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

@@ -10,6 +10,9 @@ use xshell::{Shell, cmd};
 
 use crate::pins::Pins;
 
+mod kind_offline;
+pub use kind_offline::{OfflineKind, ensure_kind_offline};
+
 /// Where each external program of the local runtime is.
 #[derive(Clone, Debug)]
 pub struct Tools {
@@ -24,6 +27,10 @@ pub struct Tools {
 impl crate::flags::Deps {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let tools = ensure(sh, !self.no_test_tools)?;
+        if self.kind_offline {
+            let pins = Pins::load(&crate::project_root())?;
+            ensure_kind_offline(sh, &pins)?;
+        }
         println!("\nAll set. Local binaries:");
         for (name, path) in [
             ("spire-server", &tools.spire_server),
@@ -112,11 +119,14 @@ pub struct KubeApiBins {
 struct RepoGo {
     name: &'static str,
     programs: &'static [(&'static str, &'static str)],
+    /// Static binaries (cgo off), for images with no C library.
+    static_only: bool,
 }
 
 const PSA: RepoGo = RepoGo {
     name: "psa",
     programs: &[(".", "psa-check")],
+    static_only: false,
 };
 
 const KUBE_API: RepoGo = RepoGo {
@@ -126,6 +136,7 @@ const KUBE_API: RepoGo = RepoGo {
         ("k8s.io/kubernetes/cmd/kube-apiserver", "kube-apiserver"),
         ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
     ],
+    static_only: false,
 };
 
 impl RepoGo {
@@ -151,11 +162,16 @@ impl RepoGo {
 
     /// Every program, or an error naming `cargo xtask deps`.
     fn find(&self) -> anyhow::Result<PathBuf> {
+        self.find_with("cargo xtask deps")
+    }
+
+    /// Every program, or an error naming `fix`.
+    fn find_with(&self, fix: &str) -> anyhow::Result<PathBuf> {
         let dir = self.out_dir()?;
         for (_, name) in self.programs {
             anyhow::ensure!(
                 dir.join(name).is_file(),
-                "{name} (xtask/{}) is not built: run `cargo xtask deps`",
+                "{name} (xtask/{}) is not built: run `{fix}`",
                 self.name
             );
         }
@@ -177,6 +193,7 @@ impl RepoGo {
         for (package, name) in missing {
             println!("building {name} (xtask/{}) with Go…", self.name);
             let partial = dir.join(format!("{name}.partial"));
+            let _cgo = self.static_only.then(|| sh.push_env("CGO_ENABLED", "0"));
             cmd!(
                 sh,
                 "go build -trimpath -mod=readonly -ldflags {ldflags} -o {partial} {package}"
@@ -486,7 +503,39 @@ struct Apt {
     updated: bool,
 }
 
+/// apt's hook that asks before a package starts a service; answering 101 forbids it.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
 impl Apt {
+    /// Installs packages that ship a daemon (Debian's docker.io) without letting their
+    /// maintainer scripts start it: a system dockerd would set up NAT and change the host's
+    /// firewall. The lab starts its own engine when it needs one.
+    fn install_without_starting(
+        &mut self,
+        sh: &Shell,
+        packages: &[&str],
+        what: &str,
+    ) -> anyhow::Result<()> {
+        if !is_root() {
+            return self.install(sh, packages, what);
+        }
+        let earlier = std::fs::read(POLICY_RC_D).ok();
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# cargo xtask deps: no service starts\nexit 101\n",
+        )?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let result = self.install(sh, packages, what);
+        match earlier {
+            Some(text) => std::fs::write(POLICY_RC_D, text)?,
+            None => std::fs::remove_file(POLICY_RC_D)?,
+        }
+        result
+    }
+
     fn install(&mut self, sh: &Shell, packages: &[&str], what: &str) -> anyhow::Result<()> {
         if !is_root() {
             bail!(
@@ -624,6 +673,25 @@ fn build_helper(sh: &Shell, pins: &Pins, helper: &Path) -> anyhow::Result<()> {
     .context("build spiffe-helper")?;
     std::fs::rename(&partial, helper)?;
     Ok(())
+}
+
+/// Directories holding the pinned `kind` and `kubectl` that `cargo xtask deps` built, for a
+/// machine whose PATH has neither (CI, air-gapped hosts).
+pub fn kind_tool_dirs(pins: &Pins) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if on_path("kind").is_none()
+        && let Some(dir) = kind_path(pins)
+            .parent()
+            .filter(|d| d.join("kind").is_file())
+    {
+        dirs.push(dir.to_owned());
+    }
+    if on_path("kubectl").is_none()
+        && let Ok(dir) = KUBE_API.find()
+    {
+        dirs.push(dir);
+    }
+    dirs
 }
 
 #[cfg(test)]
