@@ -35,6 +35,11 @@ impl flags::Ci {
         let t = stage("local binaries (cargo xtask deps)");
         crate::deps::ensure(sh, true)?;
         times.push(("deps", t.elapsed()));
+        // The offline kind path's builds (many minutes on a new machine) run at low priority
+        // beside the tests and the local lab, which mostly wait; the kind stage waits for them.
+        let kind_deps = (!self.no_lab && !self.no_kind)
+            .then(BackgroundDeps::start)
+            .transpose()?;
 
         let t = stage("the Nix flake, as far as it can be checked without nixpkgs");
         crate::checks::nix::check(sh)?;
@@ -58,10 +63,11 @@ impl flags::Ci {
             local::ensure_nothing_left()?;
             times.push(("bench --quick", t.elapsed()));
         }
-        if !self.no_lab && !self.no_kind {
+        if let Some(deps) = kind_deps {
             let t = stage(
                 "the lab on a real kind cluster, offline (its own engine, every image built here)",
             );
+            deps.wait()?;
             let result = kind_checks(sh);
             let down = crate::runtime::kind::down(sh);
             result?;
@@ -128,4 +134,53 @@ fn kind_checks(sh: &Shell) -> anyhow::Result<()> {
     kind::status(sh)?;
     kind::logs(sh, crate::lab::Component::Backend, 5)?;
     scenario::verdict(&reports)
+}
+
+/// `cargo xtask deps --kind-offline` in a child process at the lowest CPU priority, its output
+/// in a log file.
+struct BackgroundDeps {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    started: Instant,
+}
+
+impl BackgroundDeps {
+    fn start() -> anyhow::Result<BackgroundDeps> {
+        let log = crate::project_root().join("target/ci-kind-offline-deps.log");
+        std::fs::create_dir_all(log.parent().context("target/")?)?;
+        let out = std::fs::File::create(&log)?;
+        let child = std::process::Command::new("nice")
+            .args(["-n", "19"])
+            .arg(std::env::current_exe()?)
+            .args(["deps", "--no-test-tools", "--kind-offline"])
+            .current_dir(crate::project_root())
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("start `cargo xtask deps --kind-offline` in the background")?;
+        println!(
+            "the offline kind path's builds run in the background (log: {})",
+            log.display()
+        );
+        Ok(BackgroundDeps {
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    fn wait(mut self) -> anyhow::Result<()> {
+        let status = self.child.wait()?;
+        ensure!(
+            status.success(),
+            "`cargo xtask deps --kind-offline` failed; its log ends:\n{}",
+            crate::procs::tail(&self.log, 30)
+        );
+        println!(
+            "the offline kind path's builds were done {:.0} s after they started",
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
 }

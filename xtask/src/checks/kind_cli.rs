@@ -11,12 +11,13 @@ use crate::runtime::kind::plan::{ImageBuild, Target, plan};
 /// usage). Returns how many commands were checked.
 pub fn check_kind_commands(kind: &std::path::Path) -> anyhow::Result<usize> {
     let pins = Pins::load(&crate::project_root())?;
-    let mut argvs: Vec<Vec<String>> = [ImageBuild::Nix, ImageBuild::Dockerfile]
-        .into_iter()
-        .flat_map(|b| plan(&pins, b, &Target::Kind))
-        .filter(|s| s.runs("kind"))
-        .map(|s| s.argv()[1..].to_vec())
-        .collect();
+    let mut argvs: Vec<Vec<String>> =
+        [ImageBuild::Nix, ImageBuild::Dockerfile, ImageBuild::Offline]
+            .into_iter()
+            .flat_map(|b| plan(&pins, b, &Target::Kind))
+            .filter(|s| s.runs("kind"))
+            .map(|s| s.argv()[1..].to_vec())
+            .collect();
     argvs.sort();
     argvs.dedup();
     let name = pins.kind.cluster_name.clone();

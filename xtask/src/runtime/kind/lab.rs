@@ -367,7 +367,7 @@ impl KindLab {
 impl KindLab {
     /// Runs a command inside a kind node (a Docker container) and returns what it printed.
     fn docker_exec(&self, node: &str, argv: &[&str]) -> anyhow::Result<String> {
-        let mut docker = std::process::Command::new("docker");
+        let mut docker = std::process::Command::new(super::container_cli());
         if let Some(host) = &self.docker_host {
             docker.env("DOCKER_HOST", host);
         }

@@ -11,7 +11,7 @@ mod node;
 pub mod offline;
 pub mod plan;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use contract::NAMESPACE;
 use xshell::{Shell, cmd};
 
@@ -31,12 +31,26 @@ fn ui_url() -> String {
     format!("http://localhost:{UI_HOST_PORT}")
 }
 
-/// The Docker engine's version, when one answers (the lab's own, when it runs): kind can run
+/// The container engine's CLI: `podman` when kind is told to use Podman
+/// (`KIND_EXPERIMENTAL_PROVIDER=podman`), else `docker` (Docker, or Podman Desktop's Docker CLI).
+pub fn container_cli() -> &'static str {
+    match std::env::var("KIND_EXPERIMENTAL_PROVIDER").as_deref() {
+        Ok("podman") => "podman",
+        _ => "docker",
+    }
+}
+
+/// The container engine's version, when one answers (the lab's own, when it runs): kind can run
 /// here.
 pub fn detect(sh: &Shell) -> Option<String> {
     offline::attach(sh);
-    let format = "{{.ServerVersion}}";
-    cmd!(sh, "docker info --format {format}")
+    let cli = container_cli();
+    let format = if cli == "podman" {
+        "{{.Version.Version}}"
+    } else {
+        "{{.ServerVersion}}"
+    };
+    cmd!(sh, "{cli} info --format {format}")
         .quiet()
         .ignore_stderr()
         .read()
@@ -153,8 +167,15 @@ fn prerequisites(
 ) -> anyhow::Result<bool> {
     let mut missing = Vec::new();
     let mut legacy = false;
+    let cli = container_cli();
     if detect(sh).is_none() {
-        missing.push("a running Docker engine (`docker info` fails)".to_owned());
+        missing.push(format!("a running container engine (`{cli} info` fails)"));
+    } else if cli == "podman" {
+        ensure!(
+            build != ImageBuild::Offline,
+            "the offline path runs its own Docker engine; unset KIND_EXPERIMENTAL_PROVIDER for it"
+        );
+        println!("container engine: Podman (KIND_EXPERIMENTAL_PROVIDER=podman)");
     } else if *target == Target::Kind && build != ImageBuild::Offline {
         let format = "{{.Server.Version}}";
         let version = cmd!(sh, "docker version --format {format}")
@@ -204,15 +225,36 @@ fn prerequisites(
     Ok(legacy)
 }
 
-/// The step as an engine older than Docker 28 takes it: `docker image save` without
-/// `--platform`.
-fn without_save_platform(s: &Step) -> Step {
+/// The engine the plan's container steps go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Docker,
+    /// No `--platform` on `docker image save`, and a classic image store with one platform per
+    /// image: a plain save is the archive kind can load.
+    DockerBefore28,
+    /// `podman` in place of `docker`; `podman save` of several images needs
+    /// `--multi-image-archive` and has no `--platform` (its store holds the pulled platform).
+    Podman,
+}
+
+/// A plan step as `engine` takes it (the plan is written for Docker 28 or newer).
+pub fn for_engine(s: &Step, engine: Engine) -> Step {
     let mut s = s.clone();
-    if let Action::Command(argv) = &mut s.action
-        && argv.starts_with(&["docker".to_owned(), "image".into(), "save".into()])
-        && let Some(at) = argv.iter().position(|a| a == "--platform")
-    {
+    let Action::Command(argv) = &mut s.action else {
+        return s;
+    };
+    if argv.first().map(String::as_str) != Some("docker") || engine == Engine::Docker {
+        return s;
+    }
+    let save = argv.starts_with(&["docker".to_owned(), "image".into(), "save".into()]);
+    if save && let Some(at) = argv.iter().position(|a| a == "--platform") {
         argv.drain(at..at + 2);
+    }
+    if engine == Engine::Podman {
+        argv[0] = "podman".into();
+        if save {
+            argv.splice(1..3, ["save".to_owned(), "--multi-image-archive".into()]);
+        }
     }
     s
 }
@@ -242,8 +284,13 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
             Target::Existing { context, .. } => format!("the cluster of context {context}"),
         };
         println!("`cargo xtask up` on {on} would run, in order (`xtask:` marks its own steps):");
+        let engine = if container_cli() == "podman" {
+            Engine::Podman
+        } else {
+            Engine::Docker
+        };
         for (i, s) in plan.iter().enumerate() {
-            println!("{:>3}. {}\n     {s}", i + 1, s.what);
+            println!("{:>3}. {}\n     {}", i + 1, s.what, for_engine(s, engine));
         }
         return Ok(());
     }
@@ -251,7 +298,13 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
         offline::use_own_engine(sh)?;
     }
     tools_on_path(sh)?;
-    let legacy_engine = prerequisites(sh, &pins, &target, build)?;
+    let engine = if prerequisites(sh, &pins, &target, build)? {
+        Engine::DockerBefore28
+    } else if container_cli() == "podman" {
+        Engine::Podman
+    } else {
+        Engine::Docker
+    };
     let exists = cmd!(sh, "kind get clusters")
         .quiet()
         .read()
@@ -264,11 +317,7 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
             continue;
         }
         println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
-        let s = if legacy_engine {
-            without_save_platform(s)
-        } else {
-            s.clone()
-        };
+        let s = for_engine(s, engine);
         run_step(sh, &s, false).with_context(|| format!("step {}: {}\n  {s}", i + 1, s.what))?;
     }
     match &target {
@@ -344,7 +393,7 @@ fn nix_image_load(sh: &Shell, attr: &str, image: &str) -> anyhow::Result<()> {
     let mut stream = std::process::Command::new(script.trim())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    let status = std::process::Command::new("docker")
+    let status = std::process::Command::new(container_cli())
         .arg("load")
         .stdin(stream.stdout.take().context("no stdout")?)
         .status()?;
@@ -411,6 +460,37 @@ pub fn logs(sh: &Shell, c: Component, lines: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Engines older than Docker 28 and Podman get the image archive they can make.
+    #[test]
+    fn container_steps_for_each_engine() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let plan = plan::plan(&pins, ImageBuild::Dockerfile, &Target::Kind);
+        let save = plan
+            .iter()
+            .find(|s| {
+                s.argv()
+                    .starts_with(&["docker".into(), "image".into(), "save".into()])
+            })
+            .unwrap();
+        assert!(save.argv().contains(&"--platform".to_owned()));
+        let old = for_engine(save, Engine::DockerBefore28);
+        assert!(!old.argv().contains(&"--platform".to_owned()));
+        assert_eq!(old.argv()[..3], ["docker", "image", "save"]);
+        let podman = for_engine(save, Engine::Podman);
+        assert_eq!(
+            podman.argv()[..3],
+            ["podman", "save", "--multi-image-archive"]
+        );
+        assert!(!podman.argv().contains(&"--platform".to_owned()));
+        let build = plan
+            .iter()
+            .find(|s| s.argv().get(1).is_some_and(|a| a == "build"))
+            .unwrap();
+        assert_eq!(for_engine(build, Engine::Podman).argv()[0], "podman");
+        let kind = plan.iter().find(|s| s.runs("kind")).unwrap();
+        assert_eq!(for_engine(kind, Engine::Podman), *kind);
+    }
 
     /// The kind cluster: the pinned name and node image, the UI's NodePort on the host port
     /// `ui_url` names.

@@ -113,3 +113,21 @@ pub fn stop_own_engine(sh: &Shell) -> anyhow::Result<()> {
         .run();
     engine::stop()
 }
+
+#[cfg(test)]
+mod tests {
+    /// The offline cluster config is the shared one with kind's default CNI off, nothing else.
+    #[test]
+    fn offline_cluster_config_only_disables_the_default_cni() {
+        let shared: serde_json::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(crate::project_root().join("manifests/kind/cluster.yaml"))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut offline: serde_json::Value =
+            serde_yaml_ng::from_str(&super::offline_cluster_config().unwrap()).unwrap();
+        assert_eq!(offline["networking"]["disableDefaultCNI"], true);
+        offline.as_object_mut().unwrap().remove("networking");
+        assert_eq!(offline, shared);
+    }
+}

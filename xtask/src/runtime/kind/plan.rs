@@ -728,4 +728,61 @@ mod tests {
             "{yaml}"
         );
     }
+
+    /// The offline plan: images built first, the cluster from the offline node image with its
+    /// config written just before, the pod network before the nodes are awaited, every lab image
+    /// loaded from the engine (the lab's own registrar, not the upstream one), the overlay that
+    /// names it written before it is applied, and nothing pulled.
+    #[test]
+    fn offline_plan_is_complete_and_ordered() {
+        let pins = Pins::load(&crate::project_root()).unwrap();
+        let plan = plan(&pins, ImageBuild::Offline, &Target::Kind);
+        let at = |f: &dyn Fn(&Step) -> bool| {
+            plan.iter()
+                .position(f)
+                .unwrap_or_else(|| panic!("{:#?}", plan))
+        };
+        assert_eq!(plan[0].action, Action::BuildImages);
+        let config = at(&|s| matches!(s.action, Action::WriteOfflineClusterConfig { .. }));
+        let create = at(&|s| s.argv().starts_with(&["kind".into(), "create".into()]));
+        assert!(config < create && plan[create].only_if_new_cluster);
+        let argv = plan[create].argv().join(" ");
+        assert!(
+            argv.contains(&format!("--image {}", pins.kind_offline.node_image)),
+            "{argv}"
+        );
+        assert!(
+            argv.contains(&format!("--config {OFFLINE_CLUSTER_CONFIG}")),
+            "{argv}"
+        );
+        let network = at(&|s| matches!(s.action, Action::PodNetwork { .. }));
+        let nodes = at(&|s| s.argv().iter().any(|a| a == "--for=condition=Ready"));
+        assert!(create < network && network < nodes);
+        let load = at(&|s| {
+            s.argv()
+                .starts_with(&["kind".into(), "load".into(), "docker-image".into()])
+        });
+        let loaded = plan[load].argv();
+        assert!(loaded.contains(&pins.kind_offline.registrar_image));
+        assert!(!loaded.contains(&pins.spiffe_csi_driver.registrar_image));
+        for image in [
+            &pins.services.backend_image,
+            &pins.postgres.image,
+            &pins.envoy.image,
+        ] {
+            assert!(loaded.contains(image), "{image} is not loaded");
+        }
+        let overlay = at(&|s| matches!(s.action, Action::WriteOfflineOverlay { .. }));
+        let apply = at(&|s| s.argv().ends_with(&["-k".into(), OFFLINE_OVERLAY.into()]));
+        assert!(load < apply && overlay < apply);
+        assert!(
+            plan.iter().all(|s| !s.runs("docker")),
+            "the offline plan pulls nothing"
+        );
+        let yaml = offline_overlay(&pins);
+        assert!(
+            yaml.contains("- name: registry.k8s.io/sig-storage/csi-node-driver-registrar\n  newName: spire-lab/csi-node-driver-registrar\n  newTag: \"0.1.0\"\n"),
+            "{yaml}"
+        );
+    }
 }
