@@ -144,6 +144,16 @@ struct BackgroundDeps {
     started: Instant,
 }
 
+impl Drop for BackgroundDeps {
+    /// An earlier stage failed: the builds are not waited for.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl BackgroundDeps {
     fn start() -> anyhow::Result<BackgroundDeps> {
         let log = crate::project_root().join("target/ci-kind-offline-deps.log");
