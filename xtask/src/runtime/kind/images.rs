@@ -56,9 +56,13 @@ fn digest(parts: &[Vec<u8>]) -> String {
     d[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Size and modification time stand for a file's content.
+/// A small file stands for itself; for a large one (a binary in the cache), its size and
+/// modification time do.
 fn file_stamp(p: &Path) -> anyhow::Result<Vec<u8>> {
     let m = std::fs::metadata(p).with_context(|| format!("{} is missing", p.display()))?;
+    if m.len() < 1 << 20 {
+        return Ok(std::fs::read(p)?);
+    }
     let mtime = m
         .modified()?
         .duration_since(std::time::UNIX_EPOCH)

@@ -500,6 +500,24 @@ impl Lab for KindLab {
         ])?;
         self.apply_yaml(&yaml, &[])
             .context("kubectl apply of the RBAC policy")?;
+        // The kubelet refreshes a ConfigMap volume on its next sync of the pod, up to a minute
+        // or two later; a change to the pod's annotations makes that sync happen now. Nothing
+        // restarts: Envoy notices the new file itself, as it does locally.
+        let stamp = format!(
+            "spire-lab/rbac-policy={}-{}",
+            p.file().trim_end_matches(".yaml"),
+            contract::time::unix_now()
+        );
+        self.run(&[
+            "-n",
+            NAMESPACE,
+            "annotate",
+            "pod",
+            "-l",
+            "app=backend",
+            &stamp,
+            "--overwrite",
+        ])?;
         Ok(())
     }
 

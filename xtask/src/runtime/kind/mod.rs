@@ -311,6 +311,7 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
         .unwrap_or_default()
         .lines()
         .any(|l| l == pins.kind.cluster_name);
+    let started = std::time::Instant::now();
     for (i, s) in plan.iter().enumerate() {
         if s.only_if_new_cluster && exists {
             println!("[{:>2}/{}] {} (exists already)", i + 1, plan.len(), s.what);
@@ -318,11 +319,16 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
         }
         println!("[{:>2}/{}] {}", i + 1, plan.len(), s.what);
         let s = for_engine(s, engine);
+        let t = std::time::Instant::now();
         run_step(sh, &s, false).with_context(|| format!("step {}: {}\n  {s}", i + 1, s.what))?;
+        if t.elapsed().as_secs() >= 2 {
+            println!("        ({:.0} s)", t.elapsed().as_secs_f64());
+        }
     }
     match &target {
         Target::Kind => println!(
-            "\nThe lab is up on kind: open {}\nNext: cargo xtask status · cargo xtask scenario all --runtime kind · cargo xtask down",
+            "\nThe lab is up on kind in {:.0} s: open {}\nNext: cargo xtask status · cargo xtask scenario all --runtime kind · cargo xtask down",
+            started.elapsed().as_secs_f64(),
             ui_url()
         ),
         Target::Existing { context, .. } => println!(

@@ -237,6 +237,7 @@ pub fn build(
         return Ok(());
     }
     println!("building the kind node image {name} (no registry; a minute or two)…");
+    let started = std::time::Instant::now();
     let _ = cmd!(sh, "docker rm -f {BUILD_CONTAINER}")
         .quiet()
         .ignore_stdout()
@@ -265,6 +266,12 @@ pub fn build(
         version: format!("v{}", pins.kind.kubernetes_openapi),
     };
     let result = assemble(sh, off, &node, &inputs, name);
+    if result.is_ok() {
+        println!(
+            "  ok  {name} built ({:.0} s)",
+            started.elapsed().as_secs_f64()
+        );
+    }
     let _ = cmd!(sh, "docker rm -f {BUILD_CONTAINER}")
         .quiet()
         .ignore_stdout()
@@ -395,7 +402,6 @@ fn assemble(
         .quiet()
         .ignore_stdout()
         .run()?;
-    println!("  ok  {name} built");
     Ok(())
 }
 

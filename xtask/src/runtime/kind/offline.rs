@@ -34,6 +34,7 @@ pub fn attach(sh: &Shell) -> Option<String> {
 
 /// Builds every image into the engine `sh` talks to; up-to-date ones are kept.
 pub fn build_images(sh: &Shell, off: &deps::OfflineKind) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let pins = Pins::load(&crate::project_root())?;
     let tools = deps::find(&pins)?;
     println!("building the services (release)…");
@@ -65,7 +66,18 @@ pub fn build_images(sh: &Shell, off: &deps::OfflineKind) -> anyhow::Result<()> {
     let baked: Vec<images::ImageSpec> = control.iter().chain(&addons).cloned().collect();
     let pause = images::pause_image(&control)?;
     print!("[{:>2}/{}] ", all.len() + 1, all.len() + 1);
-    node::build(sh, off, &pins, &base, &baked, pause)
+    node::build(sh, off, &pins, &base, &baked, pause)?;
+    // Earlier builds of the same names, untagged now, would fill the lab cache.
+    cmd!(sh, "docker image prune --force")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("remove the images earlier builds left untagged")?;
+    println!(
+        "every image is ready ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 impl flags::Images {
