@@ -204,27 +204,34 @@ fn holder_serials(lab: &dyn Lab) -> BTreeMap<Holder, (String, Option<i64>)> {
         .collect()
 }
 
-/// Sets a short TTL and waits until all four holders hold a certificate of that TTL.
+/// Sets a short TTL and waits until all four holders hold a certificate issued after the change
+/// with that TTL. A holder's current certificate may still be a short one left by an earlier
+/// scenario, while the certificate of the default TTL that its end asked for is on its way: only
+/// a new serial counts.
 fn shorten_ttl(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     step(&format!(
         "set the X.509-SVID TTL of the three workloads to {ttl} s"
     ));
+    let before: BTreeMap<Holder, String> = holder_serials(lab)
+        .into_iter()
+        .map(|(h, (serial, _))| (h, serial))
+        .collect();
     lab.set_svid_ttl(Some(ttl))?;
     let started = Instant::now();
     loop {
         let h = holder_serials(lab);
-        if h.len() == Holder::ALL.len()
-            && h.values()
-                .all(|(_, left)| left.is_some_and(|l| l <= i64::from(ttl)))
-        {
+        let moved = |holder: &Holder, serial: &String, left: &Option<i64>| {
+            before.get(holder) != Some(serial) && left.is_some_and(|l| l <= i64::from(ttl))
+        };
+        if h.len() == Holder::ALL.len() && h.iter().all(|(k, (s, l))| moved(k, s, l)) {
             r.say(format!(
-                "all four holders hold {ttl} s SVIDs after {:.1} s",
+                "all four holders hold new {ttl} s SVIDs after {:.1} s",
                 started.elapsed().as_secs_f64()
             ));
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(u64::from(ttl) + 30) {
-            bail!("not every holder moved to a {ttl} s SVID: {h:?}");
+            bail!("not every holder moved to a new {ttl} s SVID: {h:?}");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
