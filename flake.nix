@@ -12,7 +12,7 @@
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system:
         f (import nixpkgs { inherit system; }));
       pins = import ./nix/pins.nix;
-      rust = pkgs: import ./nix/rust.nix { inherit pkgs crane; root = ./.; };
+      rust = pkgs: import ./nix/rust.nix { inherit pkgs crane pins; root = ./.; };
     in
     {
       packages = forAllSystems (pkgs:
@@ -22,7 +22,7 @@
         } // import ./nix/images.nix { inherit pkgs; inherit (r) frontend backend; });
 
       devShells = forAllSystems (pkgs: {
-        default = import ./nix/shell.nix { inherit pkgs; };
+        default = import ./nix/shell.nix { inherit pkgs pins; };
       });
 
       checks = forAllSystems (pkgs: (rust pkgs).checks);

@@ -1,6 +1,7 @@
 # The Rust workspace with crane: dependencies built once, one package per crate, and the checks.
-{ pkgs, crane, root }:
+{ pkgs, crane, pins, root }:
 let
+  postgresql = pkgs."postgresql_${toString pins.postgres.major}";
   craneLib = crane.mkLib pkgs;
   lib = pkgs.lib;
 
@@ -49,8 +50,8 @@ in
     # in `cargo xtask ci`: nixpkgs carries other versions than the pinned ones.
     tests = craneLib.cargoNextest (commonArgs // {
       inherit cargoArtifacts;
-      nativeCheckInputs = [ pkgs.postgresql_15 ];
-      LAB_PG_BIN = "${pkgs.postgresql_15}/bin";
+      nativeCheckInputs = [ postgresql ];
+      LAB_PG_BIN = "${postgresql}/bin";
       cargoNextestExtraArgs = "--workspace -E 'not (binary(browser) | test(/validat/) | test(/^kube::/))'";
     });
   };

@@ -1,7 +1,11 @@
 # `nix develop`: every tool xtask and both runtimes use.
 # nixpkgs carries SPIRE 1.14.x and spiffe-helper 0.10.x; `cargo xtask deps` builds the pinned
 # versions (nix/pins.json) with the Go from this shell when the ones on PATH differ.
-{ pkgs }:
+{ pkgs, pins }:
+let
+  # The pinned PostgreSQL major, as on both runtimes.
+  postgresql = pkgs."postgresql_${toString pins.postgres.major}";
+in
 pkgs.mkShell {
   packages = with pkgs; [
     cargo
@@ -19,10 +23,10 @@ pkgs.mkShell {
     spire
     spiffe-helper
     envoy-bin
-    postgresql_15
+    postgresql
     chromium
     chromedriver
     nix
   ];
-  LAB_PG_BIN = "${pkgs.postgresql_15}/bin";
+  LAB_PG_BIN = "${postgresql}/bin";
 }

@@ -1,116 +1,9 @@
-//! `nix/pins.json`: the one source of every external version and image reference.
-
-use std::path::Path;
+//! `cargo xtask pins`: show the pins, verify and lock image digests against the registries. The
+//! types of `nix/pins.json` are the `pins` crate's, shared with the tests.
 
 use anyhow::Context;
 
-use serde::Deserialize;
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Pins {
-    pub spire: Spire,
-    pub spiffe_helper: SpiffeHelper,
-    pub spiffe_csi_driver: CsiDriver,
-    pub envoy: Envoy,
-    pub postgres: Postgres,
-    pub kind: Kind,
-    pub services: Services,
-    pub kind_offline: KindOffline,
-}
-
-/// The kind runtime without a registry: what `cargo xtask images --offline` builds from.
-#[derive(Clone, Debug, Deserialize)]
-pub struct KindOffline {
-    pub debian_suite: String,
-    pub node_image: String,
-    pub registrar_image: String,
-    pub crictl: GoProgram,
-    pub spiffe_csi_driver: GoProgram,
-    pub coredns: GoProgram,
-    pub local_path_provisioner: GoProgram,
-}
-
-/// A Go program built from its own module at a pinned version.
-#[derive(Clone, Debug, Deserialize)]
-pub struct GoProgram {
-    pub module: String,
-    /// Absent where another pin gives it (the SPIFFE CSI driver's image version).
-    pub version: Option<String>,
-    /// The main package, relative to the module.
-    pub package: String,
-    /// The module's `go.sum` hash, where the checksum database has no record of it.
-    pub sum: Option<String>,
-    pub image: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct CsiDriver {
-    pub version: String,
-    pub image: String,
-    pub digest: Option<String>,
-    pub registrar_image: String,
-    pub registrar_digest: Option<String>,
-}
-
-/// The lab's own images, built from this repository (the flake, or `cargo xtask up`'s fallback).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Services {
-    pub version: String,
-    pub frontend_image: String,
-    pub backend_image: String,
-    /// The base images of `manifests/images/Dockerfile`, the build without Nix.
-    pub build_image: String,
-    pub runtime_image: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Spire {
-    pub version: String,
-    pub go_module: String,
-    pub go_min: String,
-    pub server_image: String,
-    pub server_digest: Option<String>,
-    pub agent_image: String,
-    pub agent_digest: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct SpiffeHelper {
-    pub version: String,
-    pub go_module: String,
-    pub go_min: String,
-    pub image: String,
-    pub digest: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Envoy {
-    pub version: String,
-    pub pypi: String,
-    pub image: String,
-    pub digest: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Postgres {
-    pub major: u32,
-    pub debian_package: String,
-    pub image: String,
-    pub digest: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Kind {
-    pub version: String,
-    pub cluster_name: String,
-    pub node_image: String,
-    pub node_digest: Option<String>,
-    /// kustomize renders the manifests (built with Go for the static validation).
-    pub kustomize: String,
-    pub kustomize_go_module: String,
-    /// The Kubernetes release whose OpenAPI (k8s.io/kubernetes, api/openapi-spec) validates them.
-    pub kubernetes_openapi: String,
-}
+pub use ::pins::*;
 
 impl crate::flags::Pins {
     pub fn run(self, sh: &xshell::Shell) -> anyhow::Result<()> {
@@ -134,8 +27,11 @@ impl crate::flags::Pins {
                     pins.envoy.version, pins.envoy.pypi
                 );
                 println!(
-                    "  PostgreSQL     {} (Debian: {})",
-                    pins.postgres.major, pins.postgres.debian_package
+                    "  PostgreSQL     {} (npm: {}@{}; psql from Debian's {})",
+                    pins.postgres.version,
+                    pins.postgres.npm_package,
+                    pins.postgres.npm_version,
+                    pins.postgres.client_debian_package
                 );
                 println!(
                     "  kind           {} (cluster {})",
@@ -277,9 +173,14 @@ pub fn with_digests(text: &str, updates: &[(&str, &str, String)]) -> anyhow::Res
     Ok(serde_json::to_string_pretty(&v)? + "\n")
 }
 
-impl Pins {
+/// The third-party images among the pins.
+pub trait PinnedImages {
     /// Every third-party image: a name, the tagged reference and its digest when known.
-    pub fn images(&self) -> Vec<Image<'_>> {
+    fn images(&self) -> Vec<Image<'_>>;
+}
+
+impl PinnedImages for Pins {
+    fn images(&self) -> Vec<Image<'_>> {
         fn image<'a>(
             name: &'static str,
             reference: &'a str,
@@ -354,13 +255,6 @@ impl Pins {
             ),
         ]
     }
-
-    pub fn load(root: &Path) -> anyhow::Result<Pins> {
-        let path = root.join("nix/pins.json");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
-    }
 }
 
 #[cfg(test)]
@@ -383,6 +277,29 @@ mod tests {
                 assert!(d.starts_with("sha256:") && d.len() == 71, "{}: {d}", i.name);
             }
         }
+    }
+
+    /// One PostgreSQL release everywhere: the image tag, the npm build and the major agree.
+    #[test]
+    fn postgres_is_one_release_on_both_runtimes() {
+        let pg = Pins::load(&crate::project_root()).unwrap().postgres;
+        assert!(pg.version.starts_with(&format!("{}.", pg.major)), "{pg:?}");
+        assert!(
+            pg.major >= 17,
+            "the login event trigger needs PostgreSQL 17"
+        );
+        assert_eq!(pg.image, format!("postgres:{}", pg.version));
+        assert!(
+            pg.npm_version.starts_with(&format!("{}.", pg.version)),
+            "the npm build {} is not PostgreSQL {}",
+            pg.npm_version,
+            pg.version
+        );
+        assert!(
+            pg.npm_integrity.starts_with("sha512-"),
+            "{}",
+            pg.npm_integrity
+        );
     }
 
     #[test]

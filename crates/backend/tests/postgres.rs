@@ -1,4 +1,4 @@
-//! The backend against a real PostgreSQL 15 with the lab's pg_hba.conf, postgresql.conf and
+//! The backend against a real PostgreSQL (the pinned release) with the lab's pg_hba.conf, postgresql.conf and
 //! init.sql, over mTLS with SVID-shaped certificates from a test CA.
 //!
 //! Real SPIRE-issued SVIDs (and spiffe-helper's rotations) are covered by the local runtime:
@@ -202,10 +202,49 @@ async fn postgres_refuses_a_client_certificate_with_another_cn() {
     );
 }
 
+/// CN `backend` passes certificate authentication whatever the SPIFFE ID; the login trigger
+/// ends such a session at login, names the ID it saw, and says so in PostgreSQL's log.
 #[tokio::test(flavor = "multi_thread")]
-async fn postgres_refuses_cn_backend_with_another_spiffe_id_and_names_it() {
+async fn postgres_refuses_cn_backend_with_another_spiffe_id_at_login_and_names_it() {
     let ca = TestCa::new("example.org");
     let pg = Postgres::start(&ca, &postgres_leaf());
+    let svids = tempfile::tempdir().unwrap();
+    let rogue = "spiffe://example.org/ns/demo/sa/rogue";
+    ca.write_svid(svids.path(), &Leaf::new(rogue, Some("backend")));
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "db_refused");
+    let reason = body["reason"].as_str().unwrap();
+    let refusal = format!(
+        "SPIFFE ID {rogue} may not log in as backend; only {} may",
+        *BACKEND_ID
+    );
+    assert!(reason.contains(&refusal), "{reason}");
+    let log = pg.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("FATAL") && l.contains(&refusal)),
+        "PostgreSQL's log does not show the refusal:\n{log}"
+    );
+    // No session of the rogue is left to list or end anything.
+    let sessions = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'backend'",
+    );
+    assert_eq!(sessions.trim(), "0");
+}
+
+/// Row-level security stays as the second line: with the login trigger disabled, the same
+/// certificate logs in but reading orders is refused, naming the ID.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_login_check_off_row_level_security_still_refuses_and_names_the_id() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    pg.psql(
+        "demo",
+        "ALTER EVENT TRIGGER backend_login_needs_the_backend_spiffe_id DISABLE",
+    );
     let svids = tempfile::tempdir().unwrap();
     let rogue = "spiffe://example.org/ns/demo/sa/rogue";
     ca.write_svid(svids.path(), &Leaf::new(rogue, Some("backend")));
@@ -218,6 +257,29 @@ async fn postgres_refuses_cn_backend_with_another_spiffe_id_and_names_it() {
         reason.contains(&format!("SPIFFE ID {rogue} may not read orders")),
         "{reason}"
     );
+}
+
+/// The superuser over the Unix socket is another role: the login check never locks it out, and
+/// the real backend still logs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_check_leaves_the_superuser_and_the_real_backend_in() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    assert_eq!(pg.psql("demo", "SELECT count(*) FROM orders").trim(), "3");
+    let enabled = pg.psql(
+        "demo",
+        "SELECT evtenabled FROM pg_event_trigger WHERE evtname = 'backend_login_needs_the_backend_spiffe_id' AND evtevent = 'login'",
+    );
+    assert_eq!(
+        enabled.trim(),
+        "O",
+        "the login trigger is not there and enabled"
+    );
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    let (status, body) = get(&app, "/api/orders").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

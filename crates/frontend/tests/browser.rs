@@ -1,5 +1,5 @@
 //! A person's view: real headless Chromium clicks **Run Demo** on a running frontend, which calls
-//! a running backend, which reads a real PostgreSQL 15 over mTLS.
+//! a running backend, which reads a real PostgreSQL (the pinned release) over mTLS.
 //!
 //! The frontend calls the backend directly here (no Envoys, certificates from a test CA); the same
 //! click through both Envoys with SPIRE-issued SVIDs is the local runtime's `happy` scenario.

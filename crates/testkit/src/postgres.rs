@@ -1,4 +1,5 @@
-//! A real PostgreSQL 15 started from the lab's own postgresql.conf, pg_hba.conf and init.sql.
+//! A real PostgreSQL of the pinned release (nix/pins.json) started from the lab's own
+//! postgresql.conf, pg_hba.conf and init.sql.
 //!
 //! The server's and the backend's certificates come from a test CA shaped like SPIRE's
 //! (see `svid::test_ca`); SPIRE-issued SVIDs are covered by the local runtime.
@@ -19,22 +20,23 @@ pub static BACKEND_ID: std::sync::LazyLock<String> =
 pub static POSTGRES_ID: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| contract::Workload::Postgres.spiffe_id());
 
-/// The PostgreSQL 15 server binaries, or a panic that says how to install them.
-pub fn pg_bindir() -> PathBuf {
-    let candidates = std::env::var_os("LAB_PG_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("/usr/lib/postgresql/15/bin")]);
-    for dir in candidates {
-        if dir.join("postgres").is_file() && dir.join("initdb").is_file() {
-            return dir;
-        }
-    }
-    panic!(
-        "PostgreSQL 15 server binaries (postgres, initdb) not found.\n\
-         Install them with `cargo xtask deps` or `sudo apt-get install postgresql-15 postgresql-contrib`,\n\
-         or point LAB_PG_BIN at the directory holding them."
-    );
+/// The pinned PostgreSQL server's binaries and a psql, or a panic that says how to install them.
+pub fn pg_bins() -> (PathBuf, PathBuf) {
+    let pg = pins::Pins::of_this_repository()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .postgres;
+    let how =
+        "install them with `cargo xtask deps`, or point LAB_PG_BIN at the directory holding them";
+    let server = pg.server_bin().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL {} server binaries (postgres, initdb, pg_ctl) not found: {how}",
+            pg.version
+        )
+    });
+    let psql = pg.psql().unwrap_or_else(|| {
+        panic!("no psql found: {how} (Debian: apt-get install postgresql-client)")
+    });
+    (server, psql)
 }
 
 /// The operating-system user PostgreSQL runs as: `postgres` when the tests run as root
@@ -57,6 +59,7 @@ pub struct Postgres {
     root: PathBuf,
     pub port: u16,
     bindir: PathBuf,
+    psql_bin: PathBuf,
     user: Option<(u32, u32)>,
     child: Option<Child>,
 }
@@ -72,7 +75,7 @@ pub fn free_port() -> u16 {
 impl Postgres {
     /// initdb, the lab's postgresql.conf and pg_hba.conf, the server SVID `server`, init.sql.
     pub fn start(ca: &TestCa, server: &Leaf) -> Postgres {
-        let bindir = pg_bindir();
+        let (bindir, psql_bin) = pg_bins();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_owned();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -94,6 +97,7 @@ impl Postgres {
             root,
             port: free_port(),
             bindir,
+            psql_bin,
             user,
             child: None,
         };
@@ -109,7 +113,7 @@ impl Postgres {
         pg.psql("postgres", "CREATE DATABASE demo");
         let init = pg.root.join("config/init.sql");
         pg.run(
-            Command::new(pg.bindir.join("psql"))
+            Command::new(&pg.psql_bin)
                 .args(pg.socket_args())
                 .args(["-d", "demo", "-v", "ON_ERROR_STOP=1", "-q", "-f"])
                 .arg(init),
@@ -166,11 +170,15 @@ impl Postgres {
 
     /// Runs SQL as the superuser over the Unix socket; returns unaligned rows.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        self.run(
-            Command::new(self.bindir.join("psql"))
-                .args(self.socket_args())
-                .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-AtX", "-c", sql]),
-        )
+        self.run(Command::new(&self.psql_bin).args(self.socket_args()).args([
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-AtX",
+            "-c",
+            sql,
+        ]))
     }
 
     pub fn log(&self) -> String {
@@ -213,7 +221,7 @@ impl Postgres {
         loop {
             let ok = self
                 .as_pg_user(
-                    Command::new(self.bindir.join("psql"))
+                    Command::new(&self.psql_bin)
                         .args(self.socket_args())
                         .args(["-d", "postgres", "-AtXc", "SELECT 1"]),
                 )

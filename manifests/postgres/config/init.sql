@@ -21,17 +21,18 @@ INSERT INTO orders (id, description, status) VALUES
 
 -- The SPIFFE ID of this connection's client certificate: the URI in its subjectAltName, or NULL.
 CREATE FUNCTION client_spiffe_id() RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$
     SELECT substring(value FROM 'URI:(spiffe://[^,[:space:]]+)')
     FROM ssl_extension_info()
     WHERE name = 'subjectAltName'
 $$;
 
 -- Certificate authentication checks only the chain and the CN, so a certificate with CN "backend"
--- and any other SPIFFE ID would get in. This check refuses every SPIFFE ID but the one allowed,
--- and names the one it saw.
+-- and any other SPIFFE ID would get in. The login trigger below refuses such a session before it
+-- can do anything; this check is the second line, on the table itself: it refuses every SPIFFE
+-- ID but the one allowed, and names the one it saw.
 CREATE FUNCTION require_client_spiffe_id(allowed text) RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, public AS $$
 DECLARE
     seen text := client_spiffe_id();
 BEGIN
@@ -48,3 +49,28 @@ ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
 CREATE POLICY orders_only_for_the_backend_svid ON orders FOR SELECT TO backend
     USING (require_client_spiffe_id('spiffe://example.org/ns/demo/sa/backend'));
 GRANT SELECT ON orders TO backend;
+
+-- The first line (PostgreSQL 17 and later): every session of role "backend" whose client
+-- certificate does not carry the backend's SPIFFE ID ends at login, before it can read, list or
+-- end anything, with a message naming the ID it saw (also in PostgreSQL's log). Other roles are
+-- not checked: the superuser over the Unix socket is never locked out.
+CREATE FUNCTION refuse_other_spiffe_ids_at_login() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    allowed constant text := 'spiffe://example.org/ns/demo/sa/backend';
+    seen text;
+BEGIN
+    IF session_user <> 'backend' THEN
+        RETURN;
+    END IF;
+    seen := client_spiffe_id();
+    IF seen IS DISTINCT FROM allowed THEN
+        RAISE EXCEPTION 'SPIFFE ID % may not log in as backend; only % may',
+            coalesce(seen, '(none: no client certificate with a SPIFFE ID)'), allowed
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER backend_login_needs_the_backend_spiffe_id ON login
+    EXECUTE FUNCTION refuse_other_spiffe_ids_at_login();

@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::pins::PinnedImages;
 use xshell::{Shell, cmd};
 
 /// Renders the manifests and checks them without a cluster: the Kubernetes schemas, then the

@@ -69,30 +69,24 @@ struct Rootfs {
     hooks: &'static [(&'static str, &'static str)],
 }
 
-/// The components' base: what the lab's images need (TLS, PostgreSQL with the official image's
-/// postgres user, uid 999) and kube-proxy's packet filters. One base keeps the images' shared
-/// layer loaded once per node.
+/// The components' base: what the lab's images need (TLS; PostgreSQL's client programs, psql
+/// and pg_isready, and the official image's postgres user, uid 999; the server itself is the
+/// pinned npm build the local runtime runs) and kube-proxy's packet filters. One base keeps the
+/// images' shared layer loaded once per node.
 const BASE: Rootfs = Rootfs {
     name: "base",
     packages: &[
         "ca-certificates",
         "libssl3",
-        "postgresql-15",
+        "postgresql-client",
         "iptables",
         "nftables",
         "conntrack",
     ],
-    hooks: &[
-        (
-            "--essential-hook",
-            "echo 'postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash' >> \"$1/etc/passwd\" && echo 'postgres:x:999:' >> \"$1/etc/group\" && echo 'postgres:*:20000:0:99999:7:::' >> \"$1/etc/shadow\"",
-        ),
-        // The package's own cluster: the lab's is made by its init container.
-        (
-            "--customize-hook",
-            "rm -rf \"$1/var/lib/postgresql/15\" \"$1/etc/postgresql/15\"",
-        ),
-    ],
+    hooks: &[(
+        "--essential-hook",
+        "echo 'postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash' >> \"$1/etc/passwd\" && echo 'postgres:x:999:' >> \"$1/etc/group\" && echo 'postgres:*:20000:0:99999:7:::' >> \"$1/etc/shadow\"",
+    )],
 };
 
 /// A kind node: systemd, containerd, runc, the packet filters and the CNI plugins, with what

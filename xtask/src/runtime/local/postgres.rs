@@ -22,7 +22,12 @@ pub(super) fn pg_user() -> anyhow::Result<Option<(u32, u32)>> {
 impl LocalLab {
     fn pg_command(&self, program: &str) -> std::process::Command {
         use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new(self.state.tools.pg_bin.join(program));
+        let t = &self.state.tools;
+        let path = match program {
+            "psql" => t.psql.clone(),
+            _ => t.pg_bin.join(program),
+        };
+        let mut cmd = std::process::Command::new(path);
         if let Some((uid, gid)) = self.state.pg_user {
             cmd.uid(uid).gid(gid);
         }
@@ -76,16 +81,25 @@ impl LocalLab {
             .env("PGDATA", &data)
             .env("PG_INIT_SQL", self.layout().config("init.sql"))
             .env("PG_INIT_SOCKETS", self.layout().pg_run())
-            .env(
-                "PATH",
-                format!("{}:/usr/bin:/bin", self.state.tools.pg_bin.display()),
-            )
+            .env("PATH", self.pg_path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         if let Some((uid, gid)) = self.state.pg_user {
             cmd.uid(uid).gid(gid);
         }
         Ok(Some(cmd.spawn().context("start init-db.sh")?))
+    }
+
+    /// PATH for init-db.sh: the server's programs, then psql's directory.
+    fn pg_path(&self) -> String {
+        let t = &self.state.tools;
+        let psql_dir = t.psql.parent().map(|d| d.display().to_string());
+        [Some(t.pg_bin.display().to_string()), psql_dir]
+            .into_iter()
+            .flatten()
+            .chain(["/usr/bin".into(), "/bin".into()])
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     pub(super) fn initdb(&self) -> anyhow::Result<()> {
@@ -95,10 +109,14 @@ impl LocalLab {
         Ok(())
     }
 
-    /// After PostgreSQL is ready: the benchmark's plaintext baseline reads without the identity
-    /// check (no client certificate, no SPIFFE ID).
+    /// After PostgreSQL is ready: the benchmark's plaintext baseline logs in and reads without
+    /// the identity checks (no client certificate, no SPIFFE ID).
     pub(super) fn init_database(&self) -> anyhow::Result<()> {
         if self.state.profile == Profile::Plaintext {
+            self.psql(
+                "demo",
+                "ALTER EVENT TRIGGER backend_login_needs_the_backend_spiffe_id DISABLE",
+            )?;
             self.psql("demo", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY")?;
         }
         Ok(())

@@ -47,6 +47,7 @@ pub struct ToolPaths {
     pub spiffe_helper: PathBuf,
     pub envoy: PathBuf,
     pub pg_bin: PathBuf,
+    pub psql: PathBuf,
 }
 
 impl From<&Tools> for ToolPaths {
@@ -57,6 +58,7 @@ impl From<&Tools> for ToolPaths {
             spiffe_helper: t.spiffe_helper.clone(),
             envoy: t.envoy.clone(),
             pg_bin: t.pg_bin.clone(),
+            psql: t.psql.clone(),
         }
     }
 }
