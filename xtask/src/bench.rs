@@ -450,19 +450,12 @@ fn memory(idle: &BTreeMap<String, f64>, loaded: &BTreeMap<String, f64>, figures:
 /// A fresh TLS connection (handshake with the backend's SVID, certificate authentication, one
 /// query) against one query on a connection already open.
 fn db_connections(lab: &LocalLab, sizes: &Sizes, figures: &mut Figures) -> anyhow::Result<()> {
-    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
     println!("══ bench: database connections");
     let (dir, addr) = lab.db_client();
     let (host, port) = addr.rsplit_once(':').context("host:port")?;
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    b.set_certificate_chain_file(dir.join("svid.pem"))?;
-    b.set_private_key_file(dir.join("svid_key.pem"), SslFiletype::PEM)?;
-    b.set_ca_file(dir.join("svid_bundle.pem"))?;
-    let mut tls = postgres_openssl::MakeTlsConnector::new(b.build());
-    tls.set_callback(|c, _| {
-        c.set_verify_hostname(false);
-        Ok(())
-    });
+    let id = crate::probe::ClientIdentity::from_helper_files(&dir)?;
+    let trust = openssl::x509::X509::stack_from_pem(&std::fs::read(dir.join("svid_bundle.pem"))?)?;
+    let tls = crate::probe::postgres_tls(&id, &trust, &contract::Workload::Postgres.spiffe_id())?;
     let conninfo = format!("host={host} port={port} dbname=demo user=backend sslmode=require");
     let started = Instant::now();
     for _ in 0..sizes.fresh_connections {

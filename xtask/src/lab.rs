@@ -86,6 +86,56 @@ impl Policy {
     }
 }
 
+/// A listener that only its own pod may reach (it binds the pod's loopback): what an insider in
+/// another pod, or any other process, must not get to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodListener {
+    /// The backend's API, meant to be reached only through its Envoy (mTLS and RBAC).
+    BackendApi,
+    /// The backend Envoy's admin (`/quitquitquit`, `/drain_listeners`, `/runtime_modify`).
+    BackendEnvoyAdmin,
+    /// The frontend Envoy's admin.
+    FrontendEnvoyAdmin,
+    /// The frontend Envoy's outbound listener, which calls the backend as the frontend.
+    FrontendEnvoyOutbound,
+}
+
+impl PodListener {
+    pub const ALL: [PodListener; 4] = [
+        PodListener::BackendApi,
+        PodListener::BackendEnvoyAdmin,
+        PodListener::FrontendEnvoyAdmin,
+        PodListener::FrontendEnvoyOutbound,
+    ];
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            PodListener::BackendApi => "the backend's API (plain HTTP, behind its Envoy)",
+            PodListener::BackendEnvoyAdmin => "the backend Envoy's admin",
+            PodListener::FrontendEnvoyAdmin => "the frontend Envoy's admin",
+            PodListener::FrontendEnvoyOutbound => {
+                "the frontend Envoy's outbound listener (calls the backend as the frontend)"
+            }
+        }
+    }
+}
+
+/// What a TCP connection from another pod to a pod's own listener met.
+#[derive(Clone, Debug)]
+pub enum Reach {
+    /// It connected: the listener is not private to its pod.
+    Connected { addr: String },
+    /// It did not, and why (as the connecting side saw it).
+    Refused { addr: String, reason: String },
+}
+
+/// An X.509-SVID minted by the running SPIRE server for an identity no workload holds.
+pub struct Minted {
+    pub identity: crate::probe::ClientIdentity,
+    /// The trust bundle it came with.
+    pub bundle: Vec<X509>,
+}
+
 /// One certificate holder's current certificate.
 #[derive(Clone, Debug)]
 pub struct Holding {
@@ -164,6 +214,23 @@ pub trait Lab {
     /// Connects to PostgreSQL as user `backend` with the rogue's certificate (`dir`, or on kind
     /// the same files inside the rogue pod) and reads orders.
     fn query_postgres_with(&self, dir: &std::path::Path) -> anyhow::Result<String>;
+    /// An X.509-SVID for `spiffe_id` (first DNS name, the certificate's CN: `dns`) from the
+    /// running SPIRE server's `x509 mint`: signed by the lab's CA, registered nowhere.
+    fn mint_svid(
+        &self,
+        spiffe_id: &str,
+        dns: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<Minted>;
+    /// host:port of PostgreSQL's TLS listener, reachable from here.
+    fn postgres_addr(&self) -> String;
+    /// TCP connections, from a pod of no workload (made for this and removed after), to each
+    /// pod's own listener at that pod's address. Only where `Capabilities::shared_loopback` is
+    /// None.
+    fn reach_from_another_pod(
+        &mut self,
+        targets: &[PodListener],
+    ) -> anyhow::Result<Vec<(PodListener, Reach)>>;
 }
 
 /// How a runtime behaves, where a scenario must allow for it.
@@ -175,4 +242,7 @@ pub struct Capabilities {
     /// How long a changed RBAC policy may take to reach the backend's Envoy (a ConfigMap
     /// reaches a pod's volume only on the kubelet's next sync).
     pub policy_propagation: Duration,
+    /// None where each pod has a loopback of its own (Kubernetes; the local runtime as root);
+    /// else why every component shares one, which no scenario can then prove private.
+    pub shared_loopback: Option<&'static str>,
 }

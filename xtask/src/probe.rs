@@ -179,3 +179,244 @@ pub fn tls_without_client_cert(addr: &str) -> anyhow::Result<String> {
         Err(e) => Ok(e.to_string()),
     }
 }
+
+/// A client's certificate chain and private key, held in memory.
+pub struct ClientIdentity {
+    pub chain: Vec<X509>,
+    pub key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+impl ClientIdentity {
+    /// spiffe-helper's files: `svid.pem` (the chain) and `svid_key.pem` in `dir`.
+    pub fn from_helper_files(dir: &Path) -> anyhow::Result<ClientIdentity> {
+        let chain = X509::stack_from_pem(&std::fs::read(dir.join("svid.pem"))?)?;
+        let key =
+            openssl::pkey::PKey::private_key_from_pem(&std::fs::read(dir.join("svid_key.pem"))?)?;
+        anyhow::ensure!(!chain.is_empty(), "{}: no certificate", dir.display());
+        Ok(ClientIdentity { chain, key })
+    }
+
+    fn present(&self, b: &mut openssl::ssl::SslConnectorBuilder) -> anyhow::Result<()> {
+        b.set_certificate(&self.chain[0])?;
+        for c in &self.chain[1..] {
+            b.add_extra_chain_cert(c.clone())?;
+        }
+        b.set_private_key(&self.key)?;
+        Ok(())
+    }
+}
+
+/// What a server did with an attempt.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// It answered (an HTTP status and body, or PostgreSQL's rows).
+    Served(String),
+    /// It refused: the TLS alert, the HTTP error status, or PostgreSQL's error.
+    Refused(String),
+}
+
+/// A TLS client that presents `id` (if any) and accepts only a server that chains to `trust`
+/// and proves `server_id` (its URI SAN).
+fn tls_client(
+    id: Option<&ClientIdentity>,
+    trust: &[X509],
+    server_id: &str,
+) -> anyhow::Result<openssl::ssl::SslConnectorBuilder> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if let Some(id) = id {
+        id.present(&mut b)?;
+    }
+    let mut store = X509StoreBuilder::new()?;
+    for ca in trust {
+        store.add_cert(ca.clone())?;
+    }
+    b.set_verify_cert_store(store.build())?;
+    let expected = server_id.to_owned();
+    b.set_verify_callback(SslVerifyMode::PEER, move |ok, ctx| {
+        if ctx.error_depth() != 0 {
+            return ok;
+        }
+        ok && ctx
+            .current_cert()
+            .and_then(|c| svid::spiffe_id_of(c).ok())
+            .is_some_and(|id| id.as_str() == expected)
+    });
+    Ok(b)
+}
+
+/// GET `path` over TLS as `id`: the HTTP answer, or the refusal (with TLS 1.3 a refused client
+/// certificate arrives as an alert on the first read, after the handshake). An address that
+/// cannot be connected to at all is an error, not a refusal.
+pub fn https_get_as(
+    addr: &str,
+    path: &str,
+    id: Option<&ClientIdentity>,
+    trust: &[X509],
+    server_id: &str,
+) -> anyhow::Result<(Option<u16>, Answer)> {
+    let mut conf = tls_client(id, trust, server_id)?.build().configure()?;
+    conf.set_verify_hostname(false);
+    let tcp = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = match conf.connect("backend", tcp) {
+        Ok(tls) => tls,
+        Err(e) => return Ok((None, Answer::Refused(format!("TLS: {e}")))),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n");
+    if let Err(e) = tls.ssl_write(request.as_bytes()) {
+        // The server closed after its alert (TLS 1.3 checks our certificate after the
+        // handshake): the alert is still there to read.
+        let mut buf = [0u8; 64];
+        let why = match tls.ssl_read(&mut buf) {
+            Err(alert) if alert.ssl_error().is_some() => alert.to_string(),
+            _ => e.to_string(),
+        };
+        return Ok((None, Answer::Refused(format!("TLS: {why}"))));
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tls.ssl_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if raw.is_empty() => return Ok((None, Answer::Refused(format!("TLS: {e}")))),
+            Err(_) => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some(status) = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+    else {
+        return Ok((
+            None,
+            Answer::Refused("connection closed without an answer".into()),
+        ));
+    };
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
+        .unwrap_or_default();
+    let line = format!("HTTP {status}: {body}");
+    Ok((
+        Some(status),
+        if status < 400 {
+            Answer::Served(line)
+        } else {
+            Answer::Refused(line)
+        },
+    ))
+}
+
+/// A plaintext HTTP request to a listener that expects TLS: whatever came back. An HTTP answer
+/// means plaintext was served.
+pub fn plaintext_http(addr: &str, path: &str) -> anyhow::Result<Answer> {
+    let mut tcp = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let sent = write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::new();
+    let read = tcp.read_to_end(&mut raw);
+    if let Err(e) = sent
+        && raw.is_empty()
+    {
+        return Ok(Answer::Refused(format!(
+            "closed before the request was written ({e})"
+        )));
+    }
+    if raw.starts_with(b"HTTP/") {
+        let line = String::from_utf8_lossy(&raw);
+        return Ok(Answer::Served(
+            line.lines().next().unwrap_or_default().to_owned(),
+        ));
+    }
+    Ok(Answer::Refused(match (read, raw.len()) {
+        (_, 0) => "connection closed, no HTTP answer".into(),
+        (_, n) => format!("{n} bytes that are no HTTP (a TLS alert), then closed"),
+    }))
+}
+
+/// PostgreSQL's TLS for a client presenting `id`, accepting only a server that proves
+/// `server_id`.
+pub fn postgres_tls(
+    id: &ClientIdentity,
+    trust: &[X509],
+    server_id: &str,
+) -> anyhow::Result<postgres_openssl::MakeTlsConnector> {
+    let mut tls =
+        postgres_openssl::MakeTlsConnector::new(tls_client(Some(id), trust, server_id)?.build());
+    tls.set_callback(|c, _| {
+        c.set_verify_hostname(false);
+        Ok(())
+    });
+    Ok(tls)
+}
+
+/// Logs in to PostgreSQL at `addr` as role `backend` of database demo — over TLS as `id`, or in
+/// plaintext with None — and runs `sql`: its rows, or PostgreSQL's refusal (severity, SQLSTATE
+/// and message; or the TLS failure). An address that cannot be connected to is an error.
+pub fn postgres_as(
+    addr: &str,
+    id: Option<&ClientIdentity>,
+    trust: &[X509],
+    server_id: &str,
+    sql: &str,
+) -> anyhow::Result<Answer> {
+    TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    let (host, port) = addr.rsplit_once(':').context("host:port")?;
+    let mut config = postgres::Config::new();
+    config
+        .host(host)
+        .port(port.parse()?)
+        .dbname("demo")
+        .user("backend")
+        .connect_timeout(Duration::from_secs(5));
+    let client = match id {
+        Some(id) => config
+            .ssl_mode(postgres::config::SslMode::Require)
+            .connect(postgres_tls(id, trust, server_id)?),
+        None => config
+            .ssl_mode(postgres::config::SslMode::Disable)
+            .connect(postgres::NoTls),
+    };
+    let refusal = |e: postgres::Error| match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text += &format!(": {s_text}");
+                }
+                source = s.source();
+            }
+            text
+        }
+    };
+    let mut client = match client {
+        Ok(c) => c,
+        Err(e) => return Ok(Answer::Refused(refusal(e))),
+    };
+    Ok(match client.simple_query(sql) {
+        Ok(messages) => {
+            let rows: Vec<String> = messages
+                .iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => Some(
+                        (0..r.len())
+                            .map(|i| r.get(i).unwrap_or(""))
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            Answer::Served(format!("rows: {}", rows.join("; ")))
+        }
+        Err(e) => Answer::Refused(refusal(e)),
+    })
+}

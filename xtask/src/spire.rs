@@ -121,3 +121,48 @@ mod tests {
         assert!(!rogue.is_workload());
     }
 }
+
+/// The arguments of `spire-server x509 mint` after its socket: an SVID for `spiffe_id` (with
+/// `dns` as its first DNS name, so its CN) for `ttl`, printed as JSON.
+pub fn mint_args(spiffe_id: &str, dns: Option<&str>, ttl: std::time::Duration) -> Vec<String> {
+    let mut args = vec![
+        "-spiffeID".to_owned(),
+        spiffe_id.to_owned(),
+        "-ttl".into(),
+        format!("{}s", ttl.as_secs().max(1)),
+        "-output".into(),
+        "json".into(),
+    ];
+    if let Some(dns) = dns {
+        args.extend(["-dns".to_owned(), dns.to_owned()]);
+    }
+    args
+}
+
+/// What `spire-server x509 mint -output json` printed: the SVID's chain and key (base64 DER)
+/// and the root CAs.
+pub fn minted(json: &str) -> anyhow::Result<crate::lab::Minted> {
+    use anyhow::Context;
+    use openssl::x509::X509;
+    #[derive(serde::Deserialize)]
+    struct Mint {
+        x509_svid: Vec<String>,
+        private_key: String,
+        root_cas: Vec<String>,
+    }
+    let m: Mint = serde_json::from_str(json.trim())
+        .with_context(|| format!("`x509 mint` printed something else: {json}"))?;
+    let der = |b64: &str| openssl::base64::decode_block(b64).context("base64 in `x509 mint`");
+    let certs = |list: &[String]| -> anyhow::Result<Vec<X509>> {
+        list.iter().map(|c| Ok(X509::from_der(&der(c)?)?)).collect()
+    };
+    let chain = certs(&m.x509_svid)?;
+    anyhow::ensure!(!chain.is_empty(), "`x509 mint` gave no certificate");
+    Ok(crate::lab::Minted {
+        identity: crate::probe::ClientIdentity {
+            chain,
+            key: openssl::pkey::PKey::private_key_from_der(&der(&m.private_key)?)?,
+        },
+        bundle: certs(&m.root_cas)?,
+    })
+}

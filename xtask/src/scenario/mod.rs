@@ -2,6 +2,7 @@
 //! evidence as it goes and ends with PASS or FAIL. The scenarios themselves are in `cases`.
 
 mod cases;
+mod security;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -27,10 +28,11 @@ pub enum Scenario {
     Rotation,
     ServerOutage,
     HelperDown,
+    Security,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Happy,
         Scenario::Rbac,
         Scenario::DbDown,
@@ -39,6 +41,7 @@ impl Scenario {
         Scenario::Rotation,
         Scenario::ServerOutage,
         Scenario::HelperDown,
+        Scenario::Security,
     ];
 
     pub fn name(self) -> String {
@@ -57,6 +60,7 @@ impl Scenario {
             Scenario::DbDown => cases::db_down(lab, r),
             Scenario::EnvoyDown => cases::envoy_down(lab, r),
             Scenario::HelperDown => cases::helper_down(lab, r, ttl),
+            Scenario::Security => security::security(lab, r),
         }
     }
 }

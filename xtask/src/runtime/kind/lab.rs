@@ -9,7 +9,7 @@ use xshell::{Shell, cmd};
 
 use super::plan::{CLUSTER_ALIAS, account_selectors, registrations, server_cli};
 use super::{Placement, Stop, context, placement};
-use crate::lab::{Capabilities, Component, Holding, Lab, Policy};
+use crate::lab::{Capabilities, Component, Holding, Lab, Minted, PodListener, Policy, Reach};
 use crate::procs::wait_for;
 use crate::spire::{self, Entry};
 
@@ -22,6 +22,19 @@ const FWD_POSTGRES: u16 = 15433;
 
 /// The rogue of the `unregistered` scenario: a pod with service account `rogue`.
 const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
+/// The insider of the `security` scenario: a pod of no workload, with bash.
+const INSIDER_MANIFEST: &str = "manifests/scenarios/insider.yaml";
+
+/// Where each pod-private listener is: the pod's `app` label and the port it binds on the pod's
+/// loopback (the manifests' Envoy configs and the backend's `--listen`).
+fn pod_port(l: PodListener) -> (&'static str, u16) {
+    match l {
+        PodListener::BackendApi => ("backend", 9090),
+        PodListener::BackendEnvoyAdmin => ("backend", 9901),
+        PodListener::FrontendEnvoyAdmin => ("frontend", 9901),
+        PodListener::FrontendEnvoyOutbound => ("frontend", 8001),
+    }
+}
 
 /// One `kubectl port-forward` of one port (one process each: kubectl ends the whole process
 /// when one of its forwarded connections is refused).
@@ -352,6 +365,59 @@ impl KindLab {
         Ok(())
     }
 
+    /// The first pod's IP of workload `app`.
+    fn pod_ip(&self, app: &str) -> anyhow::Result<String> {
+        let ip = self.run(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])?;
+        anyhow::ensure!(!ip.trim().is_empty(), "the {app} pod has no IP");
+        Ok(ip.trim().to_owned())
+    }
+
+    /// Tries each target from the insider pod, which must be running.
+    fn reach_from_insider(
+        &self,
+        targets: &[PodListener],
+    ) -> anyhow::Result<Vec<(PodListener, Reach)>> {
+        let mut out = Vec::new();
+        for &l in targets {
+            let (app, port) = pod_port(l);
+            let addr = format!("{}:{port}", self.pod_ip(app)?);
+            let (ip, port) = addr.split_once(':').context("ip:port")?;
+            let script = format!(
+                "timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>&1 && echo CONNECTED || echo \"exit $?\""
+            );
+            let said = self.run(&[
+                "-n", NAMESPACE, "exec", "insider", "-c", "shell", "--", "bash", "-c", &script,
+            ])?;
+            let said = said.trim().to_owned();
+            out.push((
+                l,
+                if said.ends_with("CONNECTED") {
+                    Reach::Connected { addr }
+                } else {
+                    Reach::Refused {
+                        addr,
+                        reason: said
+                            .lines()
+                            .find(|l| !l.is_empty())
+                            .unwrap_or_default()
+                            .trim_start_matches("bash: ")
+                            .to_owned(),
+                    }
+                },
+            ));
+        }
+        Ok(out)
+    }
+
     fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
         spire::entry_ids(&self.run(&server_cli(&[
             "entry",
@@ -412,6 +478,7 @@ impl Lab for KindLab {
             readiness_gates_traffic: true,
             // A ConfigMap reaches the pod's volume on the kubelet's next sync (about a minute).
             policy_propagation: Duration::from_secs(90),
+            shared_loopback: None,
         }
     }
 
@@ -697,5 +764,54 @@ impl Lab for KindLab {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn mint_svid(
+        &self,
+        spiffe_id: &str,
+        dns: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<Minted> {
+        let args = spire::mint_args(spiffe_id, dns, ttl);
+        let mut argv = server_cli(&["x509", "mint"]);
+        argv.extend(args.iter().map(String::as_str));
+        spire::minted(&self.run(&argv)?)
+    }
+
+    fn postgres_addr(&self) -> String {
+        let _ = self.ensure_forwarded();
+        format!("127.0.0.1:{FWD_POSTGRES}")
+    }
+
+    fn reach_from_another_pod(
+        &mut self,
+        targets: &[PodListener],
+    ) -> anyhow::Result<Vec<(PodListener, Reach)>> {
+        let manifest = crate::project_root().join(INSIDER_MANIFEST);
+        self.run(&["apply", "-f", &manifest.display().to_string()])?;
+        let result = self
+            .run(&[
+                "-n",
+                NAMESPACE,
+                "wait",
+                "--for=condition=Ready",
+                "pod/insider",
+                "--timeout=90s",
+            ])
+            .context("the insider pod did not start")
+            .and_then(|_| self.reach_from_insider(targets));
+        let deleted = self.run(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "pod",
+            "insider",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        let reached = result?;
+        deleted?;
+        Ok(reached)
     }
 }

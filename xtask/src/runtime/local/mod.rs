@@ -27,7 +27,7 @@ use contract::{Holder, Workload};
 use serde::{Deserialize, Serialize};
 use xshell::{Shell, cmd};
 
-use crate::lab::{Capabilities, Component, Holding, Lab, Policy};
+use crate::lab::{Capabilities, Component, Holding, Lab, Minted, PodListener, Policy, Reach};
 use crate::probe;
 use crate::procs;
 use layout::{Layout, Ports, node_of};
@@ -148,10 +148,6 @@ impl LocalLab {
             format!("127.0.0.1:{}", self.ports().postgres),
         )
     }
-
-    fn postgres_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports().postgres)
-    }
 }
 
 impl Lab for LocalLab {
@@ -164,6 +160,9 @@ impl Lab for LocalLab {
             readiness_gates_traffic: false,
             // Envoy watches the policy file itself.
             policy_propagation: Duration::from_secs(15),
+            shared_loopback: Some(
+                "the local runtime runs every component on the host's one loopback",
+            ),
         }
     }
 
@@ -341,6 +340,39 @@ impl Lab for LocalLab {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn mint_svid(
+        &self,
+        spiffe_id: &str,
+        dns: Option<&str>,
+        ttl: Duration,
+    ) -> anyhow::Result<Minted> {
+        let sh = Shell::new()?;
+        let (server, sock) = self.server_cli();
+        let args = crate::spire::mint_args(spiffe_id, dns, ttl);
+        // stderr: "lifetime was capped" notes, not errors.
+        let out = cmd!(sh, "{server} x509 mint -socketPath {sock} {args...}")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .with_context(|| format!("mint an SVID for {spiffe_id}"))?;
+        crate::spire::minted(&out)
+    }
+
+    fn postgres_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports().postgres)
+    }
+
+    fn reach_from_another_pod(
+        &mut self,
+        targets: &[PodListener],
+    ) -> anyhow::Result<Vec<(PodListener, Reach)>> {
+        bail!(
+            "{} listeners cannot be tried from another pod: {}",
+            targets.len(),
+            self.capabilities().shared_loopback.unwrap_or_default()
+        )
     }
 }
 
