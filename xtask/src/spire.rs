@@ -99,29 +99,6 @@ pub fn selector_strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_arguments() {
-        let e = Entry::workload(
-            Workload::Backend,
-            "spiffe://example.org/node",
-            vec!["k8s:ns:demo".into(), "k8s:sa:backend".into()],
-        );
-        assert_eq!(
-            e.args(Some(20)).join(" "),
-            "-parentID spiffe://example.org/node -spiffeID spiffe://example.org/ns/demo/sa/backend -selector k8s:ns:demo -selector k8s:sa:backend -dns backend -x509SVIDTTL 20"
-        );
-        assert!(e.is_workload());
-        let rogue = Entry::rogue("spiffe://example.org/node", vec![]);
-        assert_eq!(rogue.spiffe_id, "spiffe://example.org/ns/demo/sa/rogue");
-        assert_eq!(rogue.dns.as_deref(), Some("backend"));
-        assert!(!rogue.is_workload());
-    }
-}
-
 /// The arguments of `spire-server x509 mint` after its socket: an SVID for `spiffe_id` (with
 /// `dns` as its first DNS name, so its CN) for `ttl`, printed as JSON.
 pub fn mint_args(spiffe_id: &str, dns: Option<&str>, ttl: std::time::Duration) -> Vec<String> {
@@ -165,4 +142,27 @@ pub fn minted(json: &str) -> anyhow::Result<crate::lab::Minted> {
         },
         bundle: certs(&m.root_cas)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_arguments() {
+        let e = Entry::workload(
+            Workload::Backend,
+            "spiffe://example.org/node",
+            vec!["k8s:ns:demo".into(), "k8s:sa:backend".into()],
+        );
+        assert_eq!(
+            e.args(Some(20)).join(" "),
+            "-parentID spiffe://example.org/node -spiffeID spiffe://example.org/ns/demo/sa/backend -selector k8s:ns:demo -selector k8s:sa:backend -dns backend -x509SVIDTTL 20"
+        );
+        assert!(e.is_workload());
+        let rogue = Entry::rogue("spiffe://example.org/node", vec![]);
+        assert_eq!(rogue.spiffe_id, "spiffe://example.org/ns/demo/sa/rogue");
+        assert_eq!(rogue.dns.as_deref(), Some("backend"));
+        assert!(!rogue.is_workload());
+    }
 }
