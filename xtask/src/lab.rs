@@ -87,9 +87,12 @@ impl Policy {
 }
 
 /// A listener that only its own pod may reach (it binds the pod's loopback): what an insider in
-/// another pod, or any other process, must not get to.
+/// another pod, or any other process, must not get to — and, as the control, the one listener
+/// other pods must reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodListener {
+    /// The control: the backend Envoy's mTLS listener, the one way into the backend's pod.
+    BackendEnvoyMtls,
     /// The backend's API, meant to be reached only through its Envoy (mTLS and RBAC).
     BackendApi,
     /// The backend Envoy's admin (`/quitquitquit`, `/drain_listeners`, `/runtime_modify`).
@@ -101,7 +104,8 @@ pub enum PodListener {
 }
 
 impl PodListener {
-    pub const ALL: [PodListener; 4] = [
+    /// The pod-private ones.
+    pub const PRIVATE: [PodListener; 4] = [
         PodListener::BackendApi,
         PodListener::BackendEnvoyAdmin,
         PodListener::FrontendEnvoyAdmin,
@@ -110,6 +114,7 @@ impl PodListener {
 
     pub fn describe(self) -> &'static str {
         match self {
+            PodListener::BackendEnvoyMtls => "the backend Envoy's mTLS listener (the way in)",
             PodListener::BackendApi => "the backend's API (plain HTTP, behind its Envoy)",
             PodListener::BackendEnvoyAdmin => "the backend Envoy's admin",
             PodListener::FrontendEnvoyAdmin => "the frontend Envoy's admin",

@@ -57,6 +57,7 @@ fn run(command: flags::Command) -> anyhow::Result<()> {
         Command::Pins(cmd) => cmd.run(&sh),
         Command::Bench(cmd) => cmd.run(&sh),
         Command::Ci(cmd) => cmd.run(&sh),
+        Command::Forward(cmd) => cmd.run(),
     }
 }
 

@@ -23,6 +23,9 @@ pub struct Spec {
     /// The signal that asks it to stop (SIGTERM when unset; PostgreSQL's fast shutdown is SIGINT).
     #[serde(default)]
     pub stop_signal: Option<i32>,
+    /// The network namespace (a file under /run/netns) it runs in: its pod's.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 pub fn spawn(spec: &Spec) -> anyhow::Result<u32> {
@@ -42,8 +45,43 @@ pub fn spawn(spec: &Spec) -> anyhow::Result<u32> {
         .stderr(log)
         // Its own process group: Ctrl-C on xtask leaves the lab running.
         .process_group(0);
-    if let Some((uid, gid)) = spec.user {
-        cmd.uid(uid).gid(gid);
+    match &spec.netns {
+        None => {
+            if let Some((uid, gid)) = spec.user {
+                cmd.uid(uid).gid(gid);
+            }
+        }
+        Some(netns) => {
+            // Entering a network namespace needs root: the child enters its pod first, then
+            // becomes its user (std would switch the user before any pre_exec hook).
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(netns)
+                .with_context(|| format!("open the pod's network namespace {}", netns.display()))?;
+            let fd = ns.as_raw_fd();
+            let user = spec.user;
+            // SAFETY: only async-signal-safe calls (setns, setgroups, setgid, setuid) between
+            // fork and exec; `ns` outlives the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if let Some((uid, gid)) = user
+                        && (libc::setgroups(0, std::ptr::null()) != 0
+                            || libc::setgid(gid) != 0
+                            || libc::setuid(uid) != 0)
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("start {} in its pod", spec.program.display()))?;
+            drop(ns);
+            return Ok(child.id());
+        }
     }
     let child = cmd
         .spawn()

@@ -45,10 +45,15 @@ pub fn text(kind: Kind, from: &str, to: impl Into<String>) -> Edit {
 
 /// An Envoy socket address moved to 127.0.0.1 and the local runtime's port.
 pub fn loopback(from: &str, port: u16) -> Edit {
+    at(from, "127.0.0.1", port)
+}
+
+/// An Envoy socket address moved to `host` and `port`.
+pub fn at(from: &str, host: impl std::fmt::Display, port: u16) -> Edit {
     text(
         Kind::Address,
         from,
-        format!("{{ address: 127.0.0.1, port_value: {port} }}"),
+        format!("{{ address: {host}, port_value: {port} }}"),
     )
 }
 
@@ -196,15 +201,19 @@ pub fn write_all(manifests: &Path, dir: &Path, renders: &[Render]) -> anyhow::Re
     Ok(())
 }
 
-/// A SPIRE server off Kubernetes: listening on 127.0.0.1 (API at `port`, health at `health`),
-/// its admin socket and data directory where given.
-pub fn server_moved(port: u16, health: u16, socket: &Path, data: &Path) -> Vec<Edit> {
-    vec![
-        text(
+/// A SPIRE server off Kubernetes: listening on `bind` (as the manifest: every address of its
+/// pod; or 127.0.0.1) with its API at `port` and health at `health`, its admin socket and data
+/// directory where given.
+pub fn server_moved(bind: &str, port: u16, health: u16, socket: &Path, data: &Path) -> Vec<Edit> {
+    let mut edits = vec![];
+    if bind != "0.0.0.0" {
+        edits.push(text(
             Kind::Address,
             "bind_address = \"0.0.0.0\"",
-            "bind_address = \"127.0.0.1\"",
-        ),
+            format!("bind_address = \"{bind}\""),
+        ));
+    }
+    edits.extend([
         text(
             Kind::Address,
             "bind_port = \"8081\"",
@@ -225,12 +234,14 @@ pub fn server_moved(port: u16, health: u16, socket: &Path, data: &Path) -> Vec<E
             "/run/spire/server/data",
             data.display().to_string(),
         ),
-    ]
+    ]);
+    edits
 }
 
-/// A SPIRE agent off Kubernetes: its server at 127.0.0.1:`server_port`, health on 127.0.0.1 at
+/// A SPIRE agent off Kubernetes: its server at `server`:`server_port`, health on 127.0.0.1 at
 /// `health`, its Workload API socket, data directory and bootstrap bundle where given.
 pub fn agent_moved(
+    server: &str,
     server_port: u16,
     health: u16,
     socket: &Path,
@@ -246,7 +257,7 @@ pub fn agent_moved(
         text(
             Kind::Address,
             "server_address = \"spire-server.spire-system.svc\"",
-            "server_address = \"127.0.0.1\"",
+            format!("server_address = \"{server}\""),
         ),
         text(
             Kind::Address,

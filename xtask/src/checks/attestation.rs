@@ -46,7 +46,13 @@ pub fn spire_configs(dir: &Path, ports: (u16, u16, u16), access: &KubeAccess) ->
             source: "spire/config/server.conf",
             target: "server.conf".into(),
             edits: [
-                server_moved(server, server_health, &p("server.sock"), &p("server-data")),
+                server_moved(
+                    "127.0.0.1",
+                    server,
+                    server_health,
+                    &p("server.sock"),
+                    &p("server-data"),
+                ),
                 vec![
                     kube_access(
                         "service_account_allow_list = [\"spire-system:spire-agent\"]",
@@ -69,6 +75,7 @@ pub fn spire_configs(dir: &Path, ports: (u16, u16, u16), access: &KubeAccess) ->
             target: "agent.conf".into(),
             edits: [
                 agent_moved(
+                    "127.0.0.1",
                     server,
                     agent_health,
                     &p("agent.sock"),

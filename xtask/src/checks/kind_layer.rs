@@ -288,7 +288,7 @@ fn rogue_pod(lab: &KindLab) -> anyhow::Result<()> {
     );
     let mut on_host = super::manifests::scenario_objects()?
         .into_iter()
-        .find(|o| o["kind"] == "Pod")
+        .find(|o| o["kind"] == "Pod" && o["metadata"]["name"] == "rogue")
         .context("no rogue pod")?;
     on_host["metadata"]["name"] = "rogue-on-host-network".into();
     on_host["spec"]["hostNetwork"] = true.into();

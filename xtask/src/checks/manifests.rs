@@ -827,8 +827,22 @@ mod tests {
         assert!(!registered.contains(&id("rogue")), "up registers the rogue");
         let objects: Vec<Value> = objects.into_iter().chain(scenario).collect();
 
-        // Every pod whose containers use the Workload API mounts it through the CSI driver.
-        for o in objects.iter().filter(in_demo) {
+        // The security scenario's insider is a pod of no workload: no Workload API at all, and
+        // the only pod in demo without it.
+        let insider = |o: &Value| o["kind"] == "Pod" && o["metadata"]["name"] == "insider";
+        let spec = objects
+            .iter()
+            .find(|o| insider(o))
+            .and_then(pod_spec)
+            .expect("no insider pod in manifests/scenarios");
+        assert!(
+            !spec.to_string().contains("csi.spiffe.io")
+                && spec["automountServiceAccountToken"] == false,
+            "the insider pod must hold no identity: {spec}"
+        );
+
+        // Every other pod whose containers use the Workload API mounts it through the CSI driver.
+        for o in objects.iter().filter(in_demo).filter(|o| !insider(o)) {
             let Some(spec) = pod_spec(o) else { continue };
             let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
             let csi = volumes.iter().find(|v| v["name"] == "spiffe-workload-api");

@@ -211,7 +211,22 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
             r.figure("pod_isolation_checked", false);
         }
         None => {
-            for (l, reach) in lab.reach_from_another_pod(&PodListener::ALL)? {
+            let mut targets = vec![PodListener::BackendEnvoyMtls];
+            targets.extend(PodListener::PRIVATE);
+            let mut reached = lab.reach_from_another_pod(&targets)?.into_iter();
+            // The control: the insider's pod is on the pods' network at all.
+            let (_, control) = reached.next().context("no answer for the control")?;
+            match control {
+                Reach::Connected { addr } => r.say(format!(
+                    "control: the insider's pod reaches {} at {addr}",
+                    PodListener::BackendEnvoyMtls.describe()
+                )),
+                Reach::Refused { addr, reason } => bail!(
+                    "the control failed: the insider's pod cannot reach {} at {addr} ({reason}); the attempts below would prove nothing",
+                    PodListener::BackendEnvoyMtls.describe()
+                ),
+            }
+            for (l, reach) in reached {
                 let (addr, answer) = match reach {
                     Reach::Connected { addr } => (addr, Answer::Served("connected".into())),
                     Reach::Refused { addr, reason } => (addr, Answer::Refused(reason)),

@@ -29,6 +29,7 @@ const INSIDER_MANIFEST: &str = "manifests/scenarios/insider.yaml";
 /// loopback (the manifests' Envoy configs and the backend's `--listen`).
 fn pod_port(l: PodListener) -> (&'static str, u16) {
     match l {
+        PodListener::BackendEnvoyMtls => ("backend", 8443),
         PodListener::BackendApi => ("backend", 9090),
         PodListener::BackendEnvoyAdmin => ("backend", 9901),
         PodListener::FrontendEnvoyAdmin => ("frontend", 9901),

@@ -1,9 +1,14 @@
 //! The local runtime's configs: every file under `manifests/` a local process reads, with the
-//! edits that move it off Kubernetes (addresses and ports on 127.0.0.1, sockets and files under
-//! the state directory, join_token and unix attestation instead of k8s_psat and k8s).
+//! edits that move it off Kubernetes (ports; peers at their pods' addresses instead of Service
+//! names, and what other pods reach bound to every address of its pod — or everything on
+//! 127.0.0.1 without pods; sockets and files under the state directory; join_token and unix
+//! attestation instead of k8s_psat and k8s).
 
 use super::layout::{Layout, NODES};
-use crate::render::{self, Edit, Kind, Render, agent_moved, block, loopback, server_moved, text};
+use super::pods::Pod;
+use crate::render::{
+    self, Edit, Kind, Render, agent_moved, at, block, loopback, server_moved, text,
+};
 
 const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n    plugin_data {}\n}";
 const UNIX_ATTESTOR: &str = "WorkloadAttestor \"unix\" {\n    plugin_data {\n        discover_workload_path = true\n    }\n}";
@@ -14,13 +19,23 @@ const WORKLOAD_API: &str = "/spiffe-workload-api/spire-agent.sock";
 /// Every config the local runtime uses, each from its file under `manifests/`.
 pub fn local_configs(l: &Layout) -> Vec<Render> {
     let ports = &l.ports;
+    let public = l.network.public_bind();
     let agent_sock = |node: &str| l.agent_socket(node).display().to_string();
+    let mut postgres_listen = vec![];
+    if !l.network.is_pods() {
+        postgres_listen.push(text(
+            Kind::Address,
+            "listen_addresses = '*'",
+            "listen_addresses = '127.0.0.1'",
+        ));
+    }
     let mut v = vec![
         Render {
             source: "spire/config/server.conf",
             target: "spire-server.conf".into(),
             edits: [
                 server_moved(
+                    public,
                     ports.spire_server,
                     ports.spire_server_health,
                     &l.server_socket(),
@@ -41,16 +56,18 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     "{ address: 127.0.0.1, port_value: 9901 }",
                     ports.frontend_envoy_admin,
                 ),
-                loopback(
+                at(
                     "{ address: 0.0.0.0, port_value: 9911 }",
+                    public,
                     ports.frontend_envoy_ready,
                 ),
                 loopback(
                     "{ address: 127.0.0.1, port_value: 8001 }",
                     ports.frontend_envoy,
                 ),
-                loopback(
+                at(
                     "{ address: backend.demo.svc.cluster.local, port_value: 8443 }",
+                    l.addr(Pod::Backend),
                     ports.backend_envoy,
                 ),
                 text(Kind::SocketPath, WORKLOAD_API, agent_sock("frontend-node")),
@@ -64,12 +81,14 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     "{ address: 127.0.0.1, port_value: 9901 }",
                     ports.backend_envoy_admin,
                 ),
-                loopback(
+                at(
                     "{ address: 0.0.0.0, port_value: 9911 }",
+                    public,
                     ports.backend_envoy_ready,
                 ),
-                loopback(
+                at(
                     "{ address: 0.0.0.0, port_value: 8443 }",
+                    public,
                     ports.backend_envoy,
                 ),
                 loopback("{ address: 127.0.0.1, port_value: 9090 }", ports.backend),
@@ -102,33 +121,32 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
         Render {
             source: "postgres/config/postgresql.conf",
             target: "postgresql.conf".into(),
-            edits: vec![
-                text(
-                    Kind::Address,
-                    "listen_addresses = '*'",
-                    "listen_addresses = '127.0.0.1'",
-                ),
-                text(
-                    Kind::Address,
-                    "port = 5432",
-                    format!("port = {}", ports.postgres),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/var/run/postgresql",
-                    l.pg_run().display().to_string(),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/etc/postgresql/pg_hba.conf",
-                    l.config("pg_hba.conf").display().to_string(),
-                ),
-                text(
-                    Kind::FilePath,
-                    "/spiffe-certs",
-                    l.certs("postgres").display().to_string(),
-                ),
-            ],
+            edits: [
+                postgres_listen,
+                vec![
+                    text(
+                        Kind::Address,
+                        "port = 5432",
+                        format!("port = {}", ports.postgres),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/var/run/postgresql",
+                        l.pg_run().display().to_string(),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/etc/postgresql/pg_hba.conf",
+                        l.config("pg_hba.conf").display().to_string(),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/spiffe-certs",
+                        l.certs("postgres").display().to_string(),
+                    ),
+                ],
+            ]
+            .concat(),
         },
         Render {
             source: "postgres/config/pg_hba.conf",
@@ -152,6 +170,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             target: format!("agent-{node}.conf"),
             edits: [
                 agent_moved(
+                    &l.addr(Pod::SpireServer).to_string(),
                     ports.spire_server,
                     health,
                     &l.agent_socket(node),
@@ -205,29 +224,100 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::runtime::local::layout::Ports;
+    use crate::runtime::local::pods::Network;
 
-    fn layout() -> Layout {
-        Layout {
-            root: PathBuf::from("/tmp/spire-lab-test"),
-            ports: Ports::with_offset(3),
+    /// Both ways the local runtime connects its processes.
+    pub(crate) fn networks() -> [Network; 2] {
+        [
+            Network::SharedLoopback,
+            Network::Pods {
+                prefix: "spire-lab-test".into(),
+            },
+        ]
+    }
+
+    /// The local configs differ from the manifests' only by their listed, typed edits, with
+    /// pods and without.
+    #[test]
+    fn local_configs_differ_from_manifests_only_in_addresses_paths_and_attestation() {
+        for network in networks() {
+            let layout = Layout {
+                root: PathBuf::from("/tmp/spire-lab-test"),
+                ports: Ports::with_offset(3),
+                network,
+            };
+            for r in local_configs(&layout) {
+                render::assert_only_edits(&r);
+            }
         }
     }
 
-    /// The local configs differ from the manifests' only by their listed, typed edits.
+    /// Peers are dialled at their pods' addresses, and what other pods reach binds every
+    /// address of its pod; without pods, everything is on 127.0.0.1.
     #[test]
-    fn local_configs_differ_from_manifests_only_in_addresses_paths_and_attestation() {
-        for r in local_configs(&layout()) {
-            render::assert_only_edits(&r);
-        }
+    fn with_pods_peers_are_pods_and_private_listeners_stay_on_the_pods_loopback() {
+        let [shared, pods] = networks();
+        let text = |network: Network, target: &str| {
+            let layout = Layout {
+                root: PathBuf::from("/tmp/spire-lab-test"),
+                ports: Ports::with_offset(0),
+                network,
+            };
+            let r = local_configs(&layout)
+                .into_iter()
+                .find(|r| r.target == target)
+                .unwrap();
+            r.apply(&crate::project_root().join("manifests")).unwrap()
+        };
+        let fe = text(pods.clone(), "envoy-frontend.yaml");
+        assert!(
+            fe.contains("{ address: 10.89.0.11, port_value: 8443 }"),
+            "{fe}"
+        );
+        assert!(
+            fe.contains("{ address: 127.0.0.1, port_value: 9901 }"),
+            "{fe}"
+        );
+        assert!(
+            fe.contains("{ address: 127.0.0.1, port_value: 8001 }"),
+            "{fe}"
+        );
+        let be = text(pods.clone(), "envoy-backend.yaml");
+        assert!(
+            be.contains("{ address: 0.0.0.0, port_value: 8443 }"),
+            "{be}"
+        );
+        assert!(
+            be.contains("{ address: 127.0.0.1, port_value: 9902 }"),
+            "{be}"
+        );
+        assert!(
+            be.contains("{ address: 127.0.0.1, port_value: 9090 }"),
+            "{be}"
+        );
+        let agent = text(pods.clone(), "agent-backend-node.conf");
+        assert!(agent.contains("server_address = \"10.89.0.2\""), "{agent}");
+        assert!(text(pods, "postgresql.conf").contains("listen_addresses = '*'"));
+        let be = text(shared.clone(), "envoy-backend.yaml");
+        assert!(
+            be.contains("{ address: 127.0.0.1, port_value: 8443 }"),
+            "{be}"
+        );
+        assert!(text(shared, "postgresql.conf").contains("listen_addresses = '127.0.0.1'"));
     }
 
     /// The pinned tools and rendered local configs in a fresh directory (removed by the caller).
-    pub(crate) fn rendered(name: &str, offset: u16) -> (crate::deps::Tools, Layout) {
+    pub(crate) fn rendered(
+        name: &str,
+        offset: u16,
+        network: Network,
+    ) -> (crate::deps::Tools, Layout) {
         let pins = crate::pins::Pins::load(&crate::project_root()).unwrap();
         let tools = crate::deps::find(&pins).unwrap_or_else(|e| panic!("{e:#}"));
         let layout = Layout {
             root: std::env::temp_dir().join(format!("{name}-{}", std::process::id())),
             ports: Ports::with_offset(offset),
+            network,
         };
         std::fs::create_dir_all(layout.rbac_dir()).unwrap();
         std::fs::copy(
@@ -254,10 +344,16 @@ pub(crate) mod tests {
         text
     }
 
-    /// The rendered local configs pass the real tools' own validation.
+    /// The rendered local configs pass the real tools' own validation, with pods and without.
     #[test]
     fn rendered_local_configs_pass_envoy_and_spire_validation() {
-        let (tools, layout) = rendered("render-validate", 7);
+        for network in networks() {
+            validate_rendered(network);
+        }
+    }
+
+    fn validate_rendered(network: Network) {
+        let (tools, layout) = rendered("render-validate", 7, network);
         let cfg = |name: &str| layout.config(name).display().to_string();
         for envoy in ["envoy-frontend.yaml", "envoy-backend.yaml"] {
             assert!(

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use contract::Workload;
 use serde::{Deserialize, Serialize};
 
+use super::pods::{Network, Pod};
+use crate::lab::Component;
+
 /// The nodes of the local runtime: one SPIRE agent each, as on a cluster of three machines.
 pub const NODES: [&str; 3] = ["frontend-node", "backend-node", "postgres-node"];
 
@@ -82,11 +85,18 @@ impl Ports {
     }
 }
 
-/// Where the local runtime keeps everything, under one state directory.
+/// Where the local runtime keeps everything, under one state directory, and how its processes
+/// are connected.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Layout {
     pub root: PathBuf,
     pub ports: Ports,
+    #[serde(default = "shared_loopback")]
+    pub network: Network,
+}
+
+fn shared_loopback() -> Network {
+    Network::SharedLoopback
 }
 
 impl Layout {
@@ -114,6 +124,45 @@ impl Layout {
     pub fn pg_run(&self) -> PathBuf {
         self.p("postgres/run")
     }
+    /// Where peers reach a pod (127.0.0.1 on the shared loopback).
+    pub fn addr(&self, pod: Pod) -> std::net::Ipv4Addr {
+        self.network.addr(pod)
+    }
+    /// The copies of the programs the workloads run, where their uids can reach them.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.p(&format!("bin/{name}"))
+    }
+}
+
+/// The pod a component runs in.
+pub fn pod_of(c: Component) -> Pod {
+    match c {
+        Component::SpireServer => Pod::SpireServer,
+        Component::Agent(w) => Pod::Node(w),
+        Component::HelperPostgres | Component::Postgres => Pod::Postgres,
+        Component::HelperBackend | Component::Backend | Component::EnvoyBackend => Pod::Backend,
+        Component::EnvoyFrontend | Component::Frontend => Pod::Frontend,
+    }
+}
+
+/// The uid and gid a workload's processes run as when the lab runs as root, so that `unix:uid`
+/// selectors tell workloads apart as service accounts do on Kubernetes (PostgreSQL's pod runs
+/// as the `postgres` user instead, which PostgreSQL needs to exist).
+pub fn workload_uid(w: Workload) -> u32 {
+    match w {
+        Workload::Frontend => 64801,
+        Workload::Backend => 64802,
+        Workload::Postgres => 64803,
+    }
+}
+
+/// The netns name prefix of this checkout's pods (`-p`: the bench's plaintext baseline's).
+pub fn netns_prefix(plaintext: bool) -> String {
+    format!(
+        "spire-lab-{:08x}{}",
+        checkout_hash(),
+        if plaintext { "p" } else { "" }
+    )
 }
 
 /// The local "node" that runs a workload (and its SPIRE agent).
@@ -130,15 +179,21 @@ pub fn state_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("LAB_STATE_DIR") {
         return PathBuf::from(dir);
     }
+    PathBuf::from(format!(
+        "/tmp/spire-lab-{}-{:08x}",
+        unsafe { libc::geteuid() },
+        checkout_hash()
+    ))
+}
+
+/// FNV-1a of the checkout's path: two checkouts never share state or pods.
+fn checkout_hash() -> u32 {
     let repo = crate::project_root();
-    // FNV-1a of the checkout's path: two checkouts never share state.
     let mut h: u32 = 0x811c9dc5;
     for b in repo.as_os_str().as_encoded_bytes() {
         h = (h ^ u32::from(*b)).wrapping_mul(0x01000193);
     }
-    PathBuf::from(format!("/tmp/spire-lab-{}-{h:08x}", unsafe {
-        libc::geteuid()
-    }))
+    h
 }
 
 /// The git-ignored link to the running lab's state directory, in the checkout.

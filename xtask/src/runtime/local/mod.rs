@@ -4,14 +4,21 @@
 //! State lives in `/tmp/spire-lab-<uid>-<hash of the checkout>` (short enough for Unix sockets,
 //! reachable by the postgres user), linked from the git-ignored `.lab/local`.
 //!
+//! As root, every pod has a network namespace of its own (`pods`), wired by a bridge the lab
+//! makes inside its own namespaces, and every workload its own uid; without root, every
+//! component shares the host's loopback, as `up` says.
+//!
 //! - `layout`: nodes, ports and paths. `configs`: the rendered configs. `plaintext`: the bench's
 //!   baseline. `state`: what is remembered between commands.
+//! - `pods`: the network namespaces. `forward`: from the host's loopback into a pod.
 //! - `up`: starting and stopping everything. `process`: one component's process and readiness.
 //! - `registration`: join tokens and entries. `postgres`: initdb and psql. `status`.
 
 mod configs;
+pub mod forward;
 mod layout;
 mod plaintext;
+mod pods;
 mod postgres;
 mod process;
 mod registration;
@@ -31,6 +38,7 @@ use crate::lab::{Capabilities, Component, Holding, Lab, Minted, PodListener, Pol
 use crate::probe;
 use crate::procs;
 use layout::{Layout, Ports, node_of};
+use pods::Pod;
 use state::{Running, State};
 
 pub use up::{down, down_all, ensure_nothing_left, up};
@@ -81,6 +89,8 @@ impl Profile {
 pub struct LocalLab {
     state: State,
     root: PathBuf,
+    /// What xtask looks at inside pods, forwarded while this handle lives.
+    forwards: std::sync::Mutex<std::collections::HashMap<(Pod, u16), forward::Forward>>,
 }
 
 fn chmod(path: &Path, mode: u32) -> anyhow::Result<()> {
@@ -107,6 +117,7 @@ impl LocalLab {
         Ok(LocalLab {
             state: State::load(root)?,
             root: root.to_owned(),
+            forwards: Default::default(),
         })
     }
 
@@ -143,10 +154,42 @@ impl LocalLab {
     /// Where a client with the backend's SVID reaches PostgreSQL directly (the bench's
     /// connection figures): the backend's SVID directory and PostgreSQL's host:port.
     pub fn db_client(&self) -> (PathBuf, String) {
-        (
-            self.layout().certs("backend"),
-            format!("127.0.0.1:{}", self.ports().postgres),
-        )
+        (self.layout().certs("backend"), self.postgres_addr())
+    }
+
+    /// host:port on this machine's loopback where `port` of `pod` answers: itself on the
+    /// shared loopback; with pods, a forward into the pod for as long as this handle lives.
+    fn reach(&self, pod: Pod, port: u16) -> anyhow::Result<String> {
+        let Some(netns) = self.layout().network.netns(pod) else {
+            return Ok(format!("127.0.0.1:{port}"));
+        };
+        let mut forwards = self.forwards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = forwards.get(&(pod, port)) {
+            return Ok(f.local.to_string());
+        }
+        let f = forward::start(&netns, ([127, 0, 0, 1], port).into())
+            .with_context(|| format!("forward into pod {}", pod.name()))?;
+        let local = f.local.to_string();
+        forwards.insert((pod, port), f);
+        Ok(local)
+    }
+
+    /// `reach` for the trait's addresses, which cannot fail: an unreachable address instead.
+    fn reach_or_nothing(&self, pod: Pod, port: u16) -> String {
+        self.reach(pod, port)
+            .unwrap_or_else(|_| "127.0.0.1:0".to_owned())
+    }
+
+    /// Where a pod-private listener is: its pod and port.
+    fn listener(&self, l: PodListener) -> (Pod, u16) {
+        let p = self.ports();
+        match l {
+            PodListener::BackendEnvoyMtls => (Pod::Backend, p.backend_envoy),
+            PodListener::BackendApi => (Pod::Backend, p.backend),
+            PodListener::BackendEnvoyAdmin => (Pod::Backend, p.backend_envoy_admin),
+            PodListener::FrontendEnvoyAdmin => (Pod::Frontend, p.frontend_envoy_admin),
+            PodListener::FrontendEnvoyOutbound => (Pod::Frontend, p.frontend_envoy),
+        }
     }
 }
 
@@ -160,8 +203,8 @@ impl Lab for LocalLab {
             readiness_gates_traffic: false,
             // Envoy watches the policy file itself.
             policy_propagation: Duration::from_secs(15),
-            shared_loopback: Some(
-                "the local runtime runs every component on the host's one loopback",
+            shared_loopback: (!self.layout().network.is_pods()).then_some(
+                "the local runtime without pods (they need root) runs every component on the host's one loopback",
             ),
         }
     }
@@ -171,12 +214,12 @@ impl Lab for LocalLab {
     }
 
     fn envoy_admin_url(&self, backend: bool) -> String {
-        let p = if backend {
-            self.ports().backend_envoy_admin
+        let (pod, port) = if backend {
+            (Pod::Backend, self.ports().backend_envoy_admin)
         } else {
-            self.ports().frontend_envoy_admin
+            (Pod::Frontend, self.ports().frontend_envoy_admin)
         };
-        format!("http://127.0.0.1:{p}")
+        format!("http://{}", self.reach_or_nothing(pod, port))
     }
 
     fn stop(&mut self, c: Component) -> anyhow::Result<()> {
@@ -287,8 +330,10 @@ impl Lab for LocalLab {
     }
 
     fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)> {
-        let (status, body) =
-            probe::get(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?;
+        let (status, body) = probe::get(&format!(
+            "http://{}/readyz",
+            self.reach(Pod::Backend, self.ports().backend)?
+        ))?;
         Ok((
             status,
             serde_json::from_str(&body)
@@ -297,7 +342,7 @@ impl Lab for LocalLab {
     }
 
     fn backend_envoy_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports().backend_envoy)
+        self.reach_or_nothing(Pod::Backend, self.ports().backend_envoy)
     }
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {
@@ -326,9 +371,10 @@ impl Lab for LocalLab {
     }
 
     fn query_postgres_with(&self, dir: &Path) -> anyhow::Result<String> {
+        let addr = self.postgres_addr();
+        let (host, port) = addr.rsplit_once(':').context("host:port")?;
         let conninfo = format!(
-            "host=127.0.0.1 port={} dbname=demo user=backend sslmode=verify-ca sslcert={} sslkey={} sslrootcert={}",
-            self.ports().postgres,
+            "host={host} port={port} dbname=demo user=backend sslmode=verify-ca sslcert={} sslkey={} sslrootcert={}",
             dir.join("svid.0.pem").display(),
             dir.join("svid.0.key").display(),
             dir.join("bundle.0.pem").display()
@@ -361,18 +407,44 @@ impl Lab for LocalLab {
     }
 
     fn postgres_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.ports().postgres)
+        self.reach_or_nothing(Pod::Postgres, self.ports().postgres)
     }
 
     fn reach_from_another_pod(
         &mut self,
         targets: &[PodListener],
     ) -> anyhow::Result<Vec<(PodListener, Reach)>> {
-        bail!(
-            "{} listeners cannot be tried from another pod: {}",
-            targets.len(),
-            self.capabilities().shared_loopback.unwrap_or_default()
-        )
+        if let Some(why) = self.capabilities().shared_loopback {
+            bail!(
+                "{} listeners cannot be tried from another pod: {why}",
+                targets.len()
+            );
+        }
+        let network = self.layout().network.clone();
+        let wanted: Vec<(PodListener, std::net::SocketAddr)> = targets
+            .iter()
+            .map(|&l| {
+                let (pod, port) = self.listener(l);
+                (l, (network.addr(pod), port).into())
+            })
+            .collect();
+        network.with_insider(|insider| {
+            wanted
+                .into_iter()
+                .map(|(l, addr)| {
+                    let reach = match pods::connect_in(insider, addr) {
+                        Ok(_) => Reach::Connected {
+                            addr: addr.to_string(),
+                        },
+                        Err(e) => Reach::Refused {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        },
+                    };
+                    (l, reach)
+                })
+                .collect()
+        })
     }
 }
 

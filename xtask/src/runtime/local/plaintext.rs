@@ -4,6 +4,7 @@
 use anyhow::{Context, ensure};
 
 use super::layout::Layout;
+use super::pods::Pod;
 
 /// The benchmark's plaintext baseline, derived from the rendered local configs: Envoys without
 /// TLS (and so without the RBAC filter, which needs a peer certificate), PostgreSQL without TLS
@@ -31,7 +32,12 @@ pub fn write_plaintext_profile(layout: &Layout) -> anyhow::Result<()> {
     edit("pg_hba.conf", &|t| {
         let line = "hostssl    demo      backend  all      cert";
         ensure!(t.contains(line), "no hostssl line for the backend");
-        Ok(t.replacen(line, "host       demo      backend  127.0.0.1/32 trust", 1))
+        let backend = layout.addr(Pod::Backend);
+        Ok(t.replacen(
+            line,
+            &format!("host       demo      backend  {backend}/32 trust"),
+            1,
+        ))
     })?;
     Ok(())
 }
@@ -77,11 +83,17 @@ fn yaml_remove(src: &str, start: &str, whole_item: bool) -> anyhow::Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::local::configs::tests::{rendered, validates};
+    use crate::runtime::local::configs::tests::{networks, rendered, validates};
 
     #[test]
     fn plaintext_profile_drops_tls_and_still_validates() {
-        let (tools, layout) = rendered("render-plaintext", 1000);
+        for network in networks() {
+            drops_tls_and_validates(network);
+        }
+    }
+
+    fn drops_tls_and_validates(network: crate::runtime::local::pods::Network) {
+        let (tools, layout) = rendered("render-plaintext", 1000, network);
         write_plaintext_profile(&layout).unwrap();
         for envoy in ["envoy-frontend.yaml", "envoy-backend.yaml"] {
             let text = std::fs::read_to_string(layout.config(envoy)).unwrap();

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use contract::Workload;
 use xshell::{Shell, cmd};
 
-use super::layout::node_of;
+use super::layout::{node_of, pod_of, workload_uid};
+use super::pods::Pod;
 use super::state::Running;
 use super::{LocalLab, Profile};
 use crate::lab::{Component, Lab};
@@ -15,17 +17,40 @@ use crate::probe;
 use crate::procs::{self, Spec, wait_for};
 
 impl LocalLab {
+    /// The uid and gid a component runs as: its workload's with pods (PostgreSQL's pod as the
+    /// `postgres` user whenever we are root, since it refuses root); SPIRE as the lab's user.
+    pub(super) fn user_of(&self, c: Component) -> Option<(u32, u32)> {
+        let pods = self.layout().network.is_pods();
+        let uid = |w: Workload| pods.then(|| (workload_uid(w), workload_uid(w)));
+        match pod_of(c) {
+            Pod::Postgres => self.state.pg_user,
+            Pod::Frontend => uid(Workload::Frontend),
+            Pod::Backend => uid(Workload::Backend),
+            Pod::SpireServer | Pod::Node(_) | Pod::Insider => None,
+        }
+    }
+
+    /// A program as a component runs it: the copy in the state directory where another uid
+    /// must reach it (root's cache and checkout are not), else where it is.
+    pub(super) fn program(&self, name: &str, original: &std::path::Path) -> PathBuf {
+        if self.state.staged.iter().any(|s| s == name) {
+            self.layout().bin(name)
+        } else {
+            original.to_owned()
+        }
+    }
+
     pub(super) fn spec(&self, c: Component) -> anyhow::Result<Spec> {
         let l = self.layout();
         let t = &self.state.tools;
         let cfg = |name: &str| l.config(name).display().to_string();
         let log = l.p(&format!("logs/{}.log", c.name()));
         let release = crate::project_root().join("target/release");
-        let (program, args, user): (PathBuf, Vec<String>, Option<(u32, u32)>) = match c {
+        let user = self.user_of(c);
+        let (program, args): (PathBuf, Vec<String>) = match c {
             Component::SpireServer => (
                 t.spire_server.clone(),
                 vec!["run".into(), "-config".into(), cfg("spire-server.conf")],
-                None,
             ),
             Component::Agent(w) => {
                 let node = node_of(w);
@@ -40,18 +65,15 @@ impl LocalLab {
                         "-joinToken".into(),
                         token.trim().into(),
                     ],
-                    None,
                 )
             }
             Component::HelperPostgres => (
-                self.pg_helper(),
+                self.program("spiffe-helper", &t.spiffe_helper),
                 vec!["-config".into(), cfg("helper-postgres.conf")],
-                self.state.pg_user,
             ),
             Component::HelperBackend => (
-                t.spiffe_helper.clone(),
+                self.program("spiffe-helper", &t.spiffe_helper),
                 vec!["-config".into(), cfg("helper-backend.conf")],
-                None,
             ),
             Component::Postgres => (
                 t.pg_bin.join("postgres"),
@@ -61,17 +83,16 @@ impl LocalLab {
                     "-c".into(),
                     format!("config_file={}", cfg("postgresql.conf")),
                 ],
-                self.state.pg_user,
             ),
             Component::Backend => (
-                release.join("backend"),
+                self.program("backend", &release.join("backend")),
                 vec![
                     "--listen".into(),
                     format!("127.0.0.1:{}", self.ports().backend),
                     "--svid-dir".into(),
                     l.certs("backend").display().to_string(),
                     "--db-host".into(),
-                    "127.0.0.1".into(),
+                    l.addr(Pod::Postgres).to_string(),
                     "--db-port".into(),
                     self.ports().postgres.to_string(),
                 ]
@@ -81,7 +102,6 @@ impl LocalLab {
                         .then(|| "--db-insecure-plaintext".into()),
                 )
                 .collect(),
-                None,
             ),
             Component::EnvoyBackend | Component::EnvoyFrontend => {
                 let which = if c == Component::EnvoyBackend {
@@ -90,7 +110,7 @@ impl LocalLab {
                     "frontend"
                 };
                 (
-                    t.envoy.clone(),
+                    self.program("envoy", &t.envoy),
                     vec![
                         "-c".into(),
                         cfg(&format!("envoy-{which}.yaml")),
@@ -100,20 +120,18 @@ impl LocalLab {
                         "--drain-time-s".into(),
                         "1".into(),
                     ],
-                    None,
                 )
             }
             Component::Frontend => (
-                release.join("frontend"),
+                self.program("frontend", &release.join("frontend")),
                 vec![
                     "--listen".into(),
                     format!("127.0.0.1:{}", self.ports().frontend),
                     "--backend-url".into(),
                     format!("http://127.0.0.1:{}", self.ports().frontend_envoy),
                     "--envoy-admin-url".into(),
-                    self.envoy_admin_url(false),
+                    format!("http://127.0.0.1:{}", self.ports().frontend_envoy_admin),
                 ],
-                None,
             ),
         };
         Ok(Spec {
@@ -123,16 +141,8 @@ impl LocalLab {
             user,
             log,
             stop_signal: (c == Component::Postgres).then_some(libc::SIGINT),
+            netns: l.network.netns(pod_of(c)),
         })
-    }
-
-    /// The spiffe-helper the postgres user runs: a copy in the state directory when we are root,
-    /// since the cache (under root's home) is not reachable by that user.
-    pub(super) fn pg_helper(&self) -> PathBuf {
-        match self.state.pg_user {
-            Some(_) => self.layout().p("bin/spiffe-helper"),
-            None => self.state.tools.spiffe_helper.clone(),
-        }
     }
 
     /// Starts one component (first-time setup included) and waits until it is ready.
@@ -230,9 +240,10 @@ impl LocalLab {
                     probe::server_chain(&self.postgres_addr(), true)?;
                 }
             }
-            Component::Backend => {
-                expect_ok(&format!("http://127.0.0.1:{}/readyz", self.ports().backend))?
-            }
+            Component::Backend => expect_ok(&format!(
+                "http://{}/readyz",
+                self.reach(Pod::Backend, self.ports().backend)?
+            ))?,
             Component::EnvoyBackend | Component::EnvoyFrontend => {
                 let backend = c == Component::EnvoyBackend;
                 let admin = self.envoy_admin_url(backend);
@@ -243,14 +254,17 @@ impl LocalLab {
                 } else {
                     p.frontend_envoy_ready
                 };
-                expect_ok(&format!("http://127.0.0.1:{ready}/ready"))?;
+                expect_ok(&format!("http://{}/ready", self.reach(pod_of(c), ready)?))?;
                 if self.state.profile == Profile::Mtls {
                     probe::envoy_certs(&admin)?
                         .leaf()
                         .context("Envoy holds no certificate yet")?;
                 }
             }
-            Component::Frontend => expect_ok(&format!("{}/readyz", self.frontend_url()))?,
+            Component::Frontend => expect_ok(&format!(
+                "http://{}/readyz",
+                self.reach(Pod::Frontend, self.ports().frontend)?
+            ))?,
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use xshell::{Shell, cmd};
 use super::layout::node_of;
 use super::state::Registered;
 use super::{LocalLab, chmod};
+use crate::lab::Component;
 use crate::procs::wait_for;
 use crate::spire::{self, Entry};
 
@@ -55,18 +56,19 @@ impl LocalLab {
     }
 
     /// Entries with the same SPIFFE IDs as on kind; unix selectors (uid and binary path) here:
-    /// each workload's Envoy or spiffe-helper, on its node.
+    /// each workload's Envoy or spiffe-helper, as it runs (its uid tells the workloads apart
+    /// with pods, as a service account does on Kubernetes), on its node.
     pub(super) fn register(&mut self, sh: &Shell) -> anyhow::Result<()> {
-        let uid = unsafe { libc::geteuid() };
-        let pg_uid = self.state.pg_user.map_or(uid, |(u, _)| u);
-        let tools = self.state.tools.clone();
+        let own = unsafe { libc::geteuid() };
         let wanted = [
-            (Workload::Frontend, uid, tools.envoy.clone()),
-            (Workload::Backend, uid, tools.envoy),
-            (Workload::Backend, uid, tools.spiffe_helper),
-            (Workload::Postgres, pg_uid, self.pg_helper()),
+            (Workload::Frontend, Component::EnvoyFrontend),
+            (Workload::Backend, Component::EnvoyBackend),
+            (Workload::Backend, Component::HelperBackend),
+            (Workload::Postgres, Component::HelperPostgres),
         ];
-        for (w, uid, program) in wanted {
+        for (w, c) in wanted {
+            let uid = self.user_of(c).map_or(own, |(u, _)| u);
+            let program = self.spec(c)?.program;
             let node = node_of(w);
             let entry = Entry::workload(w, &node_id(node), unix_selectors(uid, &program));
             let id = self.entry_create(sh, &entry)?;

@@ -38,6 +38,13 @@ pub struct State {
     pub pg_user: Option<(u32, u32)>,
     pub components: Vec<Running>,
     pub entries: Vec<Registered>,
+    /// Programs copied into the state directory's `bin/` (by name), where the uids of the
+    /// workloads and PostgreSQL can reach them.
+    #[serde(default)]
+    pub staged: Vec<String>,
+    /// The UI's forwarder from the host's loopback into the frontend's pod (with pods).
+    #[serde(default)]
+    pub forwarder: Option<Running>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -5,6 +5,7 @@ use xshell::Shell;
 
 use super::LocalLab;
 use super::layout::node_of;
+use super::pods::{Network, Pod};
 use crate::lab::{Component, Lab};
 use crate::procs;
 
@@ -12,26 +13,33 @@ impl LocalLab {
     pub fn print_status(&self) -> anyhow::Result<()> {
         let sh = Shell::new()?;
         let p = self.ports();
+        let l = self.layout();
         println!(
-            "Local lab in {} (linked from .lab/local)\n",
-            self.root.display()
+            "Local lab in {} (linked from .lab/local); {}\n",
+            self.root.display(),
+            match &l.network {
+                Network::Pods { .. } => "each pod in its own network namespace",
+                Network::SharedLoopback => "no pods: every component on this machine's loopback",
+            }
         );
+        let at = |pod: Pod, port: u16| format!("{}:{port}", l.addr(pod));
         println!("COMPONENT                   PID   RSS MB  ADDRESS                         READY");
         for c in Component::ALL {
             let address = match c {
-                Component::SpireServer => format!("127.0.0.1:{}", p.spire_server),
+                Component::SpireServer => at(Pod::SpireServer, p.spire_server),
                 Component::Agent(w) => format!("agents/{}/api.sock", node_of(w)),
-                Component::Postgres => format!("127.0.0.1:{}", p.postgres),
-                Component::Backend => format!("127.0.0.1:{}", p.backend),
+                Component::Postgres => at(Pod::Postgres, p.postgres),
+                Component::Backend => format!("127.0.0.1:{} in its pod", p.backend),
                 Component::EnvoyBackend => format!(
-                    "127.0.0.1:{} (admin {})",
-                    p.backend_envoy, p.backend_envoy_admin
+                    "{} (admin {} in its pod)",
+                    at(Pod::Backend, p.backend_envoy),
+                    p.backend_envoy_admin
                 ),
                 Component::EnvoyFrontend => format!(
-                    "127.0.0.1:{} (admin {})",
+                    "127.0.0.1:{} (admin {}) in its pod",
                     p.frontend_envoy, p.frontend_envoy_admin
                 ),
-                Component::Frontend => format!("127.0.0.1:{}", p.frontend),
+                Component::Frontend => self.frontend_url(),
                 Component::HelperBackend => "certs/backend".into(),
                 Component::HelperPostgres => "certs/postgres".into(),
             };

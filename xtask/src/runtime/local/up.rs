@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use xshell::{Shell, cmd};
 
-use super::layout::{Layout, NODES, Ports, link};
-use super::state::{State, ToolPaths};
+use super::layout::{Layout, NODES, Ports, link, netns_prefix, workload_uid};
+use super::pods::{self, Network, Pod};
+use super::state::{Running, State, ToolPaths};
 use super::{LocalLab, Profile, chmod, chown, configs, plaintext, postgres};
 use crate::deps;
 use crate::lab::{Component, Lab};
 use crate::pins::Pins;
-use crate::procs;
+use crate::procs::{self, Spec, wait_for};
+use contract::Workload;
 
 fn step(n: usize, total: usize, what: &str) {
     println!("[{n:>2}/{total}] {what}");
@@ -31,19 +33,33 @@ pub fn up(sh: &Shell, profile: Profile, port_offset: u16) -> anyhow::Result<Loca
     }
     let pins = Pins::load(&crate::project_root())?;
     let tools = deps::find(&pins).context("the local runtime needs its binaries")?;
-    let ports = free_ports(profile.port_offset() + port_offset)?;
+    let network = match pods::why_no_pods() {
+        None => Network::Pods {
+            prefix: netns_prefix(profile == Profile::Plaintext),
+        },
+        Some(why) => {
+            println!(
+                "not isolated: {why}, so every component shares this machine's loopback and any local process can reach the backend's API, both Envoys' admins and the frontend Envoy's outbound listener"
+            );
+            Network::SharedLoopback
+        }
+    };
+    let ports = free_ports(profile.port_offset() + port_offset, &network)?;
     let waves = waves(profile);
-    let total = 1 + waves.len() + usize::from(profile == Profile::Mtls);
+    let total = 2 + waves.len() + usize::from(profile == Profile::Mtls);
     step(1, total, "building frontend and backend (release)");
     cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
         .run()
         .context("build the services")?;
-    let mut lab = prepare(profile, ToolPaths::from(&tools), ports)?;
+    step(2, total, &describe(&network));
+    let mut lab = prepare(sh, profile, ToolPaths::from(&tools), ports, network)?;
     let mut current = Component::SpireServer;
     if let Err(e) = start_in_waves(sh, &mut lab, &waves, total, &mut current) {
         report_failure(&lab, current, &e);
         return Err(e);
     }
+    lab.start_forwarder()
+        .context("the UI's forwarder into the frontend's pod")?;
     println!(
         "\nThe lab is up in {:.1} s: open {}\nNext: cargo xtask status --local · cargo xtask scenario all --local · cargo xtask down --local",
         started.elapsed().as_secs_f64(),
@@ -63,6 +79,7 @@ fn already_up(profile: Profile) -> anyhow::Result<Option<LocalLab>> {
         .state
         .components
         .iter()
+        .chain(&lab.state.forwarder)
         .filter(|c| !c.pid.is_some_and(|p| procs::is_ours(p, &c.spec.program)))
         .map(|c| c.name.clone())
         .collect();
@@ -82,10 +99,27 @@ fn already_up(profile: Profile) -> anyhow::Result<Option<LocalLab>> {
     Ok(None)
 }
 
-/// The lab's ports, shifted by `offset`, each checked free.
-fn free_ports(offset: u16) -> anyhow::Result<Ports> {
+/// How the pods are made, in a line.
+fn describe(network: &Network) -> String {
+    match network {
+        Network::Pods { .. } => format!(
+            "pods: {} network namespaces on a bridge inside the lab's own ({}/24 there only; no route off the machine), a uid per workload",
+            Pod::ALL.len(),
+            network.addr(Pod::SpireServer)
+        ),
+        Network::SharedLoopback => "no pods: one shared loopback".into(),
+    }
+}
+
+/// The lab's ports, shifted by `offset`, each checked free where it is bound on this machine's
+/// loopback: all of them without pods; with pods only the UI's (the rest are inside pods).
+fn free_ports(offset: u16, network: &Network) -> anyhow::Result<Ports> {
     let ports = Ports::with_offset(offset);
-    for (port, name) in ports.named() {
+    let on_host = ports
+        .named()
+        .into_iter()
+        .filter(|(p, _)| !network.is_pods() || *p == ports.frontend);
+    for (port, name) in on_host {
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
             bail!(
                 "port {port} ({name}) is in use: stop what uses it, or pass --port-offset N to shift every port"
@@ -95,15 +129,29 @@ fn free_ports(offset: u16) -> anyhow::Result<Ports> {
     Ok(ports)
 }
 
-/// The state directory with its configs, its (empty) state file and the link to it.
-fn prepare(profile: Profile, tools: ToolPaths, ports: Ports) -> anyhow::Result<LocalLab> {
+/// The state directory with its configs, its (empty) state file, the programs other uids run,
+/// the pods, and the link to it.
+fn prepare(
+    sh: &Shell,
+    profile: Profile,
+    tools: ToolPaths,
+    ports: Ports,
+    network: Network,
+) -> anyhow::Result<LocalLab> {
     let root = profile.root();
     let layout = Layout {
         root: root.clone(),
         ports,
+        network,
     };
     let pg_user = postgres::pg_user()?;
-    prepare_dirs(&layout, pg_user)?;
+    let backend_user = layout.network.is_pods().then(|| {
+        (
+            workload_uid(Workload::Backend),
+            workload_uid(Workload::Backend),
+        )
+    });
+    prepare_dirs(&layout, pg_user, backend_user)?;
     configs::write_local_configs(&layout)?;
     if profile == Profile::Plaintext {
         plaintext::write_plaintext_profile(&layout)?;
@@ -112,7 +160,7 @@ fn prepare(profile: Profile, tools: ToolPaths, ports: Ports) -> anyhow::Result<L
         crate::project_root().join("manifests/backend/config/rbac.yaml"),
         layout.rbac_dir().join("rbac.yaml"),
     )?;
-    let lab = LocalLab {
+    let mut lab = LocalLab {
         root: root.clone(),
         state: State {
             layout,
@@ -121,16 +169,14 @@ fn prepare(profile: Profile, tools: ToolPaths, ports: Ports) -> anyhow::Result<L
             profile,
             components: Vec::new(),
             entries: Vec::new(),
+            staged: Vec::new(),
+            forwarder: None,
         },
+        forwards: Default::default(),
     };
+    lab.stage()?;
     lab.save()?;
-    if pg_user.is_some() && profile == Profile::Mtls {
-        // The postgres user cannot reach the cache under root's home: its helper is a copy.
-        let bin = lab.layout().p("bin");
-        std::fs::create_dir_all(&bin)?;
-        chmod(&bin, 0o755)?;
-        std::fs::copy(&lab.state.tools.spiffe_helper, lab.pg_helper())?;
-    }
+    lab.layout().network.create(sh).context("make the pods")?;
     if profile == Profile::Mtls {
         if let Some(parent) = link().parent() {
             std::fs::create_dir_all(parent)?;
@@ -141,7 +187,90 @@ fn prepare(profile: Profile, tools: ToolPaths, ports: Ports) -> anyhow::Result<L
     Ok(lab)
 }
 
-fn prepare_dirs(l: &Layout, pg: Option<(u32, u32)>) -> anyhow::Result<()> {
+impl LocalLab {
+    /// Copies into `bin/` what another uid runs: with pods, every workload's program and xtask
+    /// (the UI's forwarder); as root without pods, PostgreSQL's spiffe-helper. Root's cache and
+    /// a checkout under its home are out of their reach. A hard link where it can be.
+    fn stage(&mut self) -> anyhow::Result<()> {
+        let release = crate::project_root().join("target/release");
+        let t = &self.state.tools;
+        let mut wanted = Vec::new();
+        if self.layout().network.is_pods() {
+            wanted.extend([
+                ("envoy", t.envoy.clone()),
+                ("backend", release.join("backend")),
+                ("frontend", release.join("frontend")),
+                ("xtask", std::env::current_exe()?),
+            ]);
+        }
+        if self.layout().network.is_pods() || self.state.pg_user.is_some() {
+            wanted.push(("spiffe-helper", t.spiffe_helper.clone()));
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let bin = self.layout().p("bin");
+        std::fs::create_dir_all(&bin)?;
+        chmod(&bin, 0o755)?;
+        for (name, src) in wanted {
+            let dst = bin.join(name);
+            let _ = std::fs::remove_file(&dst);
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst)
+                    .with_context(|| format!("copy {} into {}", src.display(), bin.display()))?;
+                chmod(&dst, 0o755)?;
+            }
+            self.state.staged.push(name.to_owned());
+        }
+        Ok(())
+    }
+
+    /// With pods, the UI at `frontend_url` on this machine's loopback: a forwarder process into
+    /// the frontend's pod, as kind's port mapping is.
+    fn start_forwarder(&mut self) -> anyhow::Result<()> {
+        let Some(netns) = self.layout().network.netns(Pod::Frontend) else {
+            return Ok(());
+        };
+        let port = self.ports().frontend;
+        let spec = Spec {
+            program: self.layout().bin("xtask"),
+            args: vec![
+                "forward".into(),
+                "--netns".into(),
+                netns.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--to".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            env: vec![],
+            user: None,
+            log: self.layout().p("logs/ui-forward.log"),
+            stop_signal: None,
+            netns: None,
+        };
+        let pid = procs::spawn(&spec)?;
+        self.state.forwarder = Some(Running {
+            name: "ui-forward".into(),
+            spec,
+            pid: Some(pid),
+        });
+        self.save()?;
+        let url = format!("{}/readyz", self.frontend_url());
+        wait_for(Duration::from_secs(10), || {
+            let (status, _) = crate::probe::get(&url)?;
+            anyhow::ensure!(status == 200, "{url} answered HTTP {status}");
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+fn prepare_dirs(
+    l: &Layout,
+    pg: Option<(u32, u32)>,
+    backend: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&l.root)?;
     chmod(&l.root, 0o755)?;
     for (dir, mode, owner) in [
@@ -151,7 +280,7 @@ fn prepare_dirs(l: &Layout, pg: Option<(u32, u32)>) -> anyhow::Result<()> {
         ("spire-server/data", 0o700, None),
         ("agents", 0o755, None),
         ("certs", 0o755, None),
-        ("certs/backend", 0o700, None),
+        ("certs/backend", 0o700, backend),
         ("certs/postgres", 0o700, pg),
         ("postgres", 0o755, pg),
         ("postgres/data", 0o700, pg),
@@ -164,7 +293,7 @@ fn prepare_dirs(l: &Layout, pg: Option<(u32, u32)>) -> anyhow::Result<()> {
         chown(&p, owner)?;
     }
     for node in NODES {
-        // The Workload API socket is for every local user (the postgres user included).
+        // The Workload API socket is for every local user (the workloads' uids included).
         let d = l.p(&format!("agents/{node}"));
         std::fs::create_dir_all(d.join("data"))?;
         chmod(&d, 0o755)?;
@@ -211,7 +340,8 @@ fn start_in_waves(
 ) -> anyhow::Result<()> {
     // initdb runs while SPIRE starts.
     let mut initdb = lab.start_initdb()?;
-    let mut n = 1;
+    // Steps 1 and 2 were the build and the pods.
+    let mut n = 2;
     for (start, wait) in waves {
         let names: Vec<String> = start.iter().map(|c| c.name()).collect();
         n += 1;
@@ -287,7 +417,12 @@ fn down_at(root: &Path) -> anyhow::Result<()> {
     };
     let mut stopped = 0;
     let mut left = Vec::new();
-    for r in lab.state.components.iter().rev() {
+    for r in lab
+        .state
+        .forwarder
+        .iter()
+        .chain(lab.state.components.iter().rev())
+    {
         if let Some(pid) = r.pid
             && procs::is_ours(pid, &r.spec.program)
         {
@@ -306,6 +441,11 @@ fn down_at(root: &Path) -> anyhow::Result<()> {
             root.display()
         );
     }
+    let sh = Shell::new()?;
+    lab.layout()
+        .network
+        .remove(&sh)
+        .context("remove the pods' network namespaces")?;
     std::fs::remove_dir_all(root).with_context(|| format!("remove {}", root.display()))?;
     if is_lab {
         let _ = std::fs::remove_file(link());
@@ -336,6 +476,27 @@ pub fn ensure_nothing_left() -> anyhow::Result<()> {
         left.join("\n")
     );
     ensure!(!root.exists(), "{} still exists after down", root.display());
-    println!("after down: no process of the lab remains, state removed");
+    let namespaces: Vec<String> = [false, true]
+        .into_iter()
+        .flat_map(|plaintext| pods::namespaces(&netns_prefix(plaintext)))
+        .collect();
+    ensure!(
+        namespaces.is_empty(),
+        "network namespaces of the lab remain after down: {}",
+        namespaces.join(", ")
+    );
+    let host_links: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| pods::is_lab_interface(n))
+        .collect();
+    ensure!(
+        host_links.is_empty(),
+        "interfaces of the lab's pods on the host after down: {}",
+        host_links.join(", ")
+    );
+    println!(
+        "after down: no process of the lab remains, no network namespace, bridge or veth of its pods, state removed"
+    );
     Ok(())
 }
