@@ -19,6 +19,12 @@ fn stage(name: &str) -> Instant {
 impl flags::Ci {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
         let mut times = Vec::new();
+        // The offline kind path's builds (many minutes on a new machine) run from the start at
+        // the lowest priority, soaking up what the other stages leave idle (downloads, the
+        // lab's waits); the kind stage waits for them.
+        let kind_deps = (!self.no_lab && !self.no_kind)
+            .then(BackgroundDeps::start)
+            .transpose()?;
 
         let t = stage("formatting and lints");
         cmd!(sh, "cargo fmt --all -- --check")
@@ -35,11 +41,6 @@ impl flags::Ci {
         let t = stage("local binaries (cargo xtask deps)");
         crate::deps::ensure(sh, true)?;
         times.push(("deps", t.elapsed()));
-        // The offline kind path's builds (many minutes on a new machine) run at low priority
-        // beside the tests and the local lab, which mostly wait; the kind stage waits for them.
-        let kind_deps = (!self.no_lab && !self.no_kind)
-            .then(BackgroundDeps::start)
-            .transpose()?;
 
         let t = stage("the Nix flake, as far as it can be checked without nixpkgs");
         crate::checks::nix::check(sh)?;
@@ -162,7 +163,7 @@ impl BackgroundDeps {
         let child = std::process::Command::new("nice")
             .args(["-n", "19"])
             .arg(std::env::current_exe()?)
-            .args(["deps", "--no-test-tools", "--kind-offline"])
+            .args(["deps", "--kind-offline", "--only-kind-offline"])
             .current_dir(crate::project_root())
             .stdin(std::process::Stdio::null())
             .stdout(out.try_clone()?)

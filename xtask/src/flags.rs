@@ -70,6 +70,9 @@ pub struct Deps {
     /// Kubernetes' node programs from source, the images' other programs (many minutes at first).
     #[arg(long)]
     pub kind_offline: bool,
+    /// Only what `--kind-offline` adds (CI builds it in the background beside the rest).
+    #[arg(long, requires = "kind_offline")]
+    pub only_kind_offline: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

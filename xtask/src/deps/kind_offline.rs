@@ -313,7 +313,8 @@ pub fn ensure_kind_offline(sh: &Shell, pins: &Pins) -> anyhow::Result<OfflineKin
         )?;
     }
     println!("  ok  dockerd, mmdebstrap");
-    super::KUBE_API.ensure(sh, &kubernetes_ldflags(pins))?;
+    // The node's programs first: the API server's are also built by the tests' deps, which
+    // may be doing so at this moment.
     KUBE_NODE.ensure(sh, &format!("-s -w {}", kubernetes_ldflags(pins)))?;
     println!(
         "  ok  Kubernetes {} node programs (built from source)",
@@ -335,6 +336,7 @@ pub fn ensure_kind_offline(sh: &Shell, pins: &Pins) -> anyhow::Result<OfflineKin
     )?;
     KIND_NODE.ensure(sh, "-s -w")?;
     println!("  ok  crictl, CoreDNS, local-path-provisioner, SPIFFE CSI driver, xtask/kind-node");
+    super::KUBE_API.ensure(sh, &kubernetes_ldflags(pins))?;
     module_dir(sh, "sigs.k8s.io/kind", &pins.kind.version)?;
     ensure!(
         is_root(),

@@ -28,6 +28,12 @@ pub struct Tools {
 
 impl crate::flags::Deps {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        if self.only_kind_offline {
+            let pins = Pins::load(&crate::project_root())?;
+            ensure_kind_offline(sh, &pins)?;
+            println!("\nAll set: what the offline kind path builds from.");
+            return Ok(());
+        }
         let tools = ensure(sh, !self.no_test_tools)?;
         if self.kind_offline {
             let pins = Pins::load(&crate::project_root())?;
@@ -185,7 +191,9 @@ impl RepoGo {
         let _src = sh.push_dir(self.src());
         for (package, name) in missing {
             println!("building {name} (xtask/{}) with Go…", self.name);
-            let partial = dir.join(format!("{name}.partial"));
+            // Another xtask may build the same program at the same time (CI's background
+            // builds): each writes its own file, and the rename is atomic.
+            let partial = dir.join(format!("{name}.partial-{}", std::process::id()));
             let _cgo = self.static_only.then(|| sh.push_env("CGO_ENABLED", "0"));
             cmd!(
                 sh,
@@ -636,6 +644,8 @@ impl Apt {
                 packages.join(" ")
             );
         }
+        // One xtask at a time uses apt (CI's background builds install their own packages).
+        let _lock = AptLock::take()?;
         println!("installing {what} with apt-get: {}", packages.join(" "));
         if !self.updated {
             cmd!(sh, "apt-get update -qq")
@@ -650,6 +660,28 @@ impl Apt {
         )
         .run()
         .with_context(|| format!("apt-get install {}", packages.join(" ")))
+    }
+}
+
+/// An exclusive lock on apt among the xtask processes of this machine, held until dropped.
+struct AptLock(std::fs::File);
+
+impl AptLock {
+    fn take() -> anyhow::Result<AptLock> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(cache_dir())?;
+        let f = std::fs::File::create(cache_dir().join("apt.lock"))?;
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("lock apt: {}", std::io::Error::last_os_error());
+        }
+        Ok(AptLock(f))
+    }
+}
+
+impl Drop for AptLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 
