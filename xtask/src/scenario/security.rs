@@ -27,6 +27,45 @@ struct Attempt {
     must_say: Option<String>,
 }
 
+/// Runs one attempt. A refusal that is not the one it must be, but reads as a transport that
+/// went away under it (on kind, a port-forward ending after the pod refused the attempt before),
+/// is tried again, up to five times; the answer kept is the last.
+fn attempt(
+    what: impl Into<String>,
+    at: &'static str,
+    must_say: Option<String>,
+    mut f: impl FnMut() -> anyhow::Result<Answer>,
+) -> anyhow::Result<Attempt> {
+    let dropped = |s: &str| {
+        [
+            "connection closed",
+            "Connection reset",
+            "Broken pipe",
+            "unexpected EOF",
+        ]
+        .iter()
+        .any(|d| s.contains(d))
+    };
+    let mut tries = 0;
+    loop {
+        let answer = f()?;
+        tries += 1;
+        let again = match (&answer, &must_say) {
+            (Answer::Refused(said), Some(must)) => !said.contains(must.as_str()) && dropped(said),
+            _ => false,
+        };
+        if !again || tries == 5 {
+            return Ok(Attempt {
+                what: what.into(),
+                at,
+                answer,
+                must_say,
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 /// Refused during TLS, before any HTTP: the backend Envoy's answer to a bad certificate.
 const AT_TLS: &str = "TLS: ";
 
@@ -39,19 +78,39 @@ fn foreign(ca: &TestCa, spiffe_id: &str, dns: Option<&str>) -> anyhow::Result<Cl
     })
 }
 
+/// `f`, again while the listener cannot be connected to at all, for up to 15 s: on kind a
+/// port-forward ends when the pod refuses a forwarded connection, and the next address the lab
+/// gives is a new one. Answers, refusals included, are never retried.
+fn reachable<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match f() {
+            Err(e)
+                if e.to_string().starts_with("connect ")
+                    && started.elapsed() < Duration::from_secs(15) =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The orders, read through the backend Envoy as `id` (None: no client certificate).
 fn at_backend_envoy(
     lab: &dyn Lab,
     id: Option<&ClientIdentity>,
     trust: &[X509],
 ) -> anyhow::Result<(Option<u16>, Answer)> {
-    probe::https_get_as(
-        &lab.backend_envoy_addr(),
-        "/api/orders",
-        id,
-        trust,
-        &Workload::Backend.spiffe_id(),
-    )
+    reachable(|| {
+        probe::https_get_as(
+            &lab.backend_envoy_addr(),
+            "/api/orders",
+            id,
+            trust,
+            &Workload::Backend.spiffe_id(),
+        )
+    })
 }
 
 /// Logs in to PostgreSQL as role backend (as `id`, or in plaintext) and tries `sql`.
@@ -61,13 +120,15 @@ fn at_postgres(
     trust: &[X509],
     sql: &str,
 ) -> anyhow::Result<Answer> {
-    probe::postgres_as(
-        &lab.postgres_addr(),
-        id,
-        trust,
-        &Workload::Postgres.spiffe_id(),
-        sql,
-    )
+    reachable(|| {
+        probe::postgres_as(
+            &lab.postgres_addr(),
+            id,
+            trust,
+            &Workload::Postgres.spiffe_id(),
+            sql,
+        )
+    })
 }
 
 /// What an insider logged in as `backend` would do to the real backend: end its sessions.
@@ -125,82 +186,93 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
 
     step("at the backend Envoy (mTLS, then RBAC on the caller's SPIFFE ID)");
     let id = foreign(&foreign_ca, &frontend, None)?;
-    attempts.push(Attempt {
-        what: format!("a foreign CA's certificate for the frontend's exact ID ({frontend})"),
-        at: envoy,
-        answer: at_backend_envoy(lab, Some(&id), &bundle)?.1,
-        must_say: Some(AT_TLS.into()),
-    });
+    attempts.push(attempt(
+        format!("a foreign CA's certificate for the frontend's exact ID ({frontend})"),
+        envoy,
+        Some(AT_TLS.into()),
+        || Ok(at_backend_envoy(lab, Some(&id), &bundle)?.1),
+    )?);
     let evil_id = "spiffe://evil.example/ns/demo/sa/frontend";
     let id = foreign(&evil, evil_id, None)?;
-    attempts.push(Attempt {
-        what: format!("another trust domain's SVID ({evil_id})"),
-        at: envoy,
-        answer: at_backend_envoy(lab, Some(&id), &bundle)?.1,
-        must_say: Some(AT_TLS.into()),
-    });
+    attempts.push(attempt(
+        format!("another trust domain's SVID ({evil_id})"),
+        envoy,
+        Some(AT_TLS.into()),
+        || Ok(at_backend_envoy(lab, Some(&id), &bundle)?.1),
+    )?);
     let expired = lab.mint_svid(&frontend, None, Duration::from_secs(1))?;
     let not_after = svid::unix_time(expired.identity.chain[0].not_after());
     while contract::time::seconds_until(not_after) >= 0 {
         std::thread::sleep(Duration::from_millis(250));
     }
-    attempts.push(Attempt {
-        what: "an expired SVID for the frontend, minted by SPIRE".into(),
-        at: envoy,
-        answer: at_backend_envoy(lab, Some(&expired.identity), &bundle)?.1,
-        must_say: Some(AT_TLS.into()),
-    });
-    attempts.push(Attempt {
-        what: "no client certificate".into(),
-        at: envoy,
-        answer: at_backend_envoy(lab, None, &bundle)?.1,
-        must_say: Some("alert certificate required".into()),
-    });
-    attempts.push(Attempt {
-        what: "plaintext HTTP to the mTLS listener".into(),
-        at: envoy,
-        answer: probe::plaintext_http(&lab.backend_envoy_addr(), "/api/orders")?,
-        must_say: None,
-    });
+    attempts.push(attempt(
+        "an expired SVID for the frontend, minted by SPIRE",
+        envoy,
+        Some(AT_TLS.into()),
+        || Ok(at_backend_envoy(lab, Some(&expired.identity), &bundle)?.1),
+    )?);
+    attempts.push(attempt(
+        "no client certificate",
+        envoy,
+        Some("alert certificate required".into()),
+        || Ok(at_backend_envoy(lab, None, &bundle)?.1),
+    )?);
+    attempts.push(attempt(
+        "plaintext HTTP to the mTLS listener",
+        envoy,
+        None,
+        || {
+            Ok(reachable(|| {
+                probe::plaintext_http(&lab.backend_envoy_addr(), "/api/orders")
+            })?)
+        },
+    )?);
     let minted_rogue = lab.mint_svid(&rogue, Workload::Backend.dns_name(), minute)?;
-    attempts.push(Attempt {
-        what: format!("an SVID minted by SPIRE for {rogue} (valid chain, wrong ID)"),
-        at: envoy,
-        answer: at_backend_envoy(lab, Some(&minted_rogue.identity), &bundle)?.1,
-        must_say: Some("HTTP 403: backend Envoy: RBAC: access denied".into()),
-    });
+    attempts.push(attempt(
+        format!("an SVID minted by SPIRE for {rogue} (valid chain, wrong ID)"),
+        envoy,
+        Some("HTTP 403: backend Envoy: RBAC: access denied".into()),
+        || Ok(at_backend_envoy(lab, Some(&minted_rogue.identity), &bundle)?.1),
+    )?);
 
     step("at PostgreSQL (TLS, certificate authentication, then the SPIFFE ID at login)");
-    attempts.push(Attempt {
-        what: format!(
+    attempts.push(attempt(
+        format!(
             "the SPIRE-minted {rogue} with CN backend logs in as backend to end the backend's sessions"
         ),
-        at: "PostgreSQL",
-        answer: at_postgres(
+        "PostgreSQL",
+        Some(format!("SPIFFE ID {rogue} may not log in as backend")),
+        || Ok(at_postgres(
             lab,
             Some(&minted_rogue.identity),
             &bundle,
             END_THE_BACKENDS_SESSIONS,
-        )?,
-        must_say: Some(format!("SPIFFE ID {rogue} may not log in as backend")),
-    });
+        )?),
+    )?);
     let id = foreign(
         &foreign_ca,
         &Workload::Backend.spiffe_id(),
         Workload::Backend.dns_name(),
     )?;
-    attempts.push(Attempt {
-        what: "a foreign CA's certificate for the backend's ID, CN backend".into(),
-        at: "PostgreSQL",
-        answer: at_postgres(lab, Some(&id), &bundle, END_THE_BACKENDS_SESSIONS)?,
-        must_say: None,
-    });
-    attempts.push(Attempt {
-        what: "plaintext, as backend".into(),
-        at: "PostgreSQL",
-        answer: at_postgres(lab, None, &bundle, END_THE_BACKENDS_SESSIONS)?,
-        must_say: Some("no encryption".into()),
-    });
+    attempts.push(attempt(
+        "a foreign CA's certificate for the backend's ID, CN backend",
+        "PostgreSQL",
+        None,
+        || {
+            Ok(at_postgres(
+                lab,
+                Some(&id),
+                &bundle,
+                END_THE_BACKENDS_SESSIONS,
+            )?)
+        },
+    )?);
+    attempts.push(attempt(
+        "plaintext, as backend",
+        "PostgreSQL",
+        Some("no encryption".into()),
+        || Ok(at_postgres(lab, None, &bundle, END_THE_BACKENDS_SESSIONS)?),
+    )?);
 
     step("from another pod, at the listeners each pod keeps on its own loopback");
     match lab.capabilities().shared_loopback {

@@ -325,6 +325,9 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
             println!("        ({:.0} s)", t.elapsed().as_secs_f64());
         }
     }
+    if target == Target::Kind {
+        serves()?;
+    }
     match &target {
         Target::Kind => println!(
             "\nThe lab is up on kind in {:.0} s: open {}\nNext: cargo xtask status · cargo xtask scenario all --runtime kind · cargo xtask down",
@@ -337,6 +340,32 @@ pub fn up(sh: &Shell, dry_run: bool, target: Target, offline: bool) -> anyhow::R
         ),
     }
     Ok(())
+}
+
+/// Ready means the lab serves: the rollouts are complete once the probes pass, but a workload
+/// starts before its registration entry exists, and an Envoy whose first SDS requests the agent
+/// refused asks again only after a backoff (up to half a minute). So `up` ends with the first
+/// Run Demo that succeeds through the UI, waiting at most two minutes.
+fn serves() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    println!("[ready] until Run Demo succeeds through the UI (every hop holds its SVID)");
+    let outcome = crate::procs::wait_for(std::time::Duration::from_secs(120), || {
+        let d = crate::demo::run_demo(&ui_url())?;
+        anyhow::ensure!(d.ok(), "{}", d.line());
+        Ok(d)
+    });
+    match outcome {
+        Ok((d, took)) => {
+            println!("        {} ({:.0} s)", d.line(), took.as_secs_f64());
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "the lab on kind does not serve {:.0} s after its rollouts: `cargo xtask status` shows who holds which SVID, `cargo xtask logs envoy-frontend` why a hop fails",
+                started.elapsed().as_secs_f64()
+            )
+        }),
+    }
 }
 
 /// Runs one step; `quiet` keeps the command and its output off the terminal unless it fails.
