@@ -221,11 +221,7 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         "plaintext HTTP to the mTLS listener",
         envoy,
         None,
-        || {
-            Ok(reachable(|| {
-                probe::plaintext_http(&lab.backend_envoy_addr(), "/api/orders")
-            })?)
-        },
+        || reachable(|| probe::plaintext_http(&lab.backend_envoy_addr(), "/api/orders")),
     )?);
     let minted_rogue = lab.mint_svid(&rogue, Workload::Backend.dns_name(), minute)?;
     attempts.push(attempt(
@@ -242,12 +238,14 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         ),
         "PostgreSQL",
         Some(format!("SPIFFE ID {rogue} may not log in as backend")),
-        || Ok(at_postgres(
-            lab,
-            Some(&minted_rogue.identity),
-            &bundle,
-            END_THE_BACKENDS_SESSIONS,
-        )?),
+        || {
+            at_postgres(
+                lab,
+                Some(&minted_rogue.identity),
+                &bundle,
+                END_THE_BACKENDS_SESSIONS,
+            )
+        },
     )?);
     let id = foreign(
         &foreign_ca,
@@ -258,20 +256,13 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         "a foreign CA's certificate for the backend's ID, CN backend",
         "PostgreSQL",
         None,
-        || {
-            Ok(at_postgres(
-                lab,
-                Some(&id),
-                &bundle,
-                END_THE_BACKENDS_SESSIONS,
-            )?)
-        },
+        || at_postgres(lab, Some(&id), &bundle, END_THE_BACKENDS_SESSIONS),
     )?);
     attempts.push(attempt(
         "plaintext, as backend",
         "PostgreSQL",
         Some("no encryption".into()),
-        || Ok(at_postgres(lab, None, &bundle, END_THE_BACKENDS_SESSIONS)?),
+        || at_postgres(lab, None, &bundle, END_THE_BACKENDS_SESSIONS),
     )?);
 
     step("from another pod, at the listeners each pod keeps on its own loopback");
