@@ -52,14 +52,27 @@ pub fn up(sh: &Shell, profile: Profile, port_offset: u16) -> anyhow::Result<Loca
         .run()
         .context("build the services")?;
     step(2, total, &describe(&network));
+    let t = Instant::now();
     let mut lab = prepare(sh, profile, ToolPaths::from(&tools), ports, network)?;
+    println!(
+        "        state, configs and pods ready ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
     let mut current = Component::SpireServer;
     if let Err(e) = start_in_waves(sh, &mut lab, &waves, total, &mut current) {
         report_failure(&lab, current, &e);
         return Err(e);
     }
+    let t = Instant::now();
     lab.start_forwarder()
         .context("the UI's forwarder into the frontend's pod")?;
+    if lab.layout().network.is_pods() {
+        println!(
+            "        UI forwarded from {} ({:.1} s)",
+            lab.frontend_url(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     println!(
         "\nThe lab is up in {:.1} s: open {}\nNext: cargo xtask status --local · cargo xtask scenario all --local · cargo xtask down --local",
         started.elapsed().as_secs_f64(),
