@@ -67,6 +67,8 @@ pub struct Tally {
     pub failures: Vec<String>,
     /// The latency of every successful call.
     pub latencies: Vec<Duration>,
+    /// When each successful call ended.
+    pub successes: Vec<Instant>,
 }
 
 impl Tally {
@@ -80,6 +82,21 @@ impl Tally {
         let room = KEPT_FAILURES.saturating_sub(self.failures.len());
         self.failures.extend(other.failures.into_iter().take(room));
         self.latencies.extend(other.latencies);
+        self.successes.extend(other.successes);
+    }
+
+    /// The longest time without a successful call, from `since` to `until` (all workers
+    /// together).
+    pub fn longest_gap(&self, since: Instant, until: Instant) -> Duration {
+        let mut at = self.successes.clone();
+        at.sort();
+        let mut last = since;
+        let mut longest = Duration::ZERO;
+        for t in at.into_iter().chain([until]) {
+            longest = longest.max(t.saturating_duration_since(last));
+            last = last.max(t);
+        }
+        longest
     }
 }
 
@@ -152,6 +169,7 @@ fn worker(target: &str, stop: &AtomicBool, pause: Duration) -> Tally {
             Ok(()) => {
                 tally.ok += 1;
                 tally.latencies.push(t.elapsed());
+                tally.successes.push(Instant::now());
             }
             Err(e) => {
                 tally.failed += 1;

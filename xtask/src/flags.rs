@@ -42,22 +42,22 @@ pub enum Command {
     Bench(Bench),
     /// What CI runs: formatting, lints, tests, then the lab on the local runtime with all scenarios.
     Ci(Ci),
-    /// The local runtime's own: from the host's loopback into a pod (the UI's forwarder).
+    /// The local runtime's own: the UI's forwarder into its pod, the SPIRE server's Service.
     #[command(hide = true)]
     Forward(Forward),
 }
 
 #[derive(clap::Args)]
 pub struct Forward {
-    /// The pod's network namespace (a file under /run/netns).
+    /// Connect from inside this network namespace (a file under /run/netns).
     #[arg(long)]
-    pub netns: PathBuf,
-    /// Where to listen, on the host.
+    pub netns: Option<PathBuf>,
+    /// Where to listen.
     #[arg(long)]
     pub listen: std::net::SocketAddr,
-    /// Where to connect, inside the pod.
-    #[arg(long)]
-    pub to: std::net::SocketAddr,
+    /// Where to connect: each connection to the first that answers, taking turns.
+    #[arg(long, required = true)]
+    pub to: Vec<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]

@@ -9,10 +9,16 @@ pub use contract::Holder;
 use contract::Workload;
 use openssl::x509::X509;
 
+/// The SPIRE server's replicas (a StatefulSet's ordinals on Kubernetes).
+pub const SERVER_REPLICAS: u8 = 2;
+
 /// The lab's components, named the same on both runtimes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Component {
-    SpireServer,
+    /// The SPIRE servers' datastore (PostgreSQL of its own).
+    SpireDatastore,
+    /// One replica of the SPIRE server, by ordinal.
+    SpireServer(u8),
     /// The SPIRE agent on the node that runs this workload.
     Agent(Workload),
     HelperPostgres,
@@ -25,8 +31,15 @@ pub enum Component {
 }
 
 impl Component {
-    pub const ALL: [Component; 11] = [
-        Component::SpireServer,
+    /// Every replica of the SPIRE server.
+    pub fn servers() -> impl Iterator<Item = Component> {
+        (0..SERVER_REPLICAS).map(Component::SpireServer)
+    }
+
+    pub const ALL: [Component; 13] = [
+        Component::SpireDatastore,
+        Component::SpireServer(0),
+        Component::SpireServer(1),
         Component::Agent(Workload::Frontend),
         Component::Agent(Workload::Backend),
         Component::Agent(Workload::Postgres),
@@ -41,7 +54,8 @@ impl Component {
 
     pub fn name(self) -> String {
         match self {
-            Component::SpireServer => "spire-server".into(),
+            Component::SpireDatastore => "spire-db".into(),
+            Component::SpireServer(r) => format!("spire-server-{r}"),
             Component::Agent(w) => format!("agent-{}-node", w.service_account()),
             Component::HelperPostgres => "helper-postgres".into(),
             Component::Postgres => "postgres".into(),
@@ -202,6 +216,9 @@ pub trait Lab {
     fn trust_bundle(&self) -> anyhow::Result<Vec<X509>>;
     /// The four certificate holders: frontend Envoy, backend Envoy, backend files, PostgreSQL.
     fn holdings(&self) -> Vec<anyhow::Result<Holding>>;
+    /// The CA certificates each holder checks its peers with, by serial (upper-case hex): the
+    /// Envoys' validation contexts, the backend's and PostgreSQL's bundle files.
+    fn trusted_cas(&self) -> Vec<(Holder, anyhow::Result<Vec<String>>)>;
     /// The chains the backend Envoy and PostgreSQL present, and the backend's files.
     fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<X509>>)>;
     /// The backend's `/readyz`: status and body.
@@ -229,6 +246,17 @@ pub trait Lab {
     ) -> anyhow::Result<Minted>;
     /// host:port of PostgreSQL's TLS listener, reachable from here.
     fn postgres_addr(&self) -> String;
+    /// `spire-server COMMAND… -socketPath … FLAGS…` against replica `replica`'s API, or the
+    /// first replica that answers when None: what it printed (stdout), or its error.
+    fn spire_server(
+        &self,
+        replica: Option<u8>,
+        command: &[&str],
+        flags: &[&str],
+    ) -> anyhow::Result<String>;
+    /// Ends a component at once (SIGKILL; on Kubernetes its pod deleted with no grace period);
+    /// `start` brings it back (on Kubernetes its controller does, and `start` waits for it).
+    fn kill(&mut self, c: Component) -> anyhow::Result<()>;
     /// TCP connections, from a pod of no workload (made for this and removed after), to each
     /// pod's own listener at that pod's address. Only where `Capabilities::shared_loopback` is
     /// None.

@@ -6,6 +6,7 @@
 mod bench;
 mod checks;
 mod ci;
+mod datastore;
 mod demo;
 mod deps;
 mod flags;

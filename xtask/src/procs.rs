@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
-    #[serde(default)]
+    /// Never saved in the state file (it may carry a password): rebuilt at each start.
+    #[serde(default, skip_serializing)]
     pub env: Vec<(String, String)>,
     /// uid and gid to run as (PostgreSQL and its helper when the lab runs as root).
     pub user: Option<(u32, u32)>,
@@ -139,7 +140,8 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-fn reap(pid: u32) {
+/// Collects a child that ended (a no-op for any other process).
+pub fn reap(pid: u32) {
     unsafe {
         libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
     }

@@ -74,12 +74,21 @@ pub fn entry_ids(json: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// The id of the entry `spire-server entry create -output json` made.
+/// The id of the entry `spire-server entry create -output json` made. The command succeeds
+/// even when the server could not create it: the result's status says so, and is an error here.
 pub fn created_id(json: &str) -> anyhow::Result<String> {
     use anyhow::Context;
     let v: serde_json::Value = serde_json::from_str(json)?;
-    v["results"][0]["entry"]["id"]
+    let result = &v["results"][0];
+    if let Some(code) = result["status"]["code"].as_i64().filter(|c| *c != 0) {
+        anyhow::bail!(
+            "the entry was not created (code {code}): {}",
+            result["status"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    result["entry"]["id"]
         .as_str()
+        .filter(|id| !id.is_empty())
         .map(str::to_owned)
         .with_context(|| format!("no entry id in {json}"))
 }
@@ -142,6 +151,19 @@ pub fn minted(json: &str) -> anyhow::Result<crate::lab::Minted> {
         },
         bundle: certs(&m.root_cas)?,
     })
+}
+
+#[cfg(test)]
+mod created {
+    /// A refused creation is an error that says why, though the command exits with 0.
+    #[test]
+    fn a_refused_creation_is_an_error_with_the_servers_reason() {
+        let refused = r#"{"results":[{"entry":{"id":""},"status":{"code":13,"message":"failed to create entry: datastore-sql: dial tcp 10.89.0.7:15433: connect: connection refused"}}]}"#;
+        let e = super::created_id(refused).unwrap_err().to_string();
+        assert!(e.contains("code 13") && e.contains("datastore-sql"), "{e}");
+        let made = r#"{"results":[{"entry":{"id":"abc"},"status":{"code":0,"message":"OK"}}]}"#;
+        assert_eq!(super::created_id(made).unwrap(), "abc");
+    }
 }
 
 #[cfg(test)]

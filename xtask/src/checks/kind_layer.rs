@@ -36,6 +36,17 @@ pub fn check_against_apiserver(sh: &Shell, kube: &crate::deps::KubeTools) -> any
     std::os::unix::fs::symlink(root.join("manifests"), work.path().join("manifests"))?;
     let _dir = sh.push_dir(work.path());
     let _env = sh.push_env("KUBECONFIG", &api.kubeconfig);
+    // xtask's own steps call `kubectl` by name: this server's.
+    let path = std::env::join_paths(
+        api.kubectl
+            .parent()
+            .into_iter()
+            .map(std::path::Path::to_owned)
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+    )?;
+    let _path = sh.push_env("PATH", path);
     let rendered = super::manifests::render(sh, &kube.kustomize)?;
     let mut lab = KindLab::attach(&api.kubectl, &api.kubeconfig, &api.contexts[0]);
 
@@ -138,7 +149,13 @@ fn plans_run_twice(
 fn api_steps(api: &ApiServer, pins: &Pins, target: &Target) -> Vec<Step> {
     plan::plan(pins, ImageBuild::Nix, target)
         .into_iter()
-        .filter(|s| s.runs("kubectl") || matches!(s.action, Action::WriteRegistryOverlay { .. }))
+        .filter(|s| {
+            s.runs("kubectl")
+                || matches!(
+                    s.action,
+                    Action::WriteRegistryOverlay { .. } | Action::DatastoreSecrets { .. }
+                )
+        })
         .filter(|s| !s.argv().iter().any(|a| a == "exec" || a == "rollout"))
         .map(|mut s| {
             if let Action::Command(argv) = &mut s.action {

@@ -12,7 +12,7 @@ use crate::demo::{Demo, Load};
 use crate::lab::{Component, Lab, Policy};
 use crate::probe;
 
-fn step(what: &str) {
+pub(super) fn step(what: &str) {
     println!("  → {what}");
 }
 
@@ -196,7 +196,7 @@ pub fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn holder_serials(lab: &dyn Lab) -> BTreeMap<Holder, (String, Option<i64>)> {
+pub(super) fn holder_serials(lab: &dyn Lab) -> BTreeMap<Holder, (String, Option<i64>)> {
     lab.holdings()
         .into_iter()
         .flatten()
@@ -208,7 +208,7 @@ fn holder_serials(lab: &dyn Lab) -> BTreeMap<Holder, (String, Option<i64>)> {
 /// with that TTL. A holder's current certificate may still be a short one left by an earlier
 /// scenario, while the certificate of the default TTL that its end asked for is on its way: only
 /// a new serial counts.
-fn shorten_ttl(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+pub(super) fn shorten_ttl(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     step(&format!(
         "set the X.509-SVID TTL of the three workloads to {ttl} s"
     ));
@@ -237,7 +237,7 @@ fn shorten_ttl(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     }
 }
 
-fn restore_ttl(lab: &mut dyn Lab) -> anyhow::Result<()> {
+pub(super) fn restore_ttl(lab: &mut dyn Lab) -> anyhow::Result<()> {
     step("restore the default X.509-SVID TTL");
     lab.set_svid_ttl(None)
 }
@@ -332,15 +332,15 @@ pub fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Res
             .into_iter()
             .map(|(h, (s, _))| (h, s))
             .collect();
-        step("stop the SPIRE server");
-        lab.stop(Component::SpireServer)?;
+        step("stop the SPIRE server: every replica");
+        stop_servers(lab)?;
         let outage = Duration::from_secs(u64::from(ttl) / 3);
         let started = Instant::now();
         let mut n = 0;
         while started.elapsed() < outage {
             let d = run_demo(lab)?;
             if !d.ok() {
-                let _ = lab.start(Component::SpireServer);
+                let _ = start_servers(lab);
                 bail!("a request failed while the server was down: {}", d.line());
             }
             n += 1;
@@ -351,7 +351,7 @@ pub fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Res
             outage.as_secs()
         ));
         step("start the SPIRE server again");
-        lab.start(Component::SpireServer)?;
+        start_servers(lab)?;
         let started = Instant::now();
         let mut fresh: BTreeSet<Holder> = BTreeSet::new();
         while fresh.len() < before.len() {
@@ -374,11 +374,29 @@ pub fn server_outage(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Res
         ensure!(d.ok(), "Run Demo fails after the outage");
         Ok(())
     })();
-    if lab.instance(Component::SpireServer).is_none() {
-        lab.start(Component::SpireServer)?;
+    if Component::servers().any(|c| lab.instance(c).is_none()) {
+        start_servers(lab)?;
     }
     restore_ttl(lab)?;
     result
+}
+
+/// Every replica, the highest ordinal first (as a StatefulSet scales down).
+fn stop_servers(lab: &mut dyn Lab) -> anyhow::Result<()> {
+    let replicas: Vec<Component> = Component::servers().collect();
+    for c in replicas.into_iter().rev() {
+        lab.stop(c)?;
+    }
+    Ok(())
+}
+
+fn start_servers(lab: &mut dyn Lab) -> anyhow::Result<()> {
+    for c in Component::servers() {
+        if lab.instance(c).is_none() {
+            lab.start(c)?;
+        }
+    }
+    Ok(())
 }
 
 pub fn unregistered(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {

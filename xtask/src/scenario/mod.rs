@@ -2,6 +2,7 @@
 //! evidence as it goes and ends with PASS or FAIL. The scenarios themselves are in `cases`.
 
 mod cases;
+mod faults;
 mod security;
 
 use std::collections::BTreeMap;
@@ -29,10 +30,14 @@ pub enum Scenario {
     ServerOutage,
     HelperDown,
     Security,
+    ServerFailover,
+    CaRotation,
+    AgentRestart,
+    DatastoreDown,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Happy,
         Scenario::Rbac,
         Scenario::DbDown,
@@ -42,6 +47,10 @@ impl Scenario {
         Scenario::ServerOutage,
         Scenario::HelperDown,
         Scenario::Security,
+        Scenario::ServerFailover,
+        Scenario::CaRotation,
+        Scenario::AgentRestart,
+        Scenario::DatastoreDown,
     ];
 
     pub fn name(self) -> String {
@@ -61,6 +70,10 @@ impl Scenario {
             Scenario::EnvoyDown => cases::envoy_down(lab, r),
             Scenario::HelperDown => cases::helper_down(lab, r, ttl),
             Scenario::Security => security::security(lab, r),
+            Scenario::ServerFailover => faults::server_failover(lab, r, ttl),
+            Scenario::CaRotation => faults::ca_rotation(lab, r),
+            Scenario::AgentRestart => faults::agent_restart(lab, r, ttl),
+            Scenario::DatastoreDown => faults::datastore_down(lab, r, ttl),
         }
     }
 }

@@ -81,7 +81,7 @@ fn foreign(ca: &TestCa, spiffe_id: &str, dns: Option<&str>) -> anyhow::Result<Cl
 /// `f`, again while the listener cannot be connected to at all, for up to 15 s: on kind a
 /// port-forward ends when the pod refuses a forwarded connection, and the next address the lab
 /// gives is a new one. Answers, refusals included, are never retried.
-fn reachable<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(super) fn reachable<T>(mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let started = std::time::Instant::now();
     loop {
         match f() {

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use contract::{Holder, NAMESPACE};
 use xshell::{Shell, cmd};
 
-use super::plan::{CLUSTER_ALIAS, account_selectors, registrations, server_cli};
+use super::plan::{CLUSTER_ALIAS, account_selectors, registrations};
 use super::{Placement, Stop, context, placement};
 use crate::lab::{Capabilities, Component, Holding, Lab, Minted, PodListener, Policy, Reach};
 use crate::procs::wait_for;
@@ -420,14 +420,10 @@ impl KindLab {
     }
 
     fn entry_ids(&self, spiffe_id: &str) -> anyhow::Result<Vec<String>> {
-        spire::entry_ids(&self.run(&server_cli(&[
-            "entry",
-            "show",
-            "-spiffeID",
-            spiffe_id,
-            "-output",
-            "json",
-        ]))?)
+        spire::entry_ids(&self.server_exec(
+            None,
+            &["entry", "show", "-spiffeID", spiffe_id, "-output", "json"],
+        )?)
     }
 }
 
@@ -450,6 +446,120 @@ impl KindLab {
             crate::procs::printed(&out).trim()
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `spire-server ARGS…` in replica `replica`'s pod, or in the first replica whose pod
+    /// answers.
+    fn server_exec(&self, replica: Option<u8>, args: &[&str]) -> anyhow::Result<String> {
+        let replicas: Vec<u8> = match replica {
+            Some(r) => vec![r],
+            None => (0..crate::lab::SERVER_REPLICAS).collect(),
+        };
+        let mut last = None;
+        for r in replicas {
+            let pod = format!("spire-server-{r}");
+            let mut argv = vec![
+                "-n",
+                "spire-system",
+                "exec",
+                &pod,
+                "-c",
+                "spire-server",
+                "--",
+            ];
+            argv.push("/opt/spire/bin/spire-server");
+            argv.extend_from_slice(args);
+            match self.run(&argv) {
+                Ok(out) => return Ok(out),
+                Err(e) => {
+                    // Only a pod that is not there (or not running) means: try the next one.
+                    let text = format!("{e:#}");
+                    let absent = [
+                        "not found",
+                        "is not running",
+                        "unable to upgrade",
+                        "container not found",
+                        "does not have a host",
+                    ]
+                    .iter()
+                    .any(|m| text.contains(m));
+                    if !absent {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no SPIRE server replica")))
+    }
+
+    /// The uid of pod `name` and its containers' restarts (an instance), or None.
+    fn named_pod_instance(&self, ns: &str, name: &str) -> Option<String> {
+        self.run(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.metadata.uid}/{.status.containerStatuses[*].restartCount}",
+        ])
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    }
+
+    /// The agent pod on the node where `w`'s pod runs.
+    fn agent_pod_of(&self, w: contract::Workload) -> anyhow::Result<String> {
+        let app = w.service_account();
+        let node = self.run(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "jsonpath={.items[0].spec.nodeName}",
+        ])?;
+        let agent = self.run(&[
+            "-n",
+            "spire-system",
+            "get",
+            "pod",
+            "-l",
+            "app=spire-agent",
+            "--field-selector",
+            &format!("spec.nodeName={}", node.trim()),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])?;
+        anyhow::ensure!(!agent.trim().is_empty(), "no agent on node {node}");
+        Ok(agent.trim().to_owned())
+    }
+
+    /// Waits until pod `name` exists, is Ready, and is not the instance `before`.
+    fn wait_pod_ready(&self, ns: &str, name: &str, before: Option<&str>) -> anyhow::Result<()> {
+        wait_for(Duration::from_secs(180), || {
+            let now = self.named_pod_instance(ns, name);
+            anyhow::ensure!(
+                now.is_some()
+                    && now.as_deref().map(|n| n.split('/').next())
+                        != before.map(|b| b.split('/').next()),
+                "pod {name} is not back yet"
+            );
+            let ready = self.run(&[
+                "-n",
+                ns,
+                "get",
+                "pod",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])?;
+            anyhow::ensure!(ready.trim() == "True", "pod {name} is not ready");
+            Ok(())
+        })
+        .map(drop)
     }
 
     /// Sends SIG`sig` to a process of a kind node, from the node's own PID namespace.
@@ -504,6 +614,25 @@ impl Lab for KindLab {
         match p.stop {
             Stop::Freeze => return self.freeze(c),
             Stop::No => bail!("stopping {} alone is not possible on kind", c.name()),
+            Stop::Ordinal(r) => {
+                let count = r.to_string();
+                self.run(&[
+                    "-n",
+                    p.namespace,
+                    "scale",
+                    p.workload,
+                    &format!("--replicas={count}"),
+                ])?;
+                self.run(&[
+                    "-n",
+                    p.namespace,
+                    "wait",
+                    "--for=delete",
+                    &format!("pod/{}-{r}", p.app()),
+                    "--timeout=120s",
+                ])?;
+                return Ok(());
+            }
             Stop::Scale => {}
         }
         let Placement {
@@ -530,7 +659,43 @@ impl Lab for KindLab {
         let p = placement(c);
         match p.stop {
             Stop::Freeze => return self.thaw(c),
+            // An agent killed with its pod: the DaemonSet brings a new one.
+            Stop::No if matches!(c, Component::Agent(_)) => {
+                self.run(&[
+                    "-n",
+                    p.namespace,
+                    "rollout",
+                    "status",
+                    p.workload,
+                    "--timeout=180s",
+                ])?;
+                return Ok(());
+            }
             Stop::No => bail!("starting {} alone is not possible on kind", c.name()),
+            Stop::Ordinal(r) => {
+                let current: u8 = self
+                    .run(&[
+                        "-n",
+                        p.namespace,
+                        "get",
+                        p.workload,
+                        "-o",
+                        "jsonpath={.spec.replicas}",
+                    ])?
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if current <= r {
+                    self.run(&[
+                        "-n",
+                        p.namespace,
+                        "scale",
+                        p.workload,
+                        &format!("--replicas={}", r + 1),
+                    ])?;
+                }
+                return self.wait_pod_ready(p.namespace, &format!("{}-{r}", p.app()), None);
+            }
             Stop::Scale => {}
         }
         let (ns, target) = (p.namespace, p.workload);
@@ -544,7 +709,10 @@ impl Lab for KindLab {
             return None;
         }
         let p = placement(c);
-        self.pod_instance(p.namespace, p.app(), p.container)
+        match p.stop {
+            Stop::Ordinal(r) => self.named_pod_instance(p.namespace, &format!("{}-{r}", p.app())),
+            _ => self.pod_instance(p.namespace, p.app(), p.container),
+        }
     }
 
     fn set_policy(&mut self, p: Policy) -> anyhow::Result<()> {
@@ -593,9 +761,9 @@ impl Lab for KindLab {
         for e in registrations() {
             let args = e.args(Some(ttl.unwrap_or(0)));
             for id in self.entry_ids(&e.spiffe_id)? {
-                let mut argv = server_cli(&["entry", "update", "-entryID", &id]);
+                let mut argv = vec!["entry", "update", "-entryID", &id];
                 argv.extend(args.iter().map(String::as_str));
-                self.run(&argv)?;
+                self.server_exec(None, &argv)?;
             }
         }
         Ok(())
@@ -616,7 +784,7 @@ impl Lab for KindLab {
     }
 
     fn trust_bundle(&self) -> anyhow::Result<Vec<openssl::x509::X509>> {
-        let pem = self.run(&server_cli(&["bundle", "show"]))?;
+        let pem = self.server_exec(None, &["bundle", "show"])?;
         Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?)
     }
 
@@ -645,6 +813,50 @@ impl Lab for KindLab {
             Holding::of_envoy(Holder::BackendEnvoy, &self.envoy_admin_url(true)),
             files(),
             Holding::of_postgres(&format!("127.0.0.1:{FWD_POSTGRES}")),
+        ]
+    }
+
+    fn trusted_cas(&self) -> Vec<(Holder, anyhow::Result<Vec<String>>)> {
+        let envoy = |backend| -> anyhow::Result<Vec<String>> {
+            Ok(crate::probe::envoy_certs(&self.envoy_admin_url(backend))?.ca_serials())
+        };
+        // The bundle files, from the containers that mount them.
+        let file = |app: &str, container: &str| -> anyhow::Result<Vec<String>> {
+            let pem = self.run(&[
+                "-n",
+                NAMESPACE,
+                "exec",
+                &format!("deploy/{app}"),
+                "-c",
+                container,
+                "--",
+                "cat",
+                "/spiffe-certs/svid_bundle.pem",
+            ]);
+            let pem = match pem {
+                Ok(p) => p,
+                Err(_) => self.run(&[
+                    "-n",
+                    NAMESPACE,
+                    "exec",
+                    &format!("statefulset/{app}"),
+                    "-c",
+                    container,
+                    "--",
+                    "cat",
+                    "/spiffe-certs/svid_bundle.pem",
+                ])?,
+            };
+            Ok(openssl::x509::X509::stack_from_pem(pem.as_bytes())?
+                .iter()
+                .map(|c| svid::serial_hex(c))
+                .collect())
+        };
+        vec![
+            (Holder::FrontendEnvoy, envoy(false)),
+            (Holder::BackendEnvoy, envoy(true)),
+            (Holder::BackendFiles, file("backend", "backend")),
+            (Holder::PostgresServer, file("postgres", "postgres")),
         ]
     }
 
@@ -695,9 +907,9 @@ impl Lab for KindLab {
     fn issue_rogue_svid(&mut self) -> anyhow::Result<std::path::PathBuf> {
         let rogue = Entry::rogue(CLUSTER_ALIAS, account_selectors(contract::ids::ROGUE));
         let args = rogue.args(None);
-        let mut argv = server_cli(&["entry", "create"]);
+        let mut argv = vec!["entry", "create"];
         argv.extend(args.iter().map(String::as_str));
-        self.run(&argv)?;
+        self.server_exec(None, &argv)?;
         self.apply_rogue()?;
         // The pod retries a refused fetch until its node's agent has synced the new entry.
         wait_for(Duration::from_secs(90), || {
@@ -747,7 +959,7 @@ impl Lab for KindLab {
             "--ignore-not-found",
         ])?;
         for id in self.entry_ids(&contract::workload_id(contract::ids::ROGUE))? {
-            self.run(&server_cli(&["entry", "delete", "-entryID", &id]))?;
+            self.server_exec(None, &["entry", "delete", "-entryID", &id])?;
         }
         self.rogue_dir = None;
         Ok(())
@@ -774,9 +986,9 @@ impl Lab for KindLab {
         ttl: Duration,
     ) -> anyhow::Result<Minted> {
         let args = spire::mint_args(spiffe_id, dns, ttl);
-        let mut argv = server_cli(&["x509", "mint"]);
+        let mut argv = vec!["x509", "mint"];
         argv.extend(args.iter().map(String::as_str));
-        spire::minted(&self.run(&argv)?)
+        spire::minted(&self.server_exec(None, &argv)?)
     }
 
     fn postgres_addr(&self) -> String {
@@ -814,5 +1026,53 @@ impl Lab for KindLab {
         let reached = result?;
         deleted?;
         Ok(reached)
+    }
+
+    fn spire_server(
+        &self,
+        replica: Option<u8>,
+        command: &[&str],
+        flags: &[&str],
+    ) -> anyhow::Result<String> {
+        // Inside its pod the CLI's default socket is the server's.
+        let argv: Vec<&str> = command.iter().chain(flags).copied().collect();
+        self.server_exec(replica, &argv)
+    }
+
+    fn kill(&mut self, c: Component) -> anyhow::Result<()> {
+        let p = placement(c);
+        let pod = match (c, p.stop) {
+            (Component::Agent(w), _) => self.agent_pod_of(w)?,
+            (_, Stop::Ordinal(r)) => format!("{}-{r}", p.app()),
+            _ => self
+                .run(&[
+                    "-n",
+                    p.namespace,
+                    "get",
+                    "pod",
+                    "-l",
+                    &format!("app={}", p.app()),
+                    "-o",
+                    "jsonpath={.items[0].metadata.name}",
+                ])?
+                .trim()
+                .to_owned(),
+        };
+        let ns = if matches!(c, Component::Agent(_)) {
+            "spire-system"
+        } else {
+            p.namespace
+        };
+        self.run(&[
+            "-n",
+            ns,
+            "delete",
+            "pod",
+            &pod,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ])?;
+        Ok(())
     }
 }

@@ -94,6 +94,8 @@ pub enum Stop {
     Freeze,
     /// Not alone: one agent of a DaemonSet.
     No,
+    /// One ordinal of a StatefulSet: scaled down to it (the ordinals above it go too).
+    Ordinal(u8),
 }
 
 /// Where a component runs on Kubernetes.
@@ -122,11 +124,17 @@ pub fn placement(c: Component) -> Placement {
         stop,
     };
     match c {
-        SpireServer => at(
+        SpireDatastore => at(
+            "spire-system",
+            "statefulset/spire-db",
+            "postgres",
+            Stop::Scale,
+        ),
+        SpireServer(r) => at(
             "spire-system",
             "statefulset/spire-server",
             "spire-server",
-            Stop::Scale,
+            Stop::Ordinal(r),
         ),
         // One DaemonSet: on kind the agents are per Kubernetes node.
         Agent(_) => at(
@@ -368,6 +376,41 @@ fn serves() -> anyhow::Result<()> {
     }
 }
 
+/// The datastore's Secrets, unless both exist: a new password and a new certificate, applied
+/// from standard input (never a command-line argument, never a file).
+fn datastore_secrets(sh: &Shell, context: &str, quiet: bool) -> anyhow::Result<()> {
+    let present = cmd!(
+        sh,
+        "kubectl --context {context} -n spire-system get secret spire-db spire-db-tls -o name"
+    )
+    .quiet()
+    .ignore_stderr()
+    .read()
+    .unwrap_or_default();
+    if present.lines().count() == 2 {
+        if !quiet {
+            println!("        the datastore's Secrets exist already");
+        }
+        return Ok(());
+    }
+    let c = crate::datastore::credentials(&[])?;
+    let b64 = |b: &[u8]| openssl::base64::encode_block(b);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: spire-db\n  namespace: spire-system\ntype: Opaque\ndata:\n  password: {}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: spire-db-tls\n  namespace: spire-system\ntype: Opaque\ndata:\n  tls.crt: {}\n  tls.key: {}\n  ca.crt: {}\n",
+        b64(c.password.as_bytes()),
+        b64(&c.cert_pem),
+        b64(&c.key_pem),
+        b64(&c.ca_pem),
+    );
+    cmd!(sh, "kubectl --context {context} apply -f -")
+        .stdin(yaml)
+        .quiet()
+        .ignore_stdout()
+        .run()
+        .context("kubectl apply of the datastore's Secrets")?;
+    Ok(())
+}
+
 /// Runs one step; `quiet` keeps the command and its output off the terminal unless it fails.
 pub fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
     let argv = match &s.action {
@@ -394,6 +437,7 @@ pub fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         Action::PodNetwork { context } => return network::set_up(sh, context),
+        Action::DatastoreSecrets { context } => return datastore_secrets(sh, context, quiet),
         Action::WriteOfflineOverlay { dir } => {
             let pins = Pins::load(&crate::project_root())?;
             let dir = sh.current_dir().join(dir);

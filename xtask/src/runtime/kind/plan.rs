@@ -41,6 +41,9 @@ pub enum Action {
     PodNetwork { context: String },
     /// xtask writes a kustomize overlay of `manifests/` with the offline path's CSI registrar.
     WriteOfflineOverlay { dir: String },
+    /// xtask makes the Secrets of the SPIRE servers' datastore (`spire-db`: its password;
+    /// `spire-db-tls`: its certificate, key and CA) unless they exist.
+    DatastoreSecrets { context: String },
 }
 
 impl Step {
@@ -97,6 +100,10 @@ impl fmt::Display for Step {
             Action::PodNetwork { context } => write!(
                 f,
                 "xtask: the pod network of {context} (ptp and a route per node, inside the nodes)"
+            ),
+            Action::DatastoreSecrets { context } => write!(
+                f,
+                "xtask: unless they exist, Secrets spire-system/spire-db (a new password) and spire-db-tls (a new certificate) in {context}, through kubectl apply"
             ),
         }
     }
@@ -268,6 +275,7 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
                 already_done: &[],
             }],
             manifests(target, &kubectl, OFFLINE_OVERLAY),
+            datastore_secrets(&kubectl),
             rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
             registration(&kubectl),
             rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
@@ -279,6 +287,7 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         service_images(pins, build),
         image_delivery(pins, target),
         manifests(target, &kubectl, "manifests"),
+        datastore_secrets(&kubectl),
         rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
         registration(&kubectl),
         rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
@@ -543,7 +552,22 @@ fn manifests(target: &Target, kubectl: &Kubectl, base: &str) -> Vec<Step> {
     steps
 }
 
+/// The datastore's Secrets, after the manifests (their namespace) and before the rollouts (its
+/// pods and the servers' wait for them).
+fn datastore_secrets(kubectl: &Kubectl) -> Vec<Step> {
+    vec![Step {
+        what: "the datastore's password and certificate (made here, never in the repository)"
+            .into(),
+        action: Action::DatastoreSecrets {
+            context: kubectl.0.to_owned(),
+        },
+        only_if_new_cluster: false,
+        already_done: &[],
+    }]
+}
+
 const SPIRE_WORKLOADS: &[(&str, &str)] = &[
+    ("statefulset", "spire-db"),
     ("statefulset", "spire-server"),
     ("daemonset", "spire-agent"),
     ("daemonset", "spiffe-csi-driver"),

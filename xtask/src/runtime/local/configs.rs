@@ -29,25 +29,78 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             "listen_addresses = '127.0.0.1'",
         ));
     }
-    let mut v = vec![
-        Render {
+    let mut v: Vec<Render> = (0..crate::lab::SERVER_REPLICAS)
+        .map(|r| Render {
             source: "spire/config/server.conf",
-            target: "spire-server.conf".into(),
+            target: format!("spire-server-{r}.conf"),
             edits: [
                 server_moved(
                     public,
-                    ports.spire_server,
-                    ports.spire_server_health,
-                    &l.server_socket(),
-                    &l.p("spire-server/data"),
+                    ports.spire_server_replicas[usize::from(r)],
+                    ports.spire_server_health[usize::from(r)],
+                    &l.server_socket(r),
+                    &l.server_data(r),
                 ),
+                datastore_reached(l),
                 vec![
                     block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
                     block("Notifier \"k8sbundle\"", ""),
                 ],
             ]
             .concat(),
+        })
+        .collect();
+    let mut datastore_listen = vec![];
+    if !l.network.is_pods() {
+        datastore_listen.push(text(
+            Kind::Address,
+            "listen_addresses = '*'",
+            "listen_addresses = '127.0.0.1'",
+        ));
+    }
+    v.extend([
+        Render {
+            source: "spire/config/datastore.conf",
+            target: "datastore.conf".into(),
+            edits: [
+                datastore_listen,
+                vec![
+                    text(
+                        Kind::Address,
+                        "port = 5432",
+                        format!("port = {}", ports.spire_db),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/var/run/postgresql",
+                        l.spire_db("run").display().to_string(),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/etc/postgresql/datastore-hba.conf",
+                        l.config("datastore-hba.conf").display().to_string(),
+                    ),
+                    text(
+                        Kind::FilePath,
+                        "/etc/spire-db/tls",
+                        l.spire_db("tls").display().to_string(),
+                    ),
+                ],
+            ]
+            .concat(),
         },
+        Render {
+            source: "spire/config/datastore-hba.conf",
+            target: "datastore-hba.conf".into(),
+            edits: vec![],
+        },
+        Render {
+            source: "spire/config/datastore-init.sql",
+            target: "datastore-init.sql".into(),
+            edits: vec![],
+        },
+    ]);
+    v.extend([
         Render {
             source: "frontend/config/envoy.yaml",
             target: "envoy-frontend.yaml".into(),
@@ -163,14 +216,14 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             target: "init-db.sh".into(),
             edits: vec![],
         },
-    ];
+    ]);
     for (node, health) in NODES.iter().zip(ports.agent_health) {
         v.push(Render {
             source: "spire/config/agent.conf",
             target: format!("agent-{node}.conf"),
             edits: [
                 agent_moved(
-                    &l.addr(Pod::SpireServer).to_string(),
+                    &l.addr(Pod::SpireService).to_string(),
                     ports.spire_server,
                     health,
                     &l.agent_socket(node),
@@ -186,6 +239,23 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
         });
     }
     v
+}
+
+/// A SPIRE server's way to its datastore off Kubernetes: the datastore's pod and port, and the
+/// CA it checks the datastore's certificate with.
+fn datastore_reached(l: &Layout) -> Vec<Edit> {
+    vec![
+        text(
+            Kind::Address,
+            "host=spire-db.spire-system.svc port=5432",
+            format!("host={} port={}", l.addr(Pod::SpireDb), l.ports.spire_db),
+        ),
+        text(
+            Kind::FilePath,
+            "/run/spire/datastore",
+            l.datastore_client().display().to_string(),
+        ),
+    ]
 }
 
 /// A workload's spiffe-helper off Kubernetes: its node's agent socket, the workload's

@@ -1,8 +1,13 @@
-//! From the host's loopback into a pod, the way kind's port mappings and `kubectl port-forward`
-//! do it: a listener on 127.0.0.1, and for each connection one made from inside the pod's
-//! network namespace to a port of the pod. The UI's runs as a process for as long as the lab is
-//! up (`cargo xtask forward`, hidden); what xtask looks at inside pods (Envoy admins, the
-//! backend's `/readyz`, PostgreSQL) is forwarded only while an xtask command needs it.
+//! Forwarders, the local runtime's stand-ins for what Kubernetes networking does:
+//! - from the host's loopback into a pod, as kind's port mapping and `kubectl port-forward`
+//!   do: a listener on 127.0.0.1, and for each connection one made from inside the pod's
+//!   network namespace. The UI's runs as a process for as long as the lab is up; what xtask
+//!   looks at inside pods (Envoy admins, the backend's `/readyz`, PostgreSQL) is forwarded only
+//!   while an xtask command needs it;
+//! - the SPIRE server's Service: one address for the agents, each connection to whichever
+//!   replica answers, taking turns (as kube-proxy spreads connections over a Service's pods).
+//!
+//! The processes are `cargo xtask forward` (hidden).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -32,9 +37,20 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     let _ = from.shutdown(Shutdown::Read);
 }
 
-/// Relays one accepted connection to `target` inside `netns`; a refused target closes it.
-fn relay(client: TcpStream, netns: &Path, target: SocketAddr) {
-    let Ok(upstream) = pods::connect_in(netns, target) else {
+/// A connection to the first of `targets` that answers, from `turn` on; made inside `netns`
+/// when given.
+fn connect(netns: Option<&Path>, targets: &[SocketAddr], turn: usize) -> Option<TcpStream> {
+    (0..targets.len())
+        .map(|i| targets[(turn + i) % targets.len()])
+        .find_map(|t| match netns {
+            Some(ns) => pods::connect_in(ns, t).ok(),
+            None => TcpStream::connect_timeout(&t, Duration::from_secs(2)).ok(),
+        })
+}
+
+/// Relays one accepted connection; none of the targets answering closes it.
+fn relay(client: TcpStream, netns: Option<&Path>, targets: &[SocketAddr], turn: usize) {
+    let Some(upstream) = connect(netns, targets, turn) else {
         return;
     };
     let _ = client.set_nodelay(true);
@@ -47,13 +63,21 @@ fn relay(client: TcpStream, netns: &Path, target: SocketAddr) {
     let _ = back.join();
 }
 
-fn accept_loop(listener: TcpListener, netns: PathBuf, target: SocketAddr, stop: Arc<AtomicBool>) {
+fn accept_loop(
+    listener: TcpListener,
+    netns: Option<PathBuf>,
+    targets: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+) {
+    let targets = Arc::new(targets);
+    let mut turn = 0;
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((client, _)) => {
                 let _ = client.set_nonblocking(false);
-                let netns = netns.clone();
-                std::thread::spawn(move || relay(client, &netns, target));
+                let (netns, targets) = (netns.clone(), targets.clone());
+                std::thread::spawn(move || relay(client, netns.as_deref(), &targets, turn));
+                turn += 1;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -82,20 +106,25 @@ pub fn start(netns: &Path, target: SocketAddr) -> anyhow::Result<Forward> {
     let local = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let (netns, flag) = (netns.to_owned(), stop.clone());
-    std::thread::spawn(move || accept_loop(listener, netns, target, flag));
+    std::thread::spawn(move || accept_loop(listener, Some(netns), vec![target], flag));
     Ok(Forward { local, stop })
 }
 
 impl crate::flags::Forward {
-    /// The UI's forwarder: serves until it is stopped.
+    /// A forwarder process: serves until it is stopped.
     pub fn run(self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.to.is_empty(), "--to names no target");
         let listener =
             TcpListener::bind(self.listen).with_context(|| format!("listen on {}", self.listen))?;
+        let to: Vec<String> = self.to.iter().map(|t| t.to_string()).collect();
         println!(
-            "forwarding {} to {} in {}",
+            "forwarding {} to {}{}",
             self.listen,
-            self.to,
-            self.netns.display()
+            to.join(" or "),
+            self.netns
+                .as_ref()
+                .map(|n| format!(" in {}", n.display()))
+                .unwrap_or_default()
         );
         accept_loop(
             listener,

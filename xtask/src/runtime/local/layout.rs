@@ -24,8 +24,13 @@ pub struct Ports {
     pub backend_envoy_ready: u16,
     pub backend: u16,
     pub postgres: u16,
+    /// Where agents reach the SPIRE server: the Service in front of the replicas.
     pub spire_server: u16,
-    pub spire_server_health: u16,
+    /// Each replica's own API and health ports.
+    pub spire_server_replicas: [u16; 2],
+    pub spire_server_health: [u16; 2],
+    /// The SPIRE servers' datastore.
+    pub spire_db: u16,
     pub agent_health: [u16; 3],
     pub backend_helper_health: u16,
     pub postgres_helper_health: u16,
@@ -45,7 +50,9 @@ impl Ports {
             backend: p(9090),
             postgres: p(15432),
             spire_server: p(18081),
-            spire_server_health: p(18080),
+            spire_server_replicas: [p(18082), p(18083)],
+            spire_server_health: [p(18080), p(18084)],
+            spire_db: p(15433),
             agent_health: [p(18090), p(18091), p(18092)],
             backend_helper_health: p(18100),
             postgres_helper_health: p(18101),
@@ -67,8 +74,11 @@ impl Ports {
             (self.backend_envoy_admin, "backend Envoy admin".into()),
             (self.backend, "backend API".into()),
             (self.postgres, "PostgreSQL".into()),
-            (self.spire_server, "SPIRE server".into()),
-            (self.spire_server_health, "SPIRE server health".into()),
+            (
+                self.spire_server,
+                "SPIRE server (the replicas' Service)".into(),
+            ),
+            (self.spire_db, "SPIRE servers' datastore".into()),
             (
                 self.backend_helper_health,
                 "backend spiffe-helper health".into(),
@@ -78,6 +88,16 @@ impl Ports {
                 "PostgreSQL spiffe-helper health".into(),
             ),
         ];
+        for r in 0..2 {
+            v.push((
+                self.spire_server_replicas[r],
+                format!("SPIRE server replica {r}"),
+            ));
+            v.push((
+                self.spire_server_health[r],
+                format!("SPIRE server replica {r} health"),
+            ));
+        }
         for (node, port) in NODES.iter().zip(self.agent_health) {
             v.push((port, format!("SPIRE agent {node} health")));
         }
@@ -103,8 +123,22 @@ impl Layout {
     pub fn p(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
-    pub fn server_socket(&self) -> PathBuf {
-        self.p("spire-server/api.sock")
+    /// Replica `r`'s admin socket.
+    pub fn server_socket(&self, r: u8) -> PathBuf {
+        self.p(&format!("spire-server/{r}/api.sock"))
+    }
+    pub fn server_data(&self, r: u8) -> PathBuf {
+        self.p(&format!("spire-server/{r}/data"))
+    }
+    /// The datastore's own files (the postgres user's): `data`, `run`, `tls` (its certificate
+    /// and key).
+    pub fn spire_db(&self, rel: &str) -> PathBuf {
+        self.p(&format!("spire-db/{rel}"))
+    }
+    /// What the servers reach the datastore with (the lab's user's, 0700): `password` (0600)
+    /// and `ca.crt`.
+    pub fn datastore_client(&self) -> PathBuf {
+        self.p("spire-server/datastore")
     }
     pub fn agent_socket(&self, node: &str) -> PathBuf {
         self.p(&format!("agents/{node}/api.sock"))
@@ -137,7 +171,8 @@ impl Layout {
 /// The pod a component runs in.
 pub fn pod_of(c: Component) -> Pod {
     match c {
-        Component::SpireServer => Pod::SpireServer,
+        Component::SpireDatastore => Pod::SpireDb,
+        Component::SpireServer(r) => Pod::SpireServer(r),
         Component::Agent(w) => Pod::Node(w),
         Component::HelperPostgres | Component::Postgres => Pod::Postgres,
         Component::HelperBackend | Component::Backend | Component::EnvoyBackend => Pod::Backend,

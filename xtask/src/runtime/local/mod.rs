@@ -144,10 +144,17 @@ impl LocalLab {
     }
 
     /// The SPIRE server's CLI and the socket it answers on.
+    /// The first replica that runs (replica 0 when none does: its error then says so).
     pub fn server_cli(&self) -> (PathBuf, PathBuf) {
+        let live = Component::servers()
+            .find(|c| self.pid(*c).is_some())
+            .unwrap_or(Component::SpireServer(0));
+        let Component::SpireServer(r) = live else {
+            unreachable!("servers() yields replicas")
+        };
         (
             self.state.tools.spire_server.clone(),
-            self.layout().server_socket(),
+            self.layout().server_socket(r),
         )
     }
 
@@ -311,6 +318,26 @@ impl Lab for LocalLab {
         ]
     }
 
+    fn trusted_cas(&self) -> Vec<(Holder, anyhow::Result<Vec<String>>)> {
+        let envoy = |backend| -> anyhow::Result<Vec<String>> {
+            Ok(probe::envoy_certs(&self.envoy_admin_url(backend))?.ca_serials())
+        };
+        let file = |workload: &str| -> anyhow::Result<Vec<String>> {
+            let path = self.layout().certs(workload).join("svid_bundle.pem");
+            let pem = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            Ok(openssl::x509::X509::stack_from_pem(&pem)?
+                .iter()
+                .map(|c| svid::serial_hex(c))
+                .collect())
+        };
+        vec![
+            (Holder::FrontendEnvoy, envoy(false)),
+            (Holder::BackendEnvoy, envoy(true)),
+            (Holder::BackendFiles, file("backend")),
+            (Holder::PostgresServer, file("postgres")),
+        ]
+    }
+
     fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<openssl::x509::X509>>)> {
         let files = svid::SvidFiles::in_dir(self.layout().certs("backend"));
         vec![
@@ -386,6 +413,57 @@ impl Lab for LocalLab {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn spire_server(
+        &self,
+        replica: Option<u8>,
+        command: &[&str],
+        flags: &[&str],
+    ) -> anyhow::Result<String> {
+        let (server, sock) = match replica {
+            Some(r) => (
+                self.state.tools.spire_server.clone(),
+                self.layout().server_socket(r),
+            ),
+            None => self.server_cli(),
+        };
+        let out = std::process::Command::new(&server)
+            .args(command)
+            .arg("-socketPath")
+            .arg(&sock)
+            .args(flags)
+            .output()
+            .with_context(|| format!("run {}", server.display()))?;
+        if !out.status.success() {
+            bail!(
+                "spire-server {}: {}",
+                command.join(" "),
+                procs::printed(&out).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn kill(&mut self, c: Component) -> anyhow::Result<()> {
+        let pid = self
+            .pid(c)
+            .with_context(|| format!("{} does not run", c.name()))?;
+        procs::signal(pid, libc::SIGKILL);
+        crate::procs::wait_for(Duration::from_secs(10), || {
+            procs::reap(pid);
+            anyhow::ensure!(self.pid(c).is_none(), "{} (pid {pid}) still runs", c.name());
+            Ok(())
+        })?;
+        if let Some(r) = self
+            .state
+            .components
+            .iter_mut()
+            .find(|r| r.name == c.name())
+        {
+            r.pid = None;
+        }
+        self.save()
     }
 
     fn mint_svid(

@@ -18,7 +18,12 @@ use xshell::{Shell, cmd};
 /// The pods of the local runtime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pod {
-    SpireServer,
+    /// One replica of the SPIRE server.
+    SpireServer(u8),
+    /// The replicas' Service: a forwarder to whichever replica answers.
+    SpireService,
+    /// The SPIRE servers' datastore.
+    SpireDb,
     /// A node, where its SPIRE agent runs (as on Kubernetes, beside the node's pods).
     Node(Workload),
     Frontend,
@@ -30,8 +35,11 @@ pub enum Pod {
 }
 
 impl Pod {
-    pub const ALL: [Pod; 7] = [
-        Pod::SpireServer,
+    pub const ALL: [Pod; 10] = [
+        Pod::SpireServer(0),
+        Pod::SpireServer(1),
+        Pod::SpireService,
+        Pod::SpireDb,
         Pod::Node(Workload::Frontend),
         Pod::Node(Workload::Backend),
         Pod::Node(Workload::Postgres),
@@ -42,7 +50,9 @@ impl Pod {
 
     pub fn name(self) -> String {
         match self {
-            Pod::SpireServer => "spire-server".into(),
+            Pod::SpireServer(r) => format!("spire-server-{r}"),
+            Pod::SpireService => "spire-service".into(),
+            Pod::SpireDb => "spire-db".into(),
             Pod::Node(w) => format!("node-{}", w.service_account()),
             Pod::Frontend => "frontend".into(),
             Pod::Backend => "backend".into(),
@@ -54,7 +64,10 @@ impl Pod {
     /// The last byte of its address, and the number of its veth on the bridge.
     fn index(self) -> u8 {
         match self {
-            Pod::SpireServer => 2,
+            Pod::SpireServer(0) => 2,
+            Pod::SpireServer(_) => 6,
+            Pod::SpireService => 20,
+            Pod::SpireDb => 7,
             Pod::Node(Workload::Frontend) => 3,
             Pod::Node(Workload::Backend) => 4,
             Pod::Node(Workload::Postgres) => 5,
@@ -68,6 +81,7 @@ impl Pod {
 
 /// The pods' subnet: it exists only on the lab's bridge, inside the lab's namespaces.
 const SUBNET: [u8; 3] = [10, 89, 0];
+pub const SUBNET_CIDR: &str = "10.89.0.0/24";
 
 /// How the local runtime's processes are connected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ use xshell::{Shell, cmd};
 
 use super::layout::{node_of, pod_of, workload_uid};
 use super::pods::Pod;
+use super::postgres::Server;
 use super::state::Running;
 use super::{LocalLab, Profile};
 use crate::lab::{Component, Lab};
@@ -23,10 +24,10 @@ impl LocalLab {
         let pods = self.layout().network.is_pods();
         let uid = |w: Workload| pods.then(|| (workload_uid(w), workload_uid(w)));
         match pod_of(c) {
-            Pod::Postgres => self.state.pg_user,
+            Pod::Postgres | Pod::SpireDb => self.state.pg_user,
             Pod::Frontend => uid(Workload::Frontend),
             Pod::Backend => uid(Workload::Backend),
-            Pod::SpireServer | Pod::Node(_) | Pod::Insider => None,
+            Pod::SpireServer(_) | Pod::SpireService | Pod::Node(_) | Pod::Insider => None,
         }
     }
 
@@ -47,11 +48,30 @@ impl LocalLab {
         let log = l.p(&format!("logs/{}.log", c.name()));
         let release = crate::project_root().join("target/release");
         let user = self.user_of(c);
+        let mut env = vec![];
         let (program, args): (PathBuf, Vec<String>) = match c {
-            Component::SpireServer => (
-                t.spire_server.clone(),
-                vec!["run".into(), "-config".into(), cfg("spire-server.conf")],
+            Component::SpireDatastore => (
+                t.pg_bin.join("postgres"),
+                vec![
+                    "-D".into(),
+                    l.spire_db("data").display().to_string(),
+                    "-c".into(),
+                    format!("config_file={}", cfg("datastore.conf")),
+                ],
             ),
+            Component::SpireServer(r) => {
+                // Read at each start, never kept in the state file (`Spec::env` is not saved).
+                env.push(("SPIRE_DB_PASSWORD".to_owned(), self.datastore_password()?));
+                (
+                    t.spire_server.clone(),
+                    vec![
+                        "run".into(),
+                        "-config".into(),
+                        cfg(&format!("spire-server-{r}.conf")),
+                        "-expandEnv".into(),
+                    ],
+                )
+            }
             Component::Agent(w) => {
                 let node = node_of(w);
                 let token = std::fs::read_to_string(l.p(&format!("agents/{node}/join-token")))
@@ -137,10 +157,11 @@ impl LocalLab {
         Ok(Spec {
             program,
             args,
-            env: vec![],
+            env,
             user,
             log,
-            stop_signal: (c == Component::Postgres).then_some(libc::SIGINT),
+            stop_signal: matches!(c, Component::Postgres | Component::SpireDatastore)
+                .then_some(libc::SIGINT),
             netns: l.network.netns(pod_of(c)),
         })
     }
@@ -155,7 +176,11 @@ impl LocalLab {
     pub(super) fn spawn(&mut self, sh: &Shell, c: Component) -> anyhow::Result<()> {
         match c {
             Component::Agent(w) => self.join_token(sh, node_of(w))?,
-            Component::Postgres => self.initdb()?,
+            Component::Postgres => self.initdb(Server::Demo)?,
+            Component::SpireDatastore => {
+                self.datastore_credentials()?;
+                self.initdb(Server::Datastore)?
+            }
             _ => {}
         }
         let spec = self.spec(c)?;
@@ -181,7 +206,11 @@ impl LocalLab {
 
     /// Waits until a started component is ready, then does what follows its start once.
     pub(super) fn wait_ready(&mut self, sh: &Shell, c: Component) -> anyhow::Result<Duration> {
-        let limit = Duration::from_secs(if c == Component::SpireServer { 60 } else { 30 });
+        let limit = Duration::from_secs(if matches!(c, Component::SpireServer(_)) {
+            60
+        } else {
+            30
+        });
         let r = self.running(c).context("not started")?.clone();
         let pid = r.pid.context("not started")?;
         let (_, took) = wait_for(limit, || {
@@ -191,14 +220,6 @@ impl LocalLab {
             self.ready(sh, c)
         })
         .with_context(|| format!("{} did not become ready", c.name()))?;
-        if c == Component::SpireServer {
-            let server = &self.state.tools.spire_server;
-            let sock = self.layout().server_socket();
-            let bundle = cmd!(sh, "{server} bundle show -socketPath {sock}")
-                .quiet()
-                .read()?;
-            std::fs::write(self.layout().bundle(), bundle + "\n")?;
-        }
         if c == Component::Postgres {
             self.init_database()?;
         }
@@ -210,8 +231,11 @@ impl LocalLab {
         let l = self.layout();
         let t = &self.state.tools;
         match c {
-            Component::SpireServer => {
-                let sock = l.server_socket();
+            Component::SpireDatastore => {
+                self.psql(Server::Datastore, "spire", "SELECT 1")?;
+            }
+            Component::SpireServer(r) => {
+                let sock = l.server_socket(r);
                 let server = &t.spire_server;
                 cmd!(sh, "{server} healthcheck -socketPath {sock}")
                     .quiet()
@@ -235,7 +259,7 @@ impl LocalLab {
                 svid::SvidFiles::in_dir(l.certs("backend")).load()?;
             }
             Component::Postgres => {
-                self.psql("postgres", "SELECT 1")?;
+                self.psql(Server::Demo, "postgres", "SELECT 1")?;
                 if self.state.profile == Profile::Mtls {
                     probe::server_chain(&self.postgres_addr(), true)?;
                 }

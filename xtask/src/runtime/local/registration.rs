@@ -35,6 +35,24 @@ fn unix_selectors(uid: u32, program: &Path) -> Vec<String> {
 }
 
 impl LocalLab {
+    /// The trust bundle the agents start from: once it holds every replica's CA (each replica
+    /// signs with its own key), so that an agent trusts whichever replica it reaches.
+    pub(super) fn write_bootstrap_bundle(&self, sh: &Shell) -> anyhow::Result<()> {
+        let (server, sock) = self.server_cli();
+        let want = usize::from(crate::lab::SERVER_REPLICAS);
+        let (pem, _) = wait_for(Duration::from_secs(30), || {
+            let pem = cmd!(sh, "{server} bundle show -socketPath {sock}")
+                .quiet()
+                .read()?;
+            let n = openssl::x509::X509::stack_from_pem(pem.as_bytes())?.len();
+            anyhow::ensure!(n >= want, "the bundle holds {n} of {want} replicas' CAs");
+            Ok(pem)
+        })
+        .context("the trust bundle")?;
+        std::fs::write(self.layout().bundle(), pem + "\n")?;
+        Ok(())
+    }
+
     /// A join token for `node`'s agent, written 0600 beside its data.
     pub(super) fn join_token(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
         let (server, sock) = self.server_cli();

@@ -42,9 +42,10 @@ pub struct State {
     /// workloads and PostgreSQL can reach them.
     #[serde(default)]
     pub staged: Vec<String>,
-    /// The UI's forwarder from the host's loopback into the frontend's pod (with pods).
+    /// The forwarders: the SPIRE server's Service, and with pods the UI's from the host's
+    /// loopback into the frontend's pod.
     #[serde(default)]
-    pub forwarder: Option<Running>,
+    pub forwarders: Vec<Running>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

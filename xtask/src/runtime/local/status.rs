@@ -26,7 +26,12 @@ impl LocalLab {
         println!("COMPONENT                   PID   RSS MB  ADDRESS                         READY");
         for c in Component::ALL {
             let address = match c {
-                Component::SpireServer => at(Pod::SpireServer, p.spire_server),
+                Component::SpireDatastore => at(Pod::SpireDb, p.spire_db),
+                Component::SpireServer(r) => format!(
+                    "{} (Service {})",
+                    at(Pod::SpireServer(r), p.spire_server_replicas[usize::from(r)]),
+                    at(Pod::SpireService, p.spire_server)
+                ),
                 Component::Agent(w) => format!("agents/{}/api.sock", node_of(w)),
                 Component::Postgres => at(Pod::Postgres, p.postgres),
                 Component::Backend => format!("127.0.0.1:{} in its pod", p.backend),

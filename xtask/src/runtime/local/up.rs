@@ -58,7 +58,7 @@ pub fn up(sh: &Shell, profile: Profile, port_offset: u16) -> anyhow::Result<Loca
         "        state, configs and pods ready ({:.1} s)",
         t.elapsed().as_secs_f64()
     );
-    let mut current = Component::SpireServer;
+    let mut current = Component::SpireDatastore;
     if let Err(e) = start_in_waves(sh, &mut lab, &waves, total, &mut current) {
         report_failure(&lab, current, &e);
         return Err(e);
@@ -92,7 +92,7 @@ fn already_up(profile: Profile) -> anyhow::Result<Option<LocalLab>> {
         .state
         .components
         .iter()
-        .chain(&lab.state.forwarder)
+        .chain(&lab.state.forwarders)
         .filter(|c| !c.pid.is_some_and(|p| procs::is_ours(p, &c.spec.program)))
         .map(|c| c.name.clone())
         .collect();
@@ -116,9 +116,9 @@ fn already_up(profile: Profile) -> anyhow::Result<Option<LocalLab>> {
 fn describe(network: &Network) -> String {
     match network {
         Network::Pods { .. } => format!(
-            "pods: {} network namespaces on a bridge inside the lab's own ({}/24 there only; no route off the machine), a uid per workload",
+            "pods: {} network namespaces on a bridge inside the lab's own ({} there only; no route off the machine), a uid per workload",
             Pod::ALL.len(),
-            network.addr(Pod::SpireServer)
+            pods::SUBNET_CIDR
         ),
         Network::SharedLoopback => "no pods: one shared loopback".into(),
     }
@@ -183,7 +183,7 @@ fn prepare(
             components: Vec::new(),
             entries: Vec::new(),
             staged: Vec::new(),
-            forwarder: None,
+            forwarders: Vec::new(),
         },
         forwards: Default::default(),
     };
@@ -238,6 +238,83 @@ impl LocalLab {
         Ok(())
     }
 
+    /// Starts a forwarder process (`cargo xtask forward`) and records it.
+    fn spawn_forwarder(
+        &mut self,
+        name: &str,
+        netns: Option<&Path>,
+        listen: String,
+        targets: &[String],
+        inside: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["forward".to_owned(), "--listen".into(), listen];
+        if let Some(ns) = netns {
+            args.extend(["--netns".into(), ns.display().to_string()]);
+        }
+        for t in targets {
+            args.extend(["--to".into(), t.clone()]);
+        }
+        let program = if self.state.staged.iter().any(|s| s == "xtask") {
+            self.layout().bin("xtask")
+        } else {
+            std::env::current_exe()?
+        };
+        let spec = Spec {
+            program,
+            args,
+            env: vec![],
+            user: None,
+            log: self.layout().p(&format!("logs/{name}.log")),
+            stop_signal: None,
+            netns: inside,
+        };
+        let pid = procs::spawn(&spec)?;
+        self.state.forwarders.push(Running {
+            name: name.into(),
+            spec,
+            pid: Some(pid),
+        });
+        self.save()
+    }
+
+    /// The SPIRE server's Service: one address the agents dial, forwarding each connection to
+    /// whichever replica answers (with pods, from a pod of its own).
+    fn start_server_service(&mut self) -> anyhow::Result<()> {
+        let l = self.layout().clone();
+        let targets: Vec<String> = (0..crate::lab::SERVER_REPLICAS)
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    l.addr(Pod::SpireServer(r)),
+                    l.ports.spire_server_replicas[usize::from(r)]
+                )
+            })
+            .collect();
+        let listen = format!("{}:{}", l.network.public_bind(), l.ports.spire_server);
+        self.spawn_forwarder(
+            "spire-server-service",
+            None,
+            listen,
+            &targets,
+            l.network.netns(Pod::SpireService),
+        )?;
+        // Ready when a replica answers through it.
+        let server = self.state.tools.spire_server.clone();
+        let _ = server;
+        let probe = format!("{}:{}", l.addr(Pod::SpireService), l.ports.spire_server);
+        let probe: std::net::SocketAddr = probe.parse()?;
+        wait_for(Duration::from_secs(10), || {
+            match l.network.netns(Pod::Node(Workload::Backend)) {
+                Some(ns) => pods::connect_in(&ns, probe).map(drop)?,
+                None => std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1))
+                    .map(drop)?,
+            }
+            Ok(())
+        })
+        .context("the SPIRE server's Service does not answer")?;
+        Ok(())
+    }
+
     /// With pods, the UI at `frontend_url` on this machine's loopback: a forwarder process into
     /// the frontend's pod, as kind's port mapping is.
     fn start_forwarder(&mut self) -> anyhow::Result<()> {
@@ -245,30 +322,13 @@ impl LocalLab {
             return Ok(());
         };
         let port = self.ports().frontend;
-        let spec = Spec {
-            program: self.layout().bin("xtask"),
-            args: vec![
-                "forward".into(),
-                "--netns".into(),
-                netns.display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--to".into(),
-                format!("127.0.0.1:{port}"),
-            ],
-            env: vec![],
-            user: None,
-            log: self.layout().p("logs/ui-forward.log"),
-            stop_signal: None,
-            netns: None,
-        };
-        let pid = procs::spawn(&spec)?;
-        self.state.forwarder = Some(Running {
-            name: "ui-forward".into(),
-            spec,
-            pid: Some(pid),
-        });
-        self.save()?;
+        self.spawn_forwarder(
+            "ui-forward",
+            Some(&netns),
+            format!("127.0.0.1:{port}"),
+            &[format!("127.0.0.1:{port}")],
+            None,
+        )?;
         let url = format!("{}/readyz", self.frontend_url());
         wait_for(Duration::from_secs(10), || {
             let (status, _) = crate::probe::get(&url)?;
@@ -290,7 +350,15 @@ fn prepare_dirs(
         ("config", 0o755, None),
         ("logs", 0o755, None),
         ("spire-server", 0o700, None),
-        ("spire-server/data", 0o700, None),
+        ("spire-server/0", 0o700, None),
+        ("spire-server/0/data", 0o700, None),
+        ("spire-server/1", 0o700, None),
+        ("spire-server/1/data", 0o700, None),
+        ("spire-server/datastore", 0o700, None),
+        ("spire-db", 0o755, pg),
+        ("spire-db/data", 0o700, pg),
+        ("spire-db/run", 0o755, pg),
+        ("spire-db/tls", 0o700, pg),
         ("agents", 0o755, None),
         ("certs", 0o755, None),
         ("certs/backend", 0o700, backend),
@@ -329,7 +397,11 @@ fn waves(profile: Profile) -> Vec<Wave> {
     let plaintext: [Wave; 2] = [(DATA_AND_PROXIES, &[Postgres]), (&[Backend], REST)];
     match profile {
         Profile::Mtls => [
-            (&[SpireServer][..], &[SpireServer][..]),
+            (&[SpireDatastore][..], &[SpireDatastore][..]),
+            // One after the other, as a StatefulSet starts them: the first creates the
+            // datastore's schema, which two at once would both try to.
+            (&[SpireServer(0)], &[SpireServer(0)]),
+            (&[SpireServer(1)], &[SpireServer(1)]),
             (AGENTS, AGENTS),
             // The first SVIDs appear once the server's entry cache has the new entries (about
             // 5 s); Envoys started later find their SDS secrets at once instead of backing off.
@@ -351,8 +423,8 @@ fn start_in_waves(
     total: usize,
     current: &mut Component,
 ) -> anyhow::Result<()> {
-    // initdb runs while SPIRE starts.
-    let mut initdb = lab.start_initdb()?;
+    // The demo's initdb runs while SPIRE starts.
+    let mut initdb = lab.start_initdb(postgres::Server::Demo)?;
     // Steps 1 and 2 were the build and the pods.
     let mut n = 2;
     for (start, wait) in waves {
@@ -377,13 +449,15 @@ fn start_in_waves(
                 took.as_secs_f64()
             );
         }
-        if *start == [Component::SpireServer] {
+        if start.contains(&Component::SpireServer(crate::lab::SERVER_REPLICAS - 1)) {
             n += 1;
             step(
                 n,
                 total,
-                "registration entries (same SPIFFE IDs as on kind)",
+                "the replicas' Service; registration entries (same SPIFFE IDs as on kind)",
             );
+            lab.start_server_service()?;
+            lab.write_bootstrap_bundle(sh)?;
             lab.register(sh)?;
         }
     }
@@ -432,7 +506,7 @@ fn down_at(root: &Path) -> anyhow::Result<()> {
     let mut left = Vec::new();
     for r in lab
         .state
-        .forwarder
+        .forwarders
         .iter()
         .chain(lab.state.components.iter().rev())
     {
