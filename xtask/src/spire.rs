@@ -158,7 +158,7 @@ mod created {
     /// A refused creation is an error that says why, though the command exits with 0.
     #[test]
     fn a_refused_creation_is_an_error_with_the_servers_reason() {
-        let refused = r#"{"results":[{"entry":{"id":""},"status":{"code":13,"message":"failed to create entry: datastore-sql: dial tcp 10.89.0.7:15433: connect: connection refused"}}]}"#;
+        let refused = r#"{"results":[{"entry":{"id":""},"status":{"code":13,"message":"failed to create entry: datastore-sql: dial tcp 192.0.2.1:5432: connect: connection refused"}}]}"#;
         let e = super::created_id(refused).unwrap_err().to_string();
         assert!(e.contains("code 13") && e.contains("datastore-sql"), "{e}");
         let made = r#"{"results":[{"entry":{"id":"abc"},"status":{"code":0,"message":"OK"}}]}"#;

@@ -31,7 +31,12 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// nodes: the Kubernetes plugins stay — k8s_psat on both sides, k8sbundle, the k8s workload
 /// attestor — and only addresses, paths and the way to the API server (a kubeconfig, a token
 /// file: what a pod is given implicitly) change.
-pub fn spire_configs(dir: &Path, ports: (u16, u16, u16), access: &KubeAccess) -> Vec<Render> {
+pub fn spire_configs(
+    dir: &Path,
+    ports: (u16, u16, u16),
+    access: &KubeAccess,
+    datastore: Vec<Edit>,
+) -> Vec<Render> {
     let (server, server_health, agent_health) = ports;
     let kube_access = |after: &str, key: &str, indent: &str, path: &Path| -> Edit {
         text(
@@ -53,6 +58,7 @@ pub fn spire_configs(dir: &Path, ports: (u16, u16, u16), access: &KubeAccess) ->
                     &p("server.sock"),
                     &p("server-data"),
                 ),
+                datastore,
                 vec![
                     kube_access(
                         "service_account_allow_list = [\"spire-system:spire-agent\"]",
@@ -127,13 +133,20 @@ pub fn check_attestation_against_apiserver(
     let access = tokens(api, &lab, dir, &audience)?;
     let ports = (free_port()?, free_port()?, free_port()?);
     let manifests = crate::project_root().join("manifests");
-    crate::render::write_all(&manifests, dir, &spire_configs(dir, ports, &access))?;
+    // The servers' datastore, as the local runtime runs it (the kind configs' own is a Service).
+    let datastore = crate::runtime::local::ScratchDatastore::start(free_port()?)?;
+    crate::render::write_all(
+        &manifests,
+        dir,
+        &spire_configs(dir, ports, &access, datastore.server_edits()),
+    )?;
 
     let mut children = Children::default();
     let server = Server {
         cli: tools.spire_server.clone(),
         socket: dir.join("server.sock"),
         dir: dir.to_owned(),
+        password: datastore.password()?,
     };
     children.0.push(server.start()?);
     bundle_published(&lab, &server)?;
@@ -263,6 +276,8 @@ struct Server {
     cli: PathBuf,
     socket: PathBuf,
     dir: PathBuf,
+    /// The datastore's, for `-expandEnv`.
+    password: String,
 }
 
 impl Server {
@@ -294,8 +309,9 @@ impl Server {
 
     fn start(&self) -> anyhow::Result<std::process::Child> {
         let child = Command::new(&self.cli)
-            .args(["run", "-config"])
+            .args(["run", "-expandEnv", "-config"])
             .arg(self.dir.join("server.conf"))
+            .env("SPIRE_DB_PASSWORD", &self.password)
             .stdout(self.log("server.log")?)
             .stderr(self.log("server.log")?)
             .spawn()?;
@@ -418,7 +434,15 @@ mod tests {
             psat: "/tmp/lab/psat".into(),
             sa_token: "/tmp/lab/sa-token".into(),
         };
-        for r in spire_configs(Path::new("/tmp/lab"), (1, 2, 3), &access) {
+        let datastore = vec![
+            text(
+                Kind::Address,
+                "host=spire-db.spire-system.svc port=5432",
+                "host=127.0.0.1 port=4",
+            ),
+            text(Kind::FilePath, "/run/spire/datastore", "/tmp/lab/datastore"),
+        ];
+        for r in spire_configs(Path::new("/tmp/lab"), (1, 2, 3), &access, datastore) {
             crate::render::assert_only_edits(&r);
         }
     }

@@ -107,8 +107,25 @@ fn plans_run_twice(
         up()?;
         let before = generations()?;
         ensure!(
-            before.len() == 6,
-            "expected 6 workloads, the API server holds {before:?}"
+            before.len() == 7,
+            "expected 7 workloads, the API server holds {before:?}"
+        );
+        let secrets = || -> anyhow::Result<String> {
+            lab.run(&[
+                "-n",
+                "spire-system",
+                "get",
+                "secret",
+                "spire-db",
+                "spire-db-tls",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.uid} {end}",
+            ])
+        };
+        let made = secrets()?;
+        ensure!(
+            made.split_whitespace().count() == 2,
+            "{name}: the datastore's Secrets were not made: {made:?}"
         );
         let stored = lab
             .run(&["get", "-k", &manifests, "-o", "name"])?
@@ -135,6 +152,10 @@ fn plans_run_twice(
         ensure!(
             after == before,
             "{name} a second time changed workloads: {before:?} → {after:?}"
+        );
+        ensure!(
+            secrets()? == made,
+            "{name} a second time made the datastore's Secrets again"
         );
         println!(
             "{name}: its {} API steps pass with warnings as errors, all {stored} objects are stored (admitted and validated), the backend's image is {image}; run again, it changes no workload",

@@ -243,7 +243,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
 
 /// A SPIRE server's way to its datastore off Kubernetes: the datastore's pod and port, and the
 /// CA it checks the datastore's certificate with.
-fn datastore_reached(l: &Layout) -> Vec<Edit> {
+pub fn datastore_reached(l: &Layout) -> Vec<Edit> {
     vec![
         text(
             Kind::Address,
@@ -366,7 +366,10 @@ pub(crate) mod tests {
             "{be}"
         );
         let agent = text(pods.clone(), "agent-backend-node.conf");
-        assert!(agent.contains("server_address = \"10.89.0.2\""), "{agent}");
+        // The agents dial the replicas' Service, which has a pod of its own.
+        assert!(agent.contains("server_address = \"10.89.0.20\""), "{agent}");
+        let server = text(pods.clone(), "spire-server-1.conf");
+        assert!(server.contains("host=10.89.0.7 port=15433"), "{server}");
         assert!(text(pods, "postgresql.conf").contains("listen_addresses = '*'"));
         let be = text(shared.clone(), "envoy-backend.yaml");
         assert!(
@@ -430,10 +433,17 @@ pub(crate) mod tests {
                 validates(&tools.envoy, &["--mode", "validate", "-c", &cfg(envoy)]).contains("OK")
             );
         }
-        validates(
-            &tools.spire_server,
-            &["validate", "-config", &cfg("spire-server.conf")],
-        );
+        for r in 0..crate::lab::SERVER_REPLICAS {
+            validates(
+                &tools.spire_server,
+                &[
+                    "validate",
+                    "-expandEnv",
+                    "-config",
+                    &cfg(&format!("spire-server-{r}.conf")),
+                ],
+            );
+        }
         for node in NODES {
             validates(
                 &tools.spire_agent,

@@ -526,6 +526,89 @@ impl Lab for LocalLab {
     }
 }
 
+/// The SPIRE servers' datastore as the local runtime makes it (its configs, password and
+/// certificate, init-db.sh, PostgreSQL as the postgres user), alone in a scratch directory: for
+/// checks that run a SPIRE server outside a lab. Stopped, and its directory removed, on drop.
+pub struct ScratchDatastore {
+    lab: LocalLab,
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchDatastore {
+    /// On 127.0.0.1:`port`.
+    pub fn start(port: u16) -> anyhow::Result<ScratchDatastore> {
+        let pins = crate::pins::Pins::load(&crate::project_root())?;
+        let tools = crate::deps::find(&pins)?;
+        let dir = tempfile::Builder::new()
+            .prefix("spire-lab-datastore-")
+            .tempdir()?;
+        chmod(dir.path(), 0o755)?;
+        let mut ports = Ports::with_offset(0);
+        ports.spire_db = port;
+        let layout = Layout {
+            root: dir.path().to_owned(),
+            ports,
+            network: pods::Network::SharedLoopback,
+        };
+        let pg_user = postgres::pg_user()?;
+        for (sub, mode, owner) in [
+            ("config", 0o755, None),
+            ("logs", 0o755, None),
+            ("spire-server", 0o700, None),
+            ("spire-server/datastore", 0o700, None),
+            ("spire-db", 0o755, pg_user),
+            ("spire-db/data", 0o700, pg_user),
+            ("spire-db/run", 0o755, pg_user),
+            ("spire-db/tls", 0o700, pg_user),
+        ] {
+            let p = layout.p(sub);
+            std::fs::create_dir_all(&p)?;
+            chmod(&p, mode)?;
+            chown(&p, owner)?;
+        }
+        configs::write_local_configs(&layout)?;
+        let mut lab = LocalLab {
+            root: dir.path().to_owned(),
+            state: State {
+                profile: Profile::Mtls,
+                layout,
+                tools: state::ToolPaths::from(&tools),
+                pg_user,
+                components: Vec::new(),
+                entries: Vec::new(),
+                staged: Vec::new(),
+                forwarders: Vec::new(),
+            },
+            forwards: Default::default(),
+        };
+        lab.save()?;
+        let sh = Shell::new()?;
+        lab.launch(&sh, Component::SpireDatastore)
+            .context("the scratch datastore")?;
+        Ok(ScratchDatastore { lab, _dir: dir })
+    }
+
+    /// The edits that point a kind `server.conf` at this datastore.
+    pub fn server_edits(&self) -> Vec<crate::render::Edit> {
+        configs::datastore_reached(self.lab.layout())
+    }
+
+    /// What `SPIRE_DB_PASSWORD` must be for a server started with `-expandEnv`.
+    pub fn password(&self) -> anyhow::Result<String> {
+        self.lab.datastore_password()
+    }
+}
+
+impl Drop for ScratchDatastore {
+    fn drop(&mut self) {
+        if let Some(pid) = self.lab.pid(Component::SpireDatastore)
+            && let Some(r) = self.lab.running(Component::SpireDatastore)
+        {
+            procs::stop(pid, &r.spec, Duration::from_secs(5));
+        }
+    }
+}
+
 /// What only this runtime may know, for the tidy check that nothing else names it: its node
 /// names, its ports, and the paths of its state.
 #[cfg(test)]
