@@ -326,11 +326,14 @@ fn remove_probe(lab: &dyn Lab) -> anyhow::Result<()> {
 
 pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     remove_probe(lab)?;
-    // SPIRE signs no SVID without its datastore: the outage lasts longer than a rotation period
-    // (half the TTL) but leaves the fresh SVIDs shortening the TTL gives time to rotate after
-    // it (the agents ask again within a sync, 5 s).
-    let ttl = ttl * 3 / 2;
-    let outage = Duration::from_secs(u64::from(ttl) * 2 / 3);
+    // SPIRE signs no SVID without its datastore. Shortening the TTL hands every holder a fresh
+    // SVID at once; the outage then starts and lasts 60 % of the TTL, past every holder's
+    // rotation point (half its life, ±10 % jitter), so each one misses a rotation. What is left of
+    // the SVIDs (40 % of the TTL less their age, ≥ 25 s) covers the agents' way back: their sync
+    // backs off while the server fails, and the last holder was seen to rotate 16 s after the
+    // datastore returned.
+    let ttl = ttl * 9 / 2;
+    let outage = Duration::from_secs(u64::from(ttl) * 3 / 5);
     shorten_ttl(lab, r, ttl)?;
     let (load, since) = load(lab);
     let db = Component::SpireDatastore;
