@@ -343,6 +343,8 @@ pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Re
             outage.as_secs(),
             ttl / 2
         ));
+        let servers: Vec<(Component, Option<String>)> =
+            Component::servers().map(|c| (c, lab.instance(c))).collect();
         lab.stop(db)?;
         let started = Instant::now();
         let mut refusal = None;
@@ -373,6 +375,7 @@ pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Re
         }
         step("start the datastore again");
         lab.start(db)?;
+        let returned = Instant::now();
         let (id, took) = crate::procs::wait_for(Duration::from_secs(60), || register_probe(lab))
             .context("registration did not recover")?;
         r.say(format!(
@@ -380,6 +383,22 @@ pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Re
             took.as_secs_f64()
         ));
         remove_probe(lab)?;
+        for (i, (c, before)) in servers.iter().enumerate() {
+            let replica = i as u8;
+            crate::procs::wait_for(Duration::from_secs(60), || {
+                lab.spire_server(Some(replica), &["healthcheck"], &[])
+            })
+            .with_context(|| format!("replica {replica} is not healthy again"))?;
+            let now = lab.instance(*c);
+            ensure!(
+                now == *before,
+                "replica {replica} was restarted during the outage ({before:?} → {now:?}): the datastore's absence must not cost a server"
+            );
+            r.say(format!(
+                "replica {replica} healthy {:.1} s after the datastore returned, never restarted",
+                returned.elapsed().as_secs_f64()
+            ));
+        }
         let seen = watch(
             lab,
             Duration::from_secs(u64::from(ttl)),
