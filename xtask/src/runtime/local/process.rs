@@ -175,7 +175,10 @@ impl LocalLab {
     /// Starts one component's process (first-time setup included), without waiting.
     pub(super) fn spawn(&mut self, sh: &Shell, c: Component) -> anyhow::Result<()> {
         match c {
-            Component::Agent(w) => self.join_token(sh, node_of(w))?,
+            // A token made at registration is used once; a restarted agent gets a new one.
+            Component::Agent(w) if !self.has_join_token(node_of(w)) => {
+                self.join_token(sh, node_of(w))?
+            }
             Component::Postgres => self.initdb(Server::Demo)?,
             Component::SpireDatastore => {
                 self.datastore_credentials()?;
@@ -185,6 +188,9 @@ impl LocalLab {
         }
         let spec = self.spec(c)?;
         let pid = procs::spawn(&spec)?;
+        if let Component::Agent(w) = c {
+            self.forget_join_token(node_of(w))?;
+        }
         match self
             .state
             .components

@@ -53,6 +53,22 @@ impl LocalLab {
         Ok(())
     }
 
+    fn join_token_file(&self, node: &str) -> PathBuf {
+        self.layout().p(&format!("agents/{node}/join-token"))
+    }
+
+    pub(super) fn has_join_token(&self, node: &str) -> bool {
+        self.join_token_file(node).exists()
+    }
+
+    /// The agent started with its token, which attests once: the file goes.
+    pub(super) fn forget_join_token(&self, node: &str) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.join_token_file(node)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// A join token for `node`'s agent, written 0600 beside its data.
     pub(super) fn join_token(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
         let (server, sock) = self.server_cli();
@@ -68,7 +84,7 @@ impl LocalLab {
             .split_whitespace()
             .last()
             .context("no token in `spire-server token generate` output")?;
-        let path = self.layout().p(&format!("agents/{node}/join-token"));
+        let path = self.join_token_file(node);
         std::fs::write(&path, token)?;
         chmod(&path, 0o600)
     }
@@ -76,7 +92,15 @@ impl LocalLab {
     /// Entries with the same SPIFFE IDs as on kind; unix selectors (uid and binary path) here:
     /// each workload's Envoy or spiffe-helper, as it runs (its uid tells the workloads apart
     /// with pods, as a service account does on Kubernetes), on its node.
+    ///
+    /// Each node's join token is made here too (its entry is the node's alias), and this
+    /// returns once the servers' entry caches hold every entry: an agent's first sync, right
+    /// after it attests, then finds its workloads' entries, where it would otherwise wait for
+    /// its next sync (5 s).
     pub(super) fn register(&mut self, sh: &Shell) -> anyhow::Result<()> {
+        for node in super::layout::NODES {
+            self.join_token(sh, node)?;
+        }
         let own = unsafe { libc::geteuid() };
         let wanted = [
             (Workload::Frontend, Component::EnvoyFrontend),
@@ -98,7 +122,9 @@ impl LocalLab {
             );
             self.state.entries.push(Registered { id, entry });
         }
-        self.save()
+        self.save()?;
+        std::thread::sleep(entry_cache_reload()? + Duration::from_millis(200));
+        Ok(())
     }
 
     fn entry_create(&self, sh: &Shell, e: &Entry) -> anyhow::Result<String> {
@@ -186,4 +212,25 @@ impl LocalLab {
         let _ = std::fs::remove_dir_all(self.layout().p("rogue"));
         self.save()
     }
+}
+
+/// How often the SPIRE servers reload their entry cache: `cache_reload_interval` in the shared
+/// `server.conf` (whole seconds).
+fn entry_cache_reload() -> anyhow::Result<Duration> {
+    let conf = crate::project_root().join("manifests/spire/config/server.conf");
+    let text = std::fs::read_to_string(&conf)?;
+    let secs = text
+        .lines()
+        .find_map(|l| {
+            let value = l.trim().strip_prefix("cache_reload_interval")?;
+            let value = value.trim_start().strip_prefix('=')?.trim().trim_matches('"');
+            value.strip_suffix('s')?.parse::<u64>().ok()
+        })
+        .with_context(|| {
+            format!(
+                "{} sets no cache_reload_interval in whole seconds",
+                conf.display()
+            )
+        })?;
+    Ok(Duration::from_secs(secs))
 }
