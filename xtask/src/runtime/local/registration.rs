@@ -223,7 +223,11 @@ fn entry_cache_reload() -> anyhow::Result<Duration> {
         .lines()
         .find_map(|l| {
             let value = l.trim().strip_prefix("cache_reload_interval")?;
-            let value = value.trim_start().strip_prefix('=')?.trim().trim_matches('"');
+            let value = value
+                .trim_start()
+                .strip_prefix('=')?
+                .trim()
+                .trim_matches('"');
             value.strip_suffix('s')?.parse::<u64>().ok()
         })
         .with_context(|| {

@@ -299,8 +299,6 @@ impl LocalLab {
             l.network.netns(Pod::SpireService),
         )?;
         // Ready when a replica answers through it.
-        let server = self.state.tools.spire_server.clone();
-        let _ = server;
         let probe = format!("{}:{}", l.addr(Pod::SpireService), l.ports.spire_server);
         let probe: std::net::SocketAddr = probe.parse()?;
         wait_for(Duration::from_secs(10), || {
