@@ -44,21 +44,22 @@ pub struct Leaf {
 }
 
 impl Certs {
-    /// The leaf of the last certificate chain Envoy lists (None before SDS has answered).
+    /// The newest leaf Envoy holds: of the chains it lists, the one that expires last (None
+    /// before SDS has answered). Envoy lists a TLS context for as long as something uses it —
+    /// an upstream connection opened before a rotation keeps the previous one — in no set order.
     pub fn leaf(&self) -> Option<Leaf> {
-        let leaf = self
-            .certificates
+        self.certificates
             .iter()
             .filter_map(|c| c.cert_chain.first())
-            .next_back()?;
-        Some(Leaf {
-            spiffe_id: leaf.subject_alt_names.iter().find_map(|s| s.uri.clone()),
-            serial: leaf.serial_number.to_uppercase(),
-            not_after: leaf
-                .expiration_time
-                .as_deref()
-                .and_then(crate::time::parse_rfc3339),
-        })
+            .map(|leaf| Leaf {
+                spiffe_id: leaf.subject_alt_names.iter().find_map(|s| s.uri.clone()),
+                serial: leaf.serial_number.to_uppercase(),
+                not_after: leaf
+                    .expiration_time
+                    .as_deref()
+                    .and_then(crate::time::parse_rfc3339),
+            })
+            .max_by_key(|l| l.not_after)
     }
 
     /// Serials (upper case) of the CA certificates Envoy validates peers with.
@@ -93,6 +94,15 @@ mod tests {
         assert_eq!(leaf.serial, "AB12");
         assert!(leaf.not_after.unwrap() > crate::time::unix_now());
         assert_eq!(certs.ca_serials(), ["01"]);
+        // A context kept by an older connection, listed after the current one.
+        let both: Certs = serde_json::from_str(
+            r#"{"certificates": [
+                {"cert_chain": [{"serial_number": "02", "expiration_time": "2999-01-01T00:10:00Z"}]},
+                {"cert_chain": [{"serial_number": "01", "expiration_time": "2999-01-01T00:00:00Z"}]}
+            ]}"#,
+        )
+        .unwrap();
+        assert_eq!(both.leaf().unwrap().serial, "02");
         let empty: Certs = serde_json::from_str(r#"{"certificates": []}"#).unwrap();
         assert!(empty.leaf().is_none());
     }
