@@ -58,6 +58,42 @@ pub fn run_demo(frontend_url: &str) -> anyhow::Result<Demo> {
     Ok(Demo { result, took })
 }
 
+/// Run Demo calls one after the other over one keep-alive connection.
+pub struct Caller {
+    agent: ureq::Agent,
+    target: String,
+}
+
+impl Caller {
+    pub fn new(frontend_url: &str) -> Caller {
+        Caller {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into(),
+            target: format!("{frontend_url}/api/run-demo"),
+        }
+    }
+
+    /// One Run Demo: its typed answer, or what came back instead, in words.
+    pub fn call(&self) -> Result<Demo, String> {
+        let started = Instant::now();
+        let mut res = self
+            .agent
+            .post(&self.target)
+            .send_empty()
+            .map_err(|e| e.to_string())?;
+        let status = res.status().as_u16();
+        let body = res.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        match serde_json::from_str::<RunDemo>(&body) {
+            Ok(result) if status == 200 => Ok(Demo { result, took }),
+            _ => Err(format!("HTTP {status}: {body}")),
+        }
+    }
+}
+
 /// What a run of continuous Run Demo calls saw.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -112,11 +148,10 @@ pub struct Load {
 impl Load {
     pub fn start(frontend_url: &str, workers: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let target = format!("{frontend_url}/api/run-demo");
         let workers = (0..workers)
             .map(|_| {
-                let (stop, target) = (stop.clone(), target.clone());
-                std::thread::spawn(move || worker(&target, &stop, pause))
+                let (stop, url) = (stop.clone(), frontend_url.to_owned());
+                std::thread::spawn(move || worker(&url, &stop, pause))
             })
             .collect();
         Load { stop, workers }
@@ -144,27 +179,18 @@ impl Load {
     }
 }
 
-fn worker(target: &str, stop: &AtomicBool, pause: Duration) -> Tally {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
+fn worker(frontend_url: &str, stop: &AtomicBool, pause: Duration) -> Tally {
+    let caller = Caller::new(frontend_url);
     let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let outcome = agent
-            .post(target)
-            .send_empty()
-            .map_err(|e| e.to_string())
-            .and_then(|mut res| {
-                let status = res.status().as_u16();
-                let body = res.body_mut().read_to_string().map_err(|e| e.to_string())?;
-                match serde_json::from_str::<RunDemo>(&body) {
-                    Ok(r) if status == 200 && r.succeeded() => Ok(()),
-                    _ => Err(format!("HTTP {status}: {body}")),
-                }
-            });
+        let outcome = caller.call().and_then(|d| {
+            if d.ok() {
+                Ok(())
+            } else {
+                Err(format!("HTTP 200: {}", serde_json::to_string(&d.result).unwrap_or_default()))
+            }
+        });
         match outcome {
             Ok(()) => {
                 tally.ok += 1;

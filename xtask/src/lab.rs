@@ -223,6 +223,9 @@ pub trait Lab {
     fn presented_chains(&self) -> Vec<(&'static str, anyhow::Result<Vec<X509>>)>;
     /// The backend's `/readyz`: status and body.
     fn backend_readyz(&self) -> anyhow::Result<(u16, contract::Readiness)>;
+    /// A service's `/metrics` (the frontend's, or the backend's on its health listener),
+    /// scraped now.
+    fn metrics(&self, service: Workload) -> anyhow::Result<contract::metrics::Scrape>;
     /// host:port of the backend Envoy's mTLS listener, reachable from here.
     fn backend_envoy_addr(&self) -> String;
     /// Asks the Workload API for an SVID from a workload no entry describes (locally a process

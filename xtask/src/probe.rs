@@ -31,6 +31,13 @@ pub fn get(url: &str) -> anyhow::Result<(u16, String)> {
     Ok((res.status().as_u16(), body))
 }
 
+/// A `/metrics` endpoint, read: it must answer 200.
+pub fn scrape(url: &str) -> anyhow::Result<contract::metrics::Scrape> {
+    let (status, body) = get(url)?;
+    anyhow::ensure!(status == 200, "GET {url} answered HTTP {status}: {body}");
+    Ok(contract::metrics::Scrape::parse(&body))
+}
+
 /// POST with an empty body: the status and the body.
 pub fn post(url: &str) -> anyhow::Result<(u16, String)> {
     let mut res = agent(Duration::from_secs(5))

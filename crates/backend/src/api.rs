@@ -1,9 +1,11 @@
-//! Routes: `/api/orders`, `/api/identity`, `/healthz`, `/readyz`.
+//! Routes: `/api/orders`, `/api/identity`, `/healthz`, `/readyz`; on the health listener also
+//! `/metrics`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -11,12 +13,13 @@ use contract::{BackendIdentity, Orders, Readiness, SvidState};
 use serde_json::json;
 
 use crate::error::{AppError, Result};
-use crate::{Database, SvidSource};
+use crate::{Database, Metrics, SvidSource};
 
 #[derive(Clone)]
 pub struct AppState {
     svids: Arc<SvidSource>,
     db: Database,
+    metrics: Arc<Metrics>,
     /// The benchmark's plaintext baseline: readiness does not ask for an SVID.
     plaintext: bool,
 }
@@ -26,6 +29,7 @@ impl AppState {
         AppState {
             svids,
             db,
+            metrics: Arc::default(),
             plaintext,
         }
     }
@@ -42,11 +46,13 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Only `/healthz` and `/readyz`, for a listener the kubelet can reach.
+/// Only `/healthz`, `/readyz` and `/metrics`, for a listener the kubelet (and a metrics scraper)
+/// can reach.
 pub fn health_app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "live": true })) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { AppError::NotFound(uri.path().to_owned()) })
         .with_state(state)
 }
@@ -65,8 +71,11 @@ pub fn caller_from_xfcc(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Orders>> {
-    let orders = s.db.orders().await?;
-    Ok(Json(Orders {
+    let started = Instant::now();
+    let orders = s.db.orders().await;
+    s.metrics.db_query(started.elapsed());
+    let orders = orders?;
+    let body = Json(Orders {
         orders,
         caller: caller_from_xfcc(&headers),
         backend: s
@@ -75,7 +84,19 @@ async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Or
             .ok()
             .map(|svid| svid.spiffe_id.to_string()),
         db_server: s.db.last_server(),
-    }))
+    });
+    s.metrics.orders(started.elapsed());
+    Ok(body)
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 async fn identity(State(s): State<AppState>, headers: HeaderMap) -> Json<BackendIdentity> {

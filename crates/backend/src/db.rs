@@ -3,6 +3,7 @@
 //! Each new connection builds its TLS context from the SVID loaded at that moment, so a rotation
 //! needs no restart; pooled connections opened with an older SVID are dropped when next taken.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,9 @@ impl DbError {
 
 pub struct Connection {
     client: tokio_postgres::Client,
+    /// The statements prepared on this connection, by their text: each is parsed and planned
+    /// once per connection, then only executed (one round trip instead of two).
+    statements: HashMap<&'static str, tokio_postgres::Statement>,
     generation: u64,
     /// When the SVID this connection was opened with expires (Unix seconds).
     svid_not_after: i64,
@@ -200,6 +204,7 @@ impl Manager {
         tokio::spawn(connection);
         Ok(Connection {
             client,
+            statements: HashMap::new(),
             generation: self.svids.generation(),
             svid_not_after: i64::MAX,
         })
@@ -232,6 +237,7 @@ impl managed::Manager for Manager {
                 *self.last_server.lock().unwrap() = server;
                 Ok(Connection {
                     client,
+                    statements: HashMap::new(),
                     generation,
                     svid_not_after,
                 })
@@ -310,17 +316,28 @@ impl Database {
         self.query("SELECT 1").await.map(|_| ())
     }
 
-    async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::Row>, DbError> {
+    async fn query(&self, sql: &'static str) -> Result<Vec<tokio_postgres::Row>, DbError> {
         let limit = self.timeout.as_millis() as u64;
         let work = async {
             // A connection the server closed (a restart) is found out here and replaced once.
             for attempt in 0..2 {
-                let conn = self.pool.get().await.map_err(|e| match e {
+                let mut conn = self.pool.get().await.map_err(|e| match e {
                     managed::PoolError::Backend(e) => e,
                     managed::PoolError::Timeout(_) => DbError::Timeout(limit),
                     other => DbError::Unreachable("pool".into(), other.to_string()),
                 })?;
-                match conn.client.query(sql, &[]).await {
+                let rows = async {
+                    let statement = match conn.statements.get(sql) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let s = conn.client.prepare(sql).await?;
+                            conn.statements.insert(sql, s.clone());
+                            s
+                        }
+                    };
+                    conn.client.query(&statement, &[]).await
+                };
+                match rows.await {
                     Ok(rows) => return Ok(rows),
                     Err(e) if e.is_closed() && attempt == 0 => {
                         let _ = managed::Object::take(conn);

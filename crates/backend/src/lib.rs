@@ -7,6 +7,7 @@ mod api;
 mod config;
 mod db;
 mod error;
+mod metrics;
 mod svid_source;
 
 use std::future::Future;
@@ -16,6 +17,7 @@ pub use api::{AppState, app, health_app};
 pub use config::Config;
 pub use db::{Database, DbError};
 pub use error::AppError;
+pub use metrics::Metrics;
 pub use svid_source::{SvidSource, Unusable};
 
 /// Loads the SVID, starts watching its files, and sets up the database pool (no connection yet).

@@ -32,10 +32,23 @@ async fn orders_are_read_over_mtls_and_postgres_is_identified_by_spiffe_id() {
     let pg = Postgres::start(&ca, &postgres_leaf());
     let svids = tempfile::tempdir().unwrap();
     let issued = ca.write_svid(svids.path(), &backend_leaf());
-    let app = backend_app(&pg, svids.path()).await;
+    let state = backend::start(&backend_config(pg.port, svids.path()))
+        .await
+        .unwrap();
+    let (app, health) = (backend::app(state.clone()), backend::health_app(state));
 
     let (status, body) = get(&app, "/api/orders").await;
     assert_eq!(status, 200, "{body}");
+    // Timed on the health listener's /metrics: the request, and the database part of it.
+    let metrics = testkit::scrape(&health).await;
+    for name in [
+        contract::metrics::ORDERS_SECONDS,
+        contract::metrics::DB_QUERY_SECONDS,
+    ] {
+        let (sum, count) = metrics.histogram(name);
+        assert_eq!(count, 1.0, "{name}: {metrics:?}");
+        assert!(sum > 0.0, "{name}: {metrics:?}");
+    }
     let orders = body["orders"].as_array().unwrap();
     assert_eq!(orders.len(), 3, "{body}");
     assert_eq!(orders[0]["id"], 1001);

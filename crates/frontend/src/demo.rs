@@ -5,7 +5,7 @@
 
 use contract::{Cause, ErrorBody, Link, Orders, RunDemo};
 
-use crate::Config;
+use crate::{Config, Metrics};
 
 /// What came back from the frontend's Envoy.
 #[derive(Debug)]
@@ -134,7 +134,7 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
 }
 
 /// Calls `GET /api/orders` through the frontend's Envoy and classifies the outcome.
-pub async fn run(http: &reqwest::Client, config: &Config) -> RunDemo {
+pub async fn run(http: &reqwest::Client, config: &Config, metrics: &Metrics) -> RunDemo {
     let started = std::time::Instant::now();
     let url = format!("{}/api/orders", config.backend_url.trim_end_matches('/'));
     let upstream = match http.get(&url).send().await {
@@ -150,6 +150,7 @@ pub async fn run(http: &reqwest::Client, config: &Config) -> RunDemo {
         Err(e) if e.is_timeout() => Upstream::TimedOut(config.timeout_ms),
         Err(e) => Upstream::Failed(root_cause(&e)),
     };
+    metrics.backend_call(started.elapsed());
     let mut result = classify(upstream, &config.backend_url);
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     if !result.frontend_to_backend.succeeded() || !result.backend_to_db.succeeded() {

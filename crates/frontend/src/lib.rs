@@ -7,22 +7,29 @@
 mod config;
 mod demo;
 mod identity;
+mod metrics;
 mod page;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
+use axum::http::header;
 use axum::response::Html;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub use config::Config;
 pub use demo::{Upstream, classify};
+pub use metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
     config: Config,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -33,7 +40,11 @@ impl AppState {
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build()
             .expect("build HTTP client");
-        AppState { config, http }
+        AppState {
+            config,
+            http,
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -43,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/run-demo", post(run_demo_page).get(index))
         .route("/api/run-demo", post(run_demo_json))
         .route("/api/identity", get(identity_json))
+        .route("/metrics", get(metrics))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "live": true })) }),
@@ -60,15 +72,30 @@ async fn index(State(s): State<AppState>) -> Html<String> {
 }
 
 async fn run_demo_page(State(s): State<AppState>) -> Html<String> {
-    let (result, panel) = tokio::join!(
-        demo::run(&s.http, &s.config),
-        identity::gather(&s.http, &s.config)
-    );
+    let (result, panel) = tokio::join!(run_demo(&s), identity::gather(&s.http, &s.config));
     Html(page::render(Some(&result), &panel))
 }
 
 async fn run_demo_json(State(s): State<AppState>) -> Json<contract::RunDemo> {
-    Json(demo::run(&s.http, &s.config).await)
+    Json(run_demo(&s).await)
+}
+
+/// One Run Demo, counted and timed.
+async fn run_demo(s: &AppState) -> contract::RunDemo {
+    let started = Instant::now();
+    let result = demo::run(&s.http, &s.config, &s.metrics).await;
+    s.metrics.run_demo(&result, started.elapsed());
+    result
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 async fn identity_json(State(s): State<AppState>) -> Json<contract::IdentityPanel> {

@@ -114,3 +114,38 @@ async fn nothing_listening_reads_as_unreachable_and_page_still_renders() {
     // Identity sources that do not answer show as unknown.
     assert!(html.contains("unknown"), "{html}");
 }
+
+/// `/metrics` counts each Run Demo by both links' status and the first failure's cause, and
+/// times it; `status` and the bench read these names (`contract::metrics`).
+#[tokio::test]
+async fn metrics_count_outcomes_by_link_and_cause() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let app = frontend(&envoy_stand_in(403, "backend Envoy: RBAC: access denied").await);
+    run_demo(&app).await;
+    run_demo(&app).await;
+    let res = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let scrape = contract::metrics::Scrape::parse(&text);
+    let denied = format!(
+        r#"{}_total{{frontend_to_backend="FAILED",backend_to_db="UNKNOWN",cause="rbac_denied"}}"#,
+        contract::metrics::RUN_DEMO
+    );
+    assert_eq!(scrape.get(&denied), Some(2.0), "{text}");
+    assert_eq!(
+        scrape.histogram(contract::metrics::RUN_DEMO_SECONDS).1,
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        scrape.histogram(contract::metrics::BACKEND_CALL_SECONDS).1,
+        2.0,
+        "{text}"
+    );
+}

@@ -29,7 +29,15 @@ pub struct Pins {
     pub postgres: Postgres,
     pub kind: Kind,
     pub services: Services,
+    pub bench: Bench,
     pub kind_offline: KindOffline,
+}
+
+/// What `cargo xtask bench` measures with.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Bench {
+    /// oha, the open-loop HTTP load generator (crates.io).
+    pub oha: String,
 }
 
 /// The kind runtime without a registry: what `cargo xtask images --offline` builds from.

@@ -41,3 +41,16 @@ pub async fn get_json(app: &axum::Router, path: &str) -> (u16, serde_json::Value
         .unwrap();
     oneshot_json(app, req).await
 }
+
+/// GET `/metrics` on the in-process `app`, read as Prometheus text.
+pub async fn scrape(app: &axum::Router) -> contract::metrics::Scrape {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::get("/metrics")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200, "/metrics");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    contract::metrics::Scrape::parse(&String::from_utf8_lossy(&body))
+}

@@ -205,7 +205,7 @@ fn boundary_violations(
                 }
             }
             let runtime_neutral =
-                in_dir(path, "scenario/") || path == "bench.rs" || path == "demo.rs";
+                in_dir(path, "scenario/") || in_dir(path, "bench/") || path == "demo.rs";
             if runtime_neutral {
                 for asks in ["KindLab", "runtime::kind", "Runtime::", ".label() =="] {
                     if line.contains(asks) {
@@ -259,7 +259,7 @@ fn the_boundary_check_catches_planted_breaches() {
             "runs docker",
         ),
         (
-            "bench.rs",
+            "bench/mod.rs",
             r#"let url = format!("http://127.0.0.1:{}", 15432);"#,
             "local port 15432",
         ),
@@ -279,7 +279,7 @@ fn the_boundary_check_catches_planted_breaches() {
             "runtime::local",
         ),
         (
-            "bench.rs",
+            "bench/hops.rs",
             r#"if lab.label() == "kind runtime" { return Ok(()); }"#,
             "asks which runtime",
         ),

@@ -592,7 +592,40 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
         }
         println!("  ok  Chromium and chromedriver");
     }
+    ensure_oha(sh)?;
+    report("oha (the bench's open-loop load)", &pins.bench.oha);
     find(&pins)
+}
+
+/// oha at the pinned version, for the bench's open-loop runs: on PATH or in the cache, else built
+/// from crates.io with `cargo install --locked` (its own lock file), with the system's OpenSSL
+/// rather than its default rustls on aws-lc (one less C build; it only calls the UI over plain
+/// HTTP anyway, and cannot be built with no TLS at all).
+pub fn ensure_oha(sh: &Shell) -> anyhow::Result<PathBuf> {
+    let pins = Pins::load(&crate::project_root())?;
+    let version = &pins.bench.oha;
+    let root = cache_dir().join(format!("oha-{version}"));
+    let cached = root.join("bin/oha");
+    if let Some(found) = pinned("oha", &cached, "--version", version) {
+        return Ok(found);
+    }
+    println!(
+        "building oha {version} from crates.io into {} (a few minutes, once)",
+        root.display()
+    );
+    cmd!(
+        sh,
+        "cargo install --quiet --locked --no-default-features --features native-tls --version {version} --root {root} oha"
+    )
+    .env_remove("CARGO_TARGET_DIR")
+    .run()
+    .with_context(|| format!("cargo install oha {version}"))?;
+    pinned("oha", &cached, "--version", version).with_context(|| {
+        format!(
+            "oha was built into {}, but does not report {version}",
+            root.display()
+        )
+    })
 }
 
 fn report(what: &str, version: &str) {

@@ -885,6 +885,18 @@ impl Lab for KindLab {
         ))
     }
 
+    fn metrics(&self, service: contract::Workload) -> anyhow::Result<contract::metrics::Scrape> {
+        let url = match service {
+            contract::Workload::Frontend => format!("{}/metrics", self.frontend_url()),
+            contract::Workload::Backend => {
+                self.ensure_forwarded()?;
+                format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/metrics")
+            }
+            contract::Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
+        };
+        crate::probe::scrape(&url)
+    }
+
     fn backend_envoy_addr(&self) -> String {
         let _ = self.ensure_forwarded();
         format!("127.0.0.1:{FWD_BACKEND_MTLS}")

@@ -508,8 +508,39 @@ pub fn status(sh: &Shell) -> anyhow::Result<()> {
         println!("── {ns}");
         cmd!(sh, "kubectl --context {ctx} -n {ns} get pods -o wide").run()?;
     }
+    node_memory(sh);
     println!("\nUI: {} (NodePort {UI_NODE_PORT})", ui_url());
     Ok(())
+}
+
+/// Each node's memory and CPU as its container engine counts them (the seed's budget for the
+/// whole lab: 8 GB, 4 CPU). Informational: an engine that cannot tell leaves it out.
+fn node_memory(sh: &Shell) {
+    let cli = container_cli();
+    let ctx = context().unwrap_or_default();
+    let Ok(nodes) = cmd!(sh, "kubectl --context {ctx} get nodes -o name")
+        .quiet()
+        .read()
+    else {
+        return;
+    };
+    let nodes: Vec<&str> = nodes
+        .lines()
+        .filter_map(|n| n.strip_prefix("node/"))
+        .collect();
+    if nodes.is_empty() {
+        return;
+    }
+    let format = "{{.Name}}\t{{.MemUsage}}\t{{.CPUPerc}}";
+    if let Ok(out) = cmd!(sh, "{cli} stats --no-stream --format {format} {nodes...}")
+        .quiet()
+        .read()
+    {
+        println!("── nodes (memory used / limit, CPU)");
+        for line in out.lines() {
+            println!("{}", line.replace('\t', "   "));
+        }
+    }
 }
 
 /// One component's log: `kubectl logs` of its container.

@@ -23,6 +23,9 @@ pub struct Ports {
     pub backend_envoy_admin: u16,
     pub backend_envoy_ready: u16,
     pub backend: u16,
+    /// The backend's health listener (`/healthz`, `/readyz`, `/metrics`), as on kind.
+    #[serde(default = "backend_health")]
+    pub backend_health: u16,
     pub postgres: u16,
     /// Where agents reach the SPIRE server: the Service in front of the replicas.
     pub spire_server: u16,
@@ -48,6 +51,7 @@ impl Ports {
             backend_envoy_admin: p(9902),
             backend_envoy_ready: p(9912),
             backend: p(9090),
+            backend_health: p(backend_health()),
             postgres: p(15432),
             spire_server: p(18081),
             spire_server_replicas: [p(18082), p(18083)],
@@ -73,6 +77,7 @@ impl Ports {
             (self.backend_envoy, "backend Envoy (mTLS listener)".into()),
             (self.backend_envoy_admin, "backend Envoy admin".into()),
             (self.backend, "backend API".into()),
+            (self.backend_health, "backend health and metrics".into()),
             (self.postgres, "PostgreSQL".into()),
             (
                 self.spire_server,
@@ -103,6 +108,10 @@ impl Ports {
         }
         v
     }
+}
+
+fn backend_health() -> u16 {
+    9091
 }
 
 /// Where the local runtime keeps everything, under one state directory, and how its processes

@@ -368,6 +368,18 @@ impl Lab for LocalLab {
         ))
     }
 
+    fn metrics(&self, service: Workload) -> anyhow::Result<contract::metrics::Scrape> {
+        let url = match service {
+            Workload::Frontend => format!("{}/metrics", self.frontend_url()),
+            Workload::Backend => format!(
+                "http://{}/metrics",
+                self.reach(Pod::Backend, self.ports().backend_health)?
+            ),
+            Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
+        };
+        crate::probe::scrape(&url)
+    }
+
     fn backend_envoy_addr(&self) -> String {
         self.reach_or_nothing(Pod::Backend, self.ports().backend_envoy)
     }

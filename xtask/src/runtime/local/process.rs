@@ -109,6 +109,12 @@ impl LocalLab {
                 vec![
                     "--listen".into(),
                     format!("127.0.0.1:{}", self.ports().backend),
+                    "--health-listen".into(),
+                    format!(
+                        "{}:{}",
+                        l.network.public_bind(),
+                        self.ports().backend_health
+                    ),
                     "--svid-dir".into(),
                     l.certs("backend").display().to_string(),
                     "--db-host".into(),
@@ -139,6 +145,9 @@ impl LocalLab {
                         "info".into(),
                         "--drain-time-s".into(),
                         "1".into(),
+                        // Access log lines reach the log within a second (default: ten).
+                        "--file-flush-interval-msec".into(),
+                        "1000".into(),
                     ],
                 )
             }
