@@ -188,7 +188,10 @@ fn worker(frontend_url: &str, stop: &AtomicBool, pause: Duration) -> Tally {
             if d.ok() {
                 Ok(())
             } else {
-                Err(format!("HTTP 200: {}", serde_json::to_string(&d.result).unwrap_or_default()))
+                Err(format!(
+                    "HTTP 200: {}",
+                    serde_json::to_string(&d.result).unwrap_or_default()
+                ))
             }
         });
         match outcome {

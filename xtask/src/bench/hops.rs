@@ -111,10 +111,8 @@ impl Mark {
             .map(|(text, _)| text)
             .with_context(|| format!("{}'s access log", c.name()))
         };
-        let (fe_total, fe_up) = envoy_means(
-            &logged(Component::EnvoyFrontend, self.logs.0)?,
-            "frontend",
-        )?;
+        let (fe_total, fe_up) =
+            envoy_means(&logged(Component::EnvoyFrontend, self.logs.0)?, "frontend")?;
         let (be_total, be_up) =
             envoy_means(&logged(Component::EnvoyBackend, self.logs.1)?, "backend")?;
         let us = |after: &Scrape, before: &Scrape, name: &str| {
