@@ -74,6 +74,25 @@ pub fn entry_ids(json: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Each agent's SPIFFE ID and the serial of the X.509-SVID it holds now, from
+/// `spire-server agent list -output json`.
+pub fn agent_svids(json: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    Ok(v["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let id = format!(
+                "spiffe://{}{}",
+                a["id"]["trust_domain"].as_str()?,
+                a["id"]["path"].as_str()?
+            );
+            Some((id, a["x509svid_serial_number"].as_str()?.to_owned()))
+        })
+        .collect())
+}
+
 /// The id of the entry `spire-server entry create -output json` made. The command succeeds
 /// even when the server could not create it: the result's status says so, and is an error here.
 pub fn created_id(json: &str) -> anyhow::Result<String> {

@@ -326,22 +326,29 @@ fn remove_probe(lab: &dyn Lab) -> anyhow::Result<()> {
 
 pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     remove_probe(lab)?;
-    // SPIRE signs no SVID without its datastore. Shortening the TTL hands every holder a fresh
-    // SVID at once; the outage then starts and lasts 60 % of the TTL, past every holder's
-    // rotation point (half its life, ±10 % jitter), so each one misses a rotation. What is left of
-    // the SVIDs (40 % of the TTL less their age, ≥ 25 s) covers the agents' way back: their sync
-    // backs off while the server fails, and the last holder was seen to rotate 16 s after the
-    // datastore returned.
-    let ttl = ttl * 9 / 2;
-    let outage = Duration::from_secs(u64::from(ttl) * 3 / 5);
+    // SPIRE signs no SVID without its datastore, and agents back off while their server fails
+    // them. Shortening the TTL hands every holder a fresh SVID; the outage then lasts until each
+    // is past its rotation point (half its life), so each misses a rotation, and leaves what is
+    // left of the SVIDs (half a TTL) for the agents' way back.
+    let ttl = ttl * 6;
     shorten_ttl(lab, r, ttl)?;
     let (load, since) = load(lab);
     let db = Component::SpireDatastore;
     let outcome = (|| -> anyhow::Result<()> {
+        let left: Vec<i64> = holder_serials(lab)
+            .values()
+            .filter_map(|(_, left)| *left)
+            .collect();
+        ensure!(
+            left.len() == Holder::ALL.len(),
+            "not every holder's certificate could be read: {left:?}"
+        );
+        // Seconds until a holder is 3 s past half its life.
+        let past_half = |l: i64| (l - i64::from(ttl / 2) + 3).max(1) as u64;
+        let outage = Duration::from_secs(left.iter().map(|&l| past_half(l)).max().unwrap_or(1));
         step(&format!(
-            "stop the SPIRE servers' datastore for {} s (a rotation comes every {} s)",
+            "stop the SPIRE servers' datastore for {} s: until every holder is past half its {ttl} s SVID's life, where its agent rotates it",
             outage.as_secs(),
-            ttl / 2
         ));
         let servers: Vec<(Component, Option<String>)> =
             Component::servers().map(|c| (c, lab.instance(c))).collect();
@@ -421,6 +428,11 @@ pub fn datastore_down(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Re
         tally.failed
     );
     Ok(())
+}
+
+/// Each agent's SPIFFE ID and the serial of its own X.509-SVID.
+fn agent_svids(lab: &dyn Lab) -> anyhow::Result<BTreeMap<String, String>> {
+    crate::spire::agent_svids(&lab.spire_server(None, &["agent", "list"], &["-output", "json"])?)
 }
 
 fn first_line(s: &str) -> &str {
@@ -576,6 +588,7 @@ pub fn ca_rotation(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         );
         r.say("activated: the previous authorities are now each replica's old one");
         step("taint the old ones: every SVID under them is replaced now");
+        let agents_before = agent_svids(lab)?;
         for (i, id) in &old {
             lab.spire_server(
                 Some(*i),
@@ -610,6 +623,27 @@ pub fn ca_rotation(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         for (holder, s) in signers(lab) {
             r.say(format!("  {holder}: {s}"));
         }
+        // An agent still holding an SVID under an old authority after the revocation could not
+        // reach a server again (a join-token agent cannot attest twice): wait for each.
+        let took = until(
+            "every agent holds a new X.509-SVID of its own",
+            Duration::from_secs(60),
+            || {
+                let now = agent_svids(lab)?;
+                let stale: Vec<&String> = agents_before
+                    .iter()
+                    .filter(|(id, serial)| now.get(*id) == Some(*serial))
+                    .map(|(id, _)| id)
+                    .collect();
+                ensure!(stale.is_empty(), "still on the old authority: {stale:?}");
+                Ok(())
+            },
+        )?;
+        r.say(format!(
+            "every agent ({}) rotated its own SVID after {:.1} s",
+            agents_before.len(),
+            took.as_secs_f64()
+        ));
 
         step("revoke the old authorities: out of the bundle");
         for (i, id) in &old {

@@ -184,8 +184,11 @@ impl LocalLab {
     /// Starts one component's process (first-time setup included), without waiting.
     pub(super) fn spawn(&mut self, sh: &Shell, c: Component) -> anyhow::Result<()> {
         match c {
-            // A token made at registration is used once; a restarted agent gets a new one.
+            // A token made at registration is used once; a restarted agent gets a new one, and
+            // the agent it replaces (which cannot attest again) is evicted, as an operator
+            // evicts a node that is gone.
             Component::Agent(w) if !self.has_join_token(node_of(w)) => {
+                self.evict_previous_agent(sh, node_of(w))?;
                 self.join_token(sh, node_of(w))?
             }
             Component::Postgres => self.initdb(Server::Demo)?,

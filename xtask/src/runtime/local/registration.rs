@@ -69,6 +69,22 @@ impl LocalLab {
         }
     }
 
+    /// Evicts the agent that last attested on `node`, if any: its join token was used once, so
+    /// it could never come back, and it would stay listed.
+    pub(super) fn evict_previous_agent(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
+        let Ok(id) = std::fs::read_to_string(self.layout().p(&format!("agents/{node}/agent-id")))
+        else {
+            return Ok(());
+        };
+        let (server, sock) = self.server_cli();
+        let id = id.trim();
+        cmd!(sh, "{server} agent evict -socketPath {sock} -spiffeID {id}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("evict the agent {id} that {node} ran before"))
+    }
+
     /// A join token for `node`'s agent, written 0600 beside its data.
     pub(super) fn join_token(&self, sh: &Shell, node: &str) -> anyhow::Result<()> {
         let (server, sock) = self.server_cli();
@@ -86,6 +102,10 @@ impl LocalLab {
             .context("no token in `spire-server token generate` output")?;
         let path = self.join_token_file(node);
         std::fs::write(&path, token)?;
+        std::fs::write(
+            self.layout().p(&format!("agents/{node}/agent-id")),
+            format!("spiffe://{}/spire/agent/join_token/{token}", contract::TRUST_DOMAIN),
+        )?;
         chmod(&path, 0o600)
     }
 
