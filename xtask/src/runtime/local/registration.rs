@@ -104,7 +104,10 @@ impl LocalLab {
         std::fs::write(&path, token)?;
         std::fs::write(
             self.layout().p(&format!("agents/{node}/agent-id")),
-            format!("spiffe://{}/spire/agent/join_token/{token}", contract::TRUST_DOMAIN),
+            format!(
+                "spiffe://{}/spire/agent/join_token/{token}",
+                contract::TRUST_DOMAIN
+            ),
         )?;
         chmod(&path, 0o600)
     }
