@@ -47,6 +47,7 @@ struct Sizes {
     /// Open-loop rates, as fractions of the plaintext's closed-loop maximum.
     open_loop_loads: &'static [f64],
     open_loop_for: Duration,
+    open_loop_rounds: usize,
     /// Run Demos, one at a time, for the per-hop breakdown.
     hop_requests: usize,
     fresh_connections: usize,
@@ -67,6 +68,7 @@ impl Sizes {
                 warmup: Duration::from_millis(500),
                 open_loop_loads: &[0.5],
                 open_loop_for: Duration::from_secs(3),
+                open_loop_rounds: 1,
                 hop_requests: 300,
                 fresh_connections: 10,
                 pooled_queries: 100,
@@ -76,11 +78,12 @@ impl Sizes {
             Sizes {
                 ready_runs: 3,
                 concurrencies: &[1, 4, 16],
-                rounds: 5,
-                round: Duration::from_secs(4),
+                rounds: 8,
+                round: Duration::from_secs(3),
                 warmup: Duration::from_secs(2),
                 open_loop_loads: &[0.25, 0.5, 0.75],
-                open_loop_for: Duration::from_secs(10),
+                open_loop_for: Duration::from_secs(5),
+                open_loop_rounds: 3,
                 hop_requests: 3000,
                 fresh_connections: 100,
                 pooled_queries: 2000,
@@ -503,37 +506,70 @@ fn open_loop(
     for &load in sizes.open_loop_loads {
         let rate = (max * load).max(1.0);
         println!(
-            "══ bench: open loop at {rate:.0} Run Demos/s ({:.0} % of plaintext's {max:.0}/s), {} s per profile",
+            "══ bench: open loop at {rate:.0} Run Demos/s ({:.0} % of plaintext's {max:.0}/s), {} of {} s per profile",
             load * 100.0,
+            match sizes.open_loop_rounds {
+                1 => "one round".to_string(),
+                n => format!("{n} interleaved rounds"),
+            },
             sizes.open_loop_for.as_secs()
         );
-        let m = open_loop::run(oha, lab, rate, sizes.open_loop_for)?;
-        let p = open_loop::run(oha, plain, rate, sizes.open_loop_for)?;
-        for (name, o) in [("mTLS", &m), ("plaintext", &p)] {
-            println!(
-                "   {name:<9} {} answered, {} failed; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-                o.answered, o.failed, o.p50_ms, o.p99_ms, o.p999_ms
-            );
+        let (mut m, mut p) = (Vec::new(), Vec::new());
+        for round in 0..sizes.open_loop_rounds {
+            // Taking turns at going first, as the closed-loop rounds do.
+            if round % 2 == 1 {
+                p.push(open_loop::run(oha, plain, rate, sizes.open_loop_for)?);
+            }
+            m.push(open_loop::run(oha, lab, rate, sizes.open_loop_for)?);
+            if round % 2 == 0 {
+                p.push(open_loop::run(oha, plain, rate, sizes.open_loop_for)?);
+            }
+            for (name, o) in [("mTLS", m.last()), ("plaintext", p.last())] {
+                let o = o.expect("just pushed");
+                println!(
+                    "   {name:<9} {} answered, {} failed; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                    o.answered, o.failed, o.p50_ms, o.p99_ms, o.p999_ms
+                );
+            }
         }
         let pct = (load * 100.0).round();
-        let lat = json!([m.p50_ms, m.p99_ms, m.p999_ms]);
-        let name = format!("open loop {pct:.0} %: mTLS p50 / p99 / p99.9");
-        if (load - 0.5).abs() < 1e-9 && sizes.rounds >= 5 {
-            figures.goal(&name, lat, "ms", "p99 ≤ 5 ms", m.p99_ms <= 5.0);
+        // The median round by round of each percentile, and the p99's spread.
+        let summary = |runs: &[open_loop::OpenLoop]| {
+            let (lo, hi) = spread(runs.iter().map(|o| o.p99_ms));
+            (
+                json!([
+                    median(runs.iter().map(|o| o.p50_ms)),
+                    median(runs.iter().map(|o| o.p99_ms)),
+                    median(runs.iter().map(|o| o.p999_ms)),
+                    lo,
+                    hi
+                ]),
+                median(runs.iter().map(|o| o.p99_ms)),
+            )
+        };
+        let ((lat, m_p99), (plat, _)) = (summary(&m), summary(&p));
+        let name = format!("open loop {pct:.0} %: mTLS p50 / p99 / p99.9 (p99 min–max)");
+        if (load - 0.5).abs() < 1e-9 {
+            if sizes.rounds >= 5 {
+                figures.goal(&name, lat, "ms", "p99 ≤ 5 ms", m_p99 <= 5.0);
+            } else {
+                figures.unjudged(&name, lat, "ms", "p99 ≤ 5 ms");
+            }
         } else {
             figures.add(&name, lat, "ms");
         }
         figures.add(
-            &format!("open loop {pct:.0} %: plaintext p50 / p99 / p99.9"),
-            json!([p.p50_ms, p.p99_ms, p.p999_ms]),
+            &format!("open loop {pct:.0} %: plaintext p50 / p99 / p99.9 (p99 min–max)"),
+            plat,
             "ms",
         );
+        let failed: usize = m.iter().chain(&p).map(|o| o.failed).sum();
         figures.goal(
             &format!("open loop {pct:.0} %: failed (mTLS + plaintext)"),
-            json!(m.failed + p.failed),
+            json!(failed),
             "requests",
             "0",
-            m.failed + p.failed == 0,
+            failed == 0,
         );
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Closed-loop throughput, mTLS against plaintext in interleaved rounds (A B A B …) so that
+//! Closed-loop throughput, mTLS against plaintext in interleaved rounds (A B B A A B …) so that
 //! whatever else the machine does lands on both profiles alike; each profile's median, and the
 //! median of the per-round ratios with its spread.
 
@@ -81,7 +81,7 @@ pub fn run(url: &str, concurrency: usize, length: Duration) -> Run {
 }
 
 impl Rounds {
-    /// A warm-up of both profiles, then `rounds` rounds, mTLS first in each.
+    /// A warm-up of both profiles, then `rounds` rounds, taking turns at going first.
     pub fn measure(
         mtls_url: &str,
         plaintext_url: &str,
@@ -96,9 +96,15 @@ impl Rounds {
             concurrency,
             ..Rounds::default()
         };
-        for _ in 0..rounds {
-            r.mtls.push(run(mtls_url, concurrency, length));
-            r.plaintext.push(run(plaintext_url, concurrency, length));
+        // A B, then B A: a drift of the machine over a pair of rounds lands on both alike.
+        for round in 0..rounds {
+            if round % 2 == 0 {
+                r.mtls.push(run(mtls_url, concurrency, length));
+                r.plaintext.push(run(plaintext_url, concurrency, length));
+            } else {
+                r.plaintext.push(run(plaintext_url, concurrency, length));
+                r.mtls.push(run(mtls_url, concurrency, length));
+            }
         }
         r
     }
