@@ -32,6 +32,8 @@ pub enum Command {
     Logs(Logs),
     /// Run a scenario (or all of them) against the running lab.
     Scenario(ScenarioCmd),
+    /// The presenter's walkthrough: each step says what and why, waits for Enter, runs, shows the evidence.
+    Demo(Demo),
     /// Render the Kubernetes manifests and check them without a cluster.
     Manifests(Manifests),
     /// Build every image the kind runtime needs, the kind node's included, with no registry.
@@ -178,7 +180,7 @@ fn pick(s: &str) -> Result<Pick, String> {
 pub struct ScenarioCmd {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// happy, rbac, rotation, server-outage, unregistered, db-down, envoy-down, helper-down, or all.
+    /// A scenario's name (happy, rbac, rotation, …: README lists all thirteen), or all.
     #[arg(value_parser = pick)]
     pub name: Pick,
     /// Write a machine-readable report here.
@@ -213,6 +215,18 @@ pub enum PinsAction {
         #[arg(long)]
         update: bool,
     },
+}
+
+#[derive(clap::Args)]
+pub struct Demo {
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Run every step without waiting for Enter (CI runs it so).
+    #[arg(long)]
+    pub yes: bool,
+    /// The short X.509-SVID TTL, in seconds, for the rotation, server-outage and failover steps.
+    #[arg(long, default_value_t = 20)]
+    pub ttl: u32,
 }
 
 #[derive(clap::Args)]

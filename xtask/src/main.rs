@@ -53,6 +53,7 @@ fn run(command: flags::Command) -> anyhow::Result<()> {
         Command::Status(args) => runtime::status(&sh, &args),
         Command::Logs(cmd) => cmd.run(&sh),
         Command::Scenario(cmd) => cmd.run(&sh),
+        Command::Demo(cmd) => cmd.run(&sh),
         Command::Manifests(cmd) => cmd.run(&sh),
         Command::Images(cmd) => cmd.run(&sh),
         Command::Pins(cmd) => cmd.run(&sh),

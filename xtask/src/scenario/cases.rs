@@ -166,6 +166,7 @@ pub fn rbac(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     r.say(d.line());
     r.say(format!("switch to effect: {:.2} s", took.as_secs_f64()));
     r.figure("deny_effect_seconds", took.as_secs_f64());
+    r.checkpoint("the deny policy is in force: press Run Demo in the UI to see the refusal");
     let denied = d.result.frontend_to_backend.failed_with(Cause::RbacDenied);
     step("restore the allow policy (manifests/backend/config/rbac.yaml)");
     lab.set_policy(Policy::AllowFrontend)?;
@@ -469,6 +470,9 @@ pub fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         let d = run_demo(lab)?;
         r.say(format!("{} ({} ms)", d.line(), d.took.as_millis()));
         r.figure("db_down_answer_ms", d.took.as_millis() as u64);
+        r.checkpoint(
+            "PostgreSQL is down: press Run Demo in the UI to see which link fails, and why",
+        );
         let b2db = &d.result.backend_to_db;
         ensure!(
             d.result.frontend_to_backend.succeeded() && b2db.status == LinkStatus::Failed,

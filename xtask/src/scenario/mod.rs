@@ -4,6 +4,7 @@
 mod cases;
 mod faults;
 mod security;
+mod walkthrough;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -93,6 +94,9 @@ pub struct Report {
     pub evidence: Vec<String>,
     pub figures: BTreeMap<String, Value>,
     pub failure: Option<String>,
+    /// Run by a presenter (`cargo xtask demo` in a terminal): checkpoints wait for Enter.
+    #[serde(skip)]
+    pub attended: bool,
 }
 
 impl Report {
@@ -100,6 +104,16 @@ impl Report {
         let line = line.into();
         println!("    · {line}");
         self.evidence.push(line);
+    }
+    /// Where a presenter would want the audience to look at the UI before the scenario goes on:
+    /// waits for Enter when attended, passes otherwise.
+    pub fn checkpoint(&mut self, what: &str) {
+        if !self.attended {
+            return;
+        }
+        print!("    ⏸ {what} — Enter to go on › ");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let _ = std::io::stdin().read_line(&mut String::new());
     }
     pub fn figure(&mut self, key: &str, v: impl Into<Value>) {
         self.figures.insert(key.into(), v.into());
@@ -126,15 +140,46 @@ impl flags::ScenarioCmd {
     }
 }
 
+impl flags::Demo {
+    pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
+        let mut lab = crate::runtime::open(sh, &self.runtime)?;
+        let reports = walkthrough::walk(lab.as_mut(), !self.yes, self.ttl)?;
+        if reports.is_empty() {
+            println!("no step was run");
+            return Ok(());
+        }
+        print_summary(&reports);
+        verdict(&reports)
+    }
+}
+
+/// The walkthrough unattended, then every scenario it does not show: what CI runs, so that each
+/// scenario runs once and the walkthrough is proven with them.
+pub fn walkthrough_then_the_rest(lab: &mut dyn Lab, ttl: u32) -> anyhow::Result<Vec<Report>> {
+    let mut reports = walkthrough::walk(lab, false, ttl)?;
+    let rest: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| !walkthrough::STEPS.iter().any(|step| step.scenario == *s))
+        .collect();
+    reports.extend(run_all(lab, &rest, ttl));
+    Ok(reports)
+}
+
 /// The summary table: one line a scenario, and the total.
 pub fn print_summary(reports: &[Report]) {
-    println!("\n{:<15} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
+    let w = reports
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(15);
+    println!("\n{:<w$} {:<6} {:>9}", "SCENARIO", "RESULT", "SECONDS");
     for r in reports {
         let result = if r.passed { "PASS" } else { "FAIL" };
-        println!("{:<15} {:<6} {:>9.1}", r.name, result, r.seconds);
+        println!("{:<w$} {:<6} {:>9.1}", r.name, result, r.seconds);
     }
     let total: f64 = reports.iter().map(|r| r.seconds).sum();
-    println!("{:<15} {:<6} {:>9.1}", "total", "", total);
+    println!("{:<w$} {:<6} {:>9.1}", "total", "", total);
 }
 
 /// The closing line (`N passed, N failed`, as CI readers look for it) and the outcome.
@@ -153,12 +198,18 @@ pub fn verdict(reports: &[Report]) -> anyhow::Result<()> {
 }
 
 pub fn run_all(lab: &mut dyn Lab, scenarios: &[Scenario], ttl: u32) -> Vec<Report> {
+    run_all_as(lab, scenarios, ttl, false)
+}
+
+/// `run_all`, `attended` by a presenter or not (see `Report::checkpoint`).
+fn run_all_as(lab: &mut dyn Lab, scenarios: &[Scenario], ttl: u32, attended: bool) -> Vec<Report> {
     let mut reports = Vec::new();
     for &scenario in scenarios {
         let name = scenario.name();
         println!("\n━━ scenario {name} ({})", lab.label());
         let mut report = Report {
             name: name.clone(),
+            attended,
             ..Report::default()
         };
         let started = Instant::now();
