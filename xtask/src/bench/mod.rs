@@ -472,11 +472,21 @@ fn round_figures(r: &Rounds, sizes: &Sizes, figures: &mut Figures) {
     }
     let ratios = r.ratios();
     let (lo, hi) = spread(ratios.iter().copied());
-    let ratio = median(ratios);
-    let name = format!("Run Demo c={c}: throughput mTLS/plaintext, median (min–max)");
     if quick {
-        figures.unjudged(&name, json!([ratio, lo, hi]), "ratio", "≥ 0.8");
+        // Rounds of a second are too short for a median to mean anything (one read above 1 in
+        // CI once): only the spread is reported.
+        figures.unjudged(
+            &format!(
+                "Run Demo c={c}: throughput mTLS/plaintext, spread of {} short rounds (min–max)",
+                ratios.len()
+            ),
+            json!([lo, hi]),
+            "ratio",
+            "≥ 0.8",
+        );
     } else {
+        let ratio = median(ratios);
+        let name = format!("Run Demo c={c}: throughput mTLS/plaintext, median (min–max)");
         figures.goal(
             &name,
             json!([ratio, lo, hi]),
