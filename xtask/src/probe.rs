@@ -365,6 +365,21 @@ pub fn postgres_tls(
 /// Logs in to PostgreSQL at `addr` as role `backend` of database demo — over TLS as `id`, or in
 /// plaintext with None — and runs `sql`: its rows, or PostgreSQL's refusal (severity, SQLSTATE
 /// and message; or the TLS failure). An address that cannot be connected to is an error.
+/// Whether the TCP connection itself was refused, anywhere in `e`'s sources.
+fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 pub fn postgres_as(
     addr: &str,
     id: Option<&ClientIdentity>,
@@ -406,6 +421,9 @@ pub fn postgres_as(
     };
     let mut client = match client {
         Ok(c) => c,
+        // Not PostgreSQL's answer: nothing listened any more (on kind, the port-forward ended
+        // between the check above and this connection). The caller may try again.
+        Err(e) if connection_refused(&e) => bail!("connect {addr}: {}", refusal(e)),
         Err(e) => return Ok(Answer::Refused(refusal(e))),
     };
     Ok(match client.simple_query(sql) {
