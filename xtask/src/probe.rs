@@ -369,8 +369,7 @@ pub fn postgres_tls(
 fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
-        if e
-            .downcast_ref::<std::io::Error>()
+        if e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
         {
             return true;

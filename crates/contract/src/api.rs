@@ -168,7 +168,50 @@ pub struct RunDemo {
     pub caller_seen_by_backend: Option<String>,
     /// The SPIFFE ID of the PostgreSQL server certificate the backend checked.
     pub db_server_spiffe_id: Option<String>,
+    /// The backend's own SPIFFE ID (the one PostgreSQL let log in), as the backend said it.
+    #[serde(default)]
+    pub backend_spiffe_id: Option<String>,
+    /// The hop where the Run Demo failed, when it is known.
+    #[serde(default)]
+    pub failed_at: Option<Hop>,
     pub elapsed_ms: u64,
+}
+
+/// One hop of the path, in the order a Run Demo takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hop {
+    /// The person's browser to the frontend's UI.
+    BrowserFrontend,
+    /// The frontend to its own Envoy, plain HTTP on the pod's loopback.
+    FrontendEnvoy,
+    /// The frontend's Envoy to the backend's: mTLS with SVIDs over SDS, RBAC on the caller's ID.
+    EnvoyEnvoy,
+    /// The backend's Envoy to the backend, on the pod's loopback, the caller's ID in a header.
+    EnvoyBackend,
+    /// The backend to PostgreSQL: mTLS with spiffe-helper's files, the SPIFFE ID checked at login.
+    BackendPostgres,
+}
+
+impl Hop {
+    pub const ALL: [Hop; 5] = [
+        Hop::BrowserFrontend,
+        Hop::FrontendEnvoy,
+        Hop::EnvoyEnvoy,
+        Hop::EnvoyBackend,
+        Hop::BackendPostgres,
+    ];
+
+    /// The element id the page gives it, and its name on the wire.
+    pub fn key(self) -> &'static str {
+        match self {
+            Hop::BrowserFrontend => "browser-frontend",
+            Hop::FrontendEnvoy => "frontend-envoy",
+            Hop::EnvoyEnvoy => "envoy-envoy",
+            Hop::EnvoyBackend => "envoy-backend",
+            Hop::BackendPostgres => "backend-postgres",
+        }
+    }
 }
 
 impl RunDemo {

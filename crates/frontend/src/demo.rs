@@ -3,7 +3,7 @@
 //! The Envoys in this lab prefix their own replies with who they are ("frontend Envoy:",
 //! "backend Envoy:", see their `local_reply_config`), so a failure can be put on the right hop.
 
-use contract::{Cause, ErrorBody, Link, Orders, RunDemo};
+use contract::{Cause, ErrorBody, Hop, Link, Orders, RunDemo};
 
 use crate::{Config, Metrics};
 
@@ -32,51 +32,66 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
         orders: Vec::new(),
         caller_seen_by_backend: None,
         db_server_spiffe_id: None,
+        backend_spiffe_id: None,
+        failed_at: None,
         elapsed_ms: 0,
     };
     let unreachable = |reason: String| backend_failed(Cause::Unreachable, reason);
-    let (f2b, b2db) = match upstream {
-        Upstream::ConnectFailed(e) => unreachable(format!(
-            "backend unreachable: the frontend's Envoy at {envoy} is not accepting connections ({e})"
-        )),
-        Upstream::TimedOut(ms) => {
-            unreachable(format!("backend unreachable: no answer within {ms} ms"))
-        }
-        Upstream::Failed(e) => unreachable(format!("backend unreachable: {e}")),
+    let ((f2b, b2db), at) = match upstream {
+        Upstream::ConnectFailed(e) => (
+            unreachable(format!(
+                "backend unreachable: the frontend's Envoy at {envoy} is not accepting connections ({e})"
+            )),
+            Some(Hop::FrontendEnvoy),
+        ),
+        Upstream::TimedOut(ms) => (
+            unreachable(format!("backend unreachable: no answer within {ms} ms")),
+            None,
+        ),
+        Upstream::Failed(e) => (unreachable(format!("backend unreachable: {e}")), None),
         Upstream::Answered { status: 200, body } => match serde_json::from_str::<Orders>(&body) {
             Ok(orders) => {
                 result.orders = orders.orders;
                 result.caller_seen_by_backend = orders.caller;
+                result.backend_spiffe_id = orders.backend;
                 result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
-                (Link::success(), Link::success())
+                ((Link::success(), Link::success()), None)
             }
-            Err(e) => backend_failed(
-                Cause::Unexpected,
-                format!("the backend answered something unreadable: {e}"),
+            Err(e) => (
+                backend_failed(
+                    Cause::Unexpected,
+                    format!("the backend answered something unreadable: {e}"),
+                ),
+                Some(Hop::EnvoyBackend),
             ),
         },
         Upstream::Answered { status, body } => {
             if let Ok(err) = serde_json::from_str::<ErrorBody>(&body) {
                 // The backend itself answered: the first link worked.
-                (Link::success(), Link::failed(err.error, err.reason))
+                (
+                    (Link::success(), Link::failed(err.error, err.reason)),
+                    Some(Hop::BackendPostgres),
+                )
             } else {
-                let (cause, reason) = explain_envoy_reply(status, body.trim());
-                backend_failed(cause, reason)
+                let (cause, reason, at) = explain_envoy_reply(status, body.trim());
+                (backend_failed(cause, reason), at)
             }
         }
     };
     result.frontend_to_backend = f2b;
     result.backend_to_db = b2db;
+    result.failed_at = at;
     result
 }
 
-fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
+/// The cause, the reason, and the hop that failed when the reply tells it.
+fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String, Option<Hop>) {
     let detail = body
         .trim_start_matches("frontend Envoy:")
         .trim_start_matches("backend Envoy:")
         .trim();
     if status == 403 && body.contains("RBAC: access denied") {
-        return (Cause::RbacDenied, RBAC_REASON.into());
+        return (Cause::RbacDenied, RBAC_REASON.into(), Some(Hop::EnvoyEnvoy));
     }
     let tls = [
         "TLS_error",
@@ -92,6 +107,7 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
             format!(
                 "mTLS to the backend failed: the handshake between the Envoys was refused ({detail})"
             ),
+            Some(Hop::EnvoyEnvoy),
         );
     }
     let refused = [
@@ -108,6 +124,7 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
             format!(
                 "backend unreachable: the backend's Envoy does not accept connections (HTTP {status}: {detail})"
             ),
+            Some(Hop::EnvoyEnvoy),
         );
     }
     if body.starts_with("backend Envoy:") {
@@ -116,6 +133,7 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
             format!(
                 "backend unreachable: the backend's Envoy is up but the backend service did not answer (HTTP {status}: {detail})"
             ),
+            Some(Hop::EnvoyBackend),
         );
     }
     if body.contains("upstream connect error") || body.contains("no healthy upstream") {
@@ -124,12 +142,14 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String) {
             format!(
                 "mTLS to the backend failed / backend unreachable: the backend's Envoy could not be reached (HTTP {status}: {detail})"
             ),
+            Some(Hop::EnvoyEnvoy),
         );
     }
     let excerpt: String = detail.chars().take(200).collect();
     (
         Cause::Unexpected,
         format!("unexpected answer from the backend path: HTTP {status}: {excerpt}"),
+        None,
     )
 }
 
@@ -199,6 +219,11 @@ mod tests {
             r.caller_seen_by_backend.as_deref(),
             Some("spiffe://example.org/ns/demo/sa/frontend")
         );
+        assert_eq!(
+            r.backend_spiffe_id.as_deref(),
+            Some("spiffe://example.org/ns/demo/sa/backend")
+        );
+        assert_eq!(r.failed_at, None);
     }
 
     #[test]
@@ -207,6 +232,7 @@ mod tests {
         assert!(r.frontend_to_backend.failed_with(Cause::RbacDenied));
         assert_eq!(r.frontend_to_backend.reason.as_deref(), Some(RBAC_REASON));
         assert_eq!(r.backend_to_db.status, LinkStatus::Unknown);
+        assert_eq!(r.failed_at, Some(Hop::EnvoyEnvoy));
     }
 
     #[test]
@@ -241,6 +267,7 @@ mod tests {
             reason.contains("backend service did not answer"),
             "{reason}"
         );
+        assert_eq!(r.failed_at, Some(Hop::EnvoyBackend));
     }
 
     #[test]
@@ -254,6 +281,7 @@ mod tests {
         );
         assert_eq!(r.frontend_to_backend.status, LinkStatus::Success);
         assert!(r.backend_to_db.failed_with(Cause::DbUnreachable));
+        assert_eq!(r.failed_at, Some(Hop::BackendPostgres));
         assert!(r.backend_to_db.reason.unwrap().contains("unreachable"));
     }
 
@@ -270,5 +298,6 @@ mod tests {
             "{reason}"
         );
         assert_eq!(r.backend_to_db.status, LinkStatus::Unknown);
+        assert_eq!(r.failed_at, Some(Hop::FrontendEnvoy));
     }
 }

@@ -5,6 +5,7 @@
 //! The frontend holds no certificate and never talks to the Workload API.
 
 mod config;
+mod console;
 mod demo;
 mod identity;
 mod metrics;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 pub use config::Config;
+pub use console::{REFRESH_MS, SAMPLE_EVERY};
 pub use demo::{Upstream, classify};
 pub use metrics::Metrics;
 
@@ -30,6 +32,7 @@ pub struct AppState {
     config: Config,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
+    console: Arc<console::Console>,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             config,
             http,
             metrics: Arc::default(),
+            console: Arc::default(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/live", get(live))
         .route("/run-demo", post(run_demo_page).get(index))
         .route("/api/run-demo", post(run_demo_json))
         .route("/api/identity", get(identity_json))
@@ -67,13 +72,49 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn index(State(s): State<AppState>) -> Html<String> {
-    let panel = identity::gather(&s.http, &s.config).await;
-    Html(page::render(None, &panel))
+    let panel = gather(&s).await;
+    Html(render(&s, &panel, page::render))
+}
+
+async fn live(State(s): State<AppState>) -> impl IntoResponse {
+    let panel = gather(&s).await;
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(render(&s, &panel, page::live)),
+    )
 }
 
 async fn run_demo_page(State(s): State<AppState>) -> Html<String> {
-    let (result, panel) = tokio::join!(run_demo(&s), identity::gather(&s.http, &s.config));
-    Html(page::render(Some(&result), &panel))
+    let (_, panel) = tokio::join!(run_demo(&s), gather(&s));
+    Html(render(&s, &panel, page::render))
+}
+
+/// The holders' certificates now, added to the timeline.
+async fn gather(s: &AppState) -> contract::IdentityPanel {
+    let panel = identity::gather(&s.http, &s.config).await;
+    s.console.record(&panel, console::now_ms());
+    panel
+}
+
+fn render(s: &AppState, panel: &contract::IdentityPanel, f: fn(&page::View) -> String) -> String {
+    let (result, lanes) = (s.console.last(), s.console.lanes());
+    f(&page::View {
+        result: result.as_ref(),
+        panel,
+        lanes: &lanes,
+        now_ms: console::now_ms(),
+    })
+}
+
+/// Reads the holders' certificates every few seconds, so the timeline has the minutes before
+/// anyone opened the page.
+async fn sample(s: AppState) {
+    let mut every = tokio::time::interval(console::SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        gather(&s).await;
+    }
 }
 
 async fn run_demo_json(State(s): State<AppState>) -> Json<contract::RunDemo> {
@@ -85,6 +126,7 @@ async fn run_demo(s: &AppState) -> contract::RunDemo {
     let started = Instant::now();
     let result = demo::run(&s.http, &s.config, &s.metrics).await;
     s.metrics.run_demo(&result, started.elapsed());
+    s.console.set_last(&result);
     result
 }
 
@@ -111,9 +153,13 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     tracing::info!(listen = %config.listen, backend = %config.backend_url, "frontend ready to serve");
-    axum::serve(listener, app(AppState::new(config)))
+    let state = AppState::new(config);
+    let sampler = tokio::spawn(sample(state.clone()));
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    sampler.abort();
+    served?;
     Ok(())
 }
 

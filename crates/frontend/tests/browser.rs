@@ -1,23 +1,31 @@
-//! A person's view: real headless Chromium clicks **Run Demo** on a running frontend, which calls
-//! a running backend, which reads a real PostgreSQL (the pinned release) over mTLS.
+//! A person's view: real headless Chromium on a running frontend, which calls a running backend,
+//! which reads a real PostgreSQL (the pinned release) over mTLS.
 //!
-//! The frontend calls the backend directly here (no Envoys, certificates from a test CA); the same
-//! click through both Envoys with SPIRE-issued SVIDs is the local runtime's `happy` scenario.
+//! The frontend calls the backend directly here (no Envoys, certificates from a test CA); the
+//! same page through both Envoys with SPIRE-issued SVIDs, an RBAC denial and a short-TTL rotation
+//! is the `console` scenario on either runtime.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use browser::{Browser, Options};
 use clap::Parser;
-use fantoccini::Locator;
 use svid::test_ca::{Leaf, TestCa};
 use testkit::{BACKEND_ID, POSTGRES_ID, Postgres, free_port};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn run_demo_in_chromium_shows_both_links_and_the_orders() {
+/// A frontend and a backend on a real PostgreSQL, the backend's SVID files in `svids`.
+struct Stack {
+    ca: TestCa,
+    _pg: Postgres,
+    svids: tempfile::TempDir,
+    url: String,
+}
+
+async fn stack() -> Stack {
     let ca = TestCa::new("example.org");
     let pg = Postgres::start(&ca, &Leaf::new(&POSTGRES_ID, Some("postgres")));
     let svids = tempfile::tempdir().unwrap();
     ca.write_svid(svids.path(), &Leaf::new(&BACKEND_ID, Some("backend")));
-
     let backend_port = free_port();
     let backend = backend::Config::parse_from([
         "backend",
@@ -43,45 +51,188 @@ async fn run_demo_in_chromium_shows_both_links_and_the_orders() {
     ]);
     tokio::spawn(frontend::serve(frontend, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Stack {
+        ca,
+        _pg: pg,
+        svids,
+        url: format!("http://127.0.0.1:{frontend_port}/"),
+    }
+}
 
-    let browser = testkit::browser::Browser::start().await;
-    let c = &browser.client;
-    c.goto(&format!("http://127.0.0.1:{frontend_port}/"))
-        .await
-        .unwrap();
-    c.find(Locator::Id("run-demo"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let f2b = c
-        .wait()
-        .for_element(Locator::Id("f2b-status"))
-        .await
-        .unwrap();
-    let f2b = f2b.text().await.unwrap();
-    let b2db = c
-        .find(Locator::Id("b2db-status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let rows = c.find_all(Locator::Css("#orders tr")).await.unwrap();
-    let table = c
-        .find(Locator::Id("orders"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let shot = c.screenshot().await.unwrap();
-    std::fs::write(std::env::temp_dir().join("lab-run-demo.png"), shot).unwrap();
-    browser.close().await;
+/// Where the screenshots go: `target/console/`.
+fn shots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("console")
+}
 
-    assert_eq!(f2b, "SUCCESS");
-    assert_eq!(b2db, "SUCCESS");
-    assert_eq!(rows.len(), 4, "a header and three orders: {table}");
-    assert!(table.contains("Hardware security module"), "{table}");
+/// Each hop's `data-state` in the hop list and in the drawing, which must agree.
+fn hop_states(b: &Browser) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for li in b.find_all("#hops li").unwrap() {
+        let id = b.attribute(&li, "id").unwrap().unwrap_or_default();
+        let state = b.attribute(&li, "data-state").unwrap().unwrap_or_default();
+        let key = id.trim_start_matches("hop-").to_string();
+        let edge = b.find(&format!("#edge-{key}")).unwrap();
+        let drawn = b
+            .attribute(&edge, "data-state")
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(state, drawn, "hop {key}: the list and the drawing disagree");
+        out.push((key, state));
+    }
+    out
+}
+
+fn no_horizontal_scroll(b: &Browser) {
+    let v = b
+        .script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+        )
+        .unwrap();
+    let (scroll, client) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
+    assert!(
+        scroll <= client,
+        "the page scrolls sideways: {scroll} px wide in a {client} px viewport"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_demo_in_chromium_shows_every_hop_at_both_sizes() {
+    let s = stack().await;
+    for (w, h) in [(1280, 800), (1920, 1080)] {
+        let url = s.url.clone();
+        let dir = shots();
+        tokio::task::spawn_blocking(move || {
+            let b = Browser::start(Options {
+                width: w,
+                height: h,
+                javascript: true,
+            })
+            .unwrap();
+            b.goto(&url).unwrap();
+            b.click(&b.find("#run-demo").unwrap()).unwrap();
+            let f2b = b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+            assert_eq!(b.text(&f2b).unwrap(), "SUCCESS");
+            assert_eq!(b.text(&b.find("#b2db-status").unwrap()).unwrap(), "SUCCESS");
+            let rows = b.find_all("#orders tr").unwrap();
+            let table = b.text(&b.find("#orders").unwrap()).unwrap();
+            assert_eq!(rows.len(), 4, "a header and three orders: {table}");
+            assert!(table.contains("Hardware security module"), "{table}");
+            let states = hop_states(&b);
+            assert_eq!(states.len(), 5, "{states:?}");
+            assert!(states.iter().all(|(_, st)| st == "ok"), "{states:?}");
+            let ids = b.text(&b.find("#hop-backend-postgres").unwrap()).unwrap();
+            assert!(
+                ids.contains(&*BACKEND_ID) && ids.contains(&*POSTGRES_ID),
+                "the IDs proven to and by PostgreSQL: {ids}"
+            );
+            // The script removed the note meant for a page without it.
+            assert!(b.find_all("#no-refresh").unwrap().is_empty());
+            no_horizontal_scroll(&b);
+            b.save_screenshot(&dir.join(format!("direct-{w}x{h}.png")))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_shows_on_the_timeline_within_one_refresh() {
+    let s = stack().await;
+    let url = s.url.clone();
+    let b = tokio::task::spawn_blocking(move || {
+        let b = Browser::start(Options::default()).unwrap();
+        b.goto(&url).unwrap();
+        b
+    })
+    .await
+    .unwrap();
+    let lane = "#lane-backend-files .mark";
+    let before = tokio::task::block_in_place(|| b.find_all(lane).unwrap().len());
+    assert_eq!(before, 1, "the backend's first serial, seen at start");
+    let issued =
+        s.ca.write_svid(s.svids.path(), &Leaf::new(&BACKEND_ID, Some("backend")));
+    let serial = svid::serial_hex(&issued.cert);
+    let written = Instant::now();
+    // The backend reads its files every second; the page asks for a new view every REFRESH_MS.
+    let within = Duration::from_millis(frontend::REFRESH_MS) + Duration::from_secs(2);
+    let seen = tokio::task::block_in_place(|| {
+        loop {
+            let marks = b.find_all(lane).unwrap();
+            let serials: Vec<String> = marks
+                .iter()
+                .filter_map(|m| b.attribute(m, "data-serial").unwrap())
+                .collect();
+            if serials.contains(&serial) {
+                break Some(written.elapsed());
+            }
+            if written.elapsed() > within + Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let url_now = tokio::task::block_in_place(|| b.url().unwrap());
+    drop(b);
+    let seen = seen.unwrap_or_else(|| panic!("serial {serial} never showed on the timeline"));
+    assert!(
+        seen <= within,
+        "serial {serial} showed after {seen:?}, more than one refresh ({within:?})"
+    );
+    assert_eq!(
+        url_now, s.url,
+        "the page was not reloaded: its script swapped the view in"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_javascript_the_page_is_complete_as_served() {
+    let s = stack().await;
+    let url = s.url.clone();
+    let dir = shots();
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start(Options {
+            width: 1280,
+            height: 800,
+            javascript: false,
+        })
+        .unwrap();
+        b.goto(&url).unwrap();
+        // The page's script removes this note as it starts: here it never ran.
+        let note = b.find("#no-refresh").unwrap();
+        assert!(b.text(&note).unwrap().contains("reload"));
+        let before: Vec<String> = b
+            .find_all("#hops li")
+            .unwrap()
+            .iter()
+            .map(|li| b.attribute(li, "data-state").unwrap().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            before[0], "ok",
+            "the browser reached the frontend: {before:?}"
+        );
+        assert!(before[1..].iter().all(|s| s == "unknown"), "{before:?}");
+        // The form posts without script; the answer is the whole page again.
+        b.click(&b.find("#run-demo").unwrap()).unwrap();
+        let f2b = b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+        assert_eq!(b.text(&f2b).unwrap(), "SUCCESS");
+        let states = hop_states(&b);
+        assert!(states.iter().all(|(_, st)| st == "ok"), "{states:?}");
+        assert!(
+            b.find("#lane-backend-files .mark").is_ok(),
+            "the timeline is drawn by the server"
+        );
+        let countdown = b.text(&b.find(".countdown").unwrap()).unwrap();
+        assert!(
+            countdown.ends_with(" s") || countdown.ends_with(" min") || countdown.ends_with(" h"),
+            "{countdown}"
+        );
+        b.save_screenshot(&dir.join("direct-no-javascript-1280x800.png"))
+            .unwrap();
+    })
+    .await
+    .unwrap();
 }

@@ -2,7 +2,6 @@
 //!
 //! A missing binary is a test failure that says how to install it, never a skip.
 
-pub mod browser;
 pub mod postgres;
 
 pub use postgres::{BACKEND_ID, POSTGRES_ID, Postgres, free_port};
