@@ -177,6 +177,10 @@ pub struct RunDemo {
     pub elapsed_ms: u64,
 }
 
+/// How often the frontend's page, with JavaScript, swaps in a new view of the lab (ms): a
+/// rotation shows on its timeline within this long of the frontend seeing it.
+pub const LIVE_REFRESH_MS: u64 = 3000;
+
 /// One hop of the path, in the order a Run Demo takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod time;
 
 pub use api::{
-    BackendIdentity, Cause, CertHolder, ErrorBody, Holder, Hop, IdentityPanel, Link, LinkStatus,
-    Order, Orders, PeerCert, Readiness, RunDemo, SvidState,
+    BackendIdentity, Cause, CertHolder, ErrorBody, Holder, Hop, IdentityPanel, LIVE_REFRESH_MS,
+    Link, LinkStatus, Order, Orders, PeerCert, Readiness, RunDemo, SvidState,
 };
 pub use ids::{NAMESPACE, TRUST_DOMAIN, Workload, workload_id};

@@ -13,7 +13,7 @@ pub const WINDOW_MS: i64 = 5 * 60 * 1000;
 /// How often the sampler reads the holders' certificates.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How often the page, with JavaScript, asks for a new view.
-pub const REFRESH_MS: u64 = 3000;
+pub const REFRESH_MS: u64 = contract::LIVE_REFRESH_MS;
 
 /// A serial, and when the frontend first saw it held.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -44,7 +44,8 @@ td code{word-break:break-all}
 code{font-size:.9rem}
 .muted{color:#666}
 #hops{list-style:none;padding:0;margin:.4rem 0}
-#hops li{margin:.3rem 0;display:grid;grid-template-columns:9rem 16rem 1fr;gap:.8rem;align-items:baseline}
+#hops li{margin:.3rem 0;display:grid;grid-template-columns:7.5rem 12rem minmax(0,1fr);gap:.7rem;align-items:baseline}
+#hops code{word-break:break-all}
 .state{font-weight:700;text-align:center;border-radius:.3rem;color:#fff;padding:0 .4rem}
 .ok{background:#1e7d32}.failed{background:#b3261e}.not-reached,.unknown{background:#6b6b6b}
 .stale{color:#b3261e}
@@ -116,17 +117,17 @@ pub fn live(view: &View) -> String {
     let states = hop_states(view.result);
     out.push_str(r#"<section id="topology"><h2>The path, as the last Run Demo took it</h2>"#);
     topology(&mut out, &states, view.result);
-    hop_list(&mut out, &states, view.result);
     out.push_str("</section>");
     out.push_str(r#"<div class="cols"><div>"#);
+    hop_list(&mut out, &states, view.result);
     match view.result {
         Some(r) => result(&mut out, r),
         None => out.push_str(r#"<section id="result"><h2>Last Run Demo</h2><p class="muted">None since the frontend started: press Run Demo.</p></section>"#),
     }
     out.push_str("</div><div>");
     identities(&mut out, view.panel, view.now_ms);
-    out.push_str("</div></div>");
     timeline(&mut out, view.panel, view.lanes, view.now_ms);
+    out.push_str("</div></div>");
     let _ = write!(
         out,
         r#"<p class="muted" id="updated">Served at {} UTC; with JavaScript the page asks for a new view every {} s.</p>"#,
@@ -279,7 +280,7 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
     ];
     let (top, h) = (54, 64);
     let mid = top + h / 2;
-    out.push_str(r##"<svg id="topology-svg" viewBox="0 0 1200 200" role="img" aria-label="The path of a Run Demo, each hop coloured by the last result"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto"><path d="M0,0L10,5L0,10z" fill="context-stroke"/></marker></defs>"##);
+    out.push_str(r##"<svg id="topology-svg" viewBox="0 26 1200 144" role="img" aria-label="The path of a Run Demo, each hop coloured by the last result"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto"><path d="M0,0L10,5L0,10z" fill="context-stroke"/></marker></defs>"##);
     for (label, from, to) in [
         ("pod frontend", 1, 2),
         ("pod backend", 3, 4),
@@ -520,15 +521,15 @@ fn timeline(
     lanes: &BTreeMap<Holder, Vec<Mark>>,
     now_ms: i64,
 ) {
-    const LEFT: i64 = 250;
-    const RIGHT: i64 = 1180;
+    const LEFT: i64 = 170;
+    const RIGHT: i64 = 745;
     const LANE: i64 = 46;
     let holders: Vec<Holder> = panel.holders.iter().map(|h| h.holder).collect();
     let height = 40 + LANE * holders.len() as i64;
     let x = |ms: i64| LEFT + (RIGHT - LEFT) * (ms - (now_ms - WINDOW_MS)).max(0) / WINDOW_MS;
     let _ = write!(
         out,
-        r##"<section id="timeline"><h2>Rotation timeline: the last {} minutes</h2><svg id="timeline-svg" viewBox="0 0 1200 {height}" role="img" aria-label="Each holder's serials over the last minutes; a mark per new serial">"##,
+        r##"<section id="timeline"><h2>Rotation timeline: the last {} minutes</h2><svg id="timeline-svg" viewBox="0 0 760 {height}" role="img" aria-label="Each holder's serials over the last minutes; a mark per new serial">"##,
         WINDOW_MS / 60_000
     );
     for m in 0..=WINDOW_MS / 60_000 {
@@ -554,9 +555,18 @@ fn timeline(
             out,
             r##"<g class="lane" id="lane-{key}"><text x="0" y="{}" font-size="14">{}</text><line x1="{LEFT}" y1="{y}" x2="{RIGHT}" y2="{y}" stroke="#9aa7b8" stroke-width="2"/>"##,
             y + 5,
-            label(*holder)
+            holder
         );
-        for m in marks {
+        // A serial's first characters above its mark, the newest first, where they fit.
+        let mut labelled = vec![false; marks.len()];
+        let mut free_left_of = i64::MAX;
+        for (i, m) in marks.iter().enumerate().rev() {
+            if x(m.seen_ms) + 18 <= free_left_of {
+                labelled[i] = true;
+                free_left_of = x(m.seen_ms) - 18;
+            }
+        }
+        for (m, labelled) in marks.iter().zip(labelled) {
             let mx = x(m.seen_ms);
             let seen = clock_time(m.seen_ms);
             let (fill, what) = if m.first {
@@ -569,7 +579,11 @@ fn timeline(
                 r##"<g class="mark" data-serial="{serial}" data-seen-ms="{}"><title>{what} {serial} at {seen} UTC</title><circle cx="{mx}" cy="{y}" r="7" fill="{fill}"/><text x="{mx}" y="{}" font-size="12" text-anchor="middle" fill="#333">{}</text></g>"##,
                 m.seen_ms,
                 y - 11,
-                escape(&m.serial.chars().take(4).collect::<String>()),
+                if labelled {
+                    escape(&m.serial.chars().take(4).collect::<String>())
+                } else {
+                    String::new()
+                },
                 serial = escape(&m.serial),
             );
         }

@@ -21,7 +21,7 @@ fn run_demo(lab: &dyn Lab) -> anyhow::Result<Demo> {
 }
 
 /// Runs the demo until `done` holds for its result, every 200 ms, for at most `limit`.
-fn until(
+pub(super) fn until(
     lab: &dyn Lab,
     limit: Duration,
     done: impl Fn(&Demo) -> bool,

@@ -2,6 +2,7 @@
 //! evidence as it goes and ends with PASS or FAIL. The scenarios themselves are in `cases`.
 
 mod cases;
+mod console;
 mod faults;
 mod security;
 mod walkthrough;
@@ -35,10 +36,11 @@ pub enum Scenario {
     CaRotation,
     AgentRestart,
     DatastoreDown,
+    Console,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::Happy,
         Scenario::Rbac,
         Scenario::DbDown,
@@ -52,6 +54,7 @@ impl Scenario {
         Scenario::CaRotation,
         Scenario::AgentRestart,
         Scenario::DatastoreDown,
+        Scenario::Console,
     ];
 
     pub fn name(self) -> String {
@@ -75,6 +78,7 @@ impl Scenario {
             Scenario::CaRotation => faults::ca_rotation(lab, r),
             Scenario::AgentRestart => faults::agent_restart(lab, r, ttl),
             Scenario::DatastoreDown => faults::datastore_down(lab, r, ttl),
+            Scenario::Console => console::console(lab, r, ttl),
         }
     }
 }

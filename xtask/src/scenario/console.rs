@@ -1,0 +1,298 @@
+//! The `console` scenario: the UI as a person sees it, in real headless Chromium on the running
+//! lab. Every hop of the drawing after Run Demo and after an RBAC denial, at both projector
+//! sizes without sideways scrolling; a short-TTL rotation on the timeline within one refresh;
+//! the page without JavaScript. Screenshots go to `target/console/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use browser::{Browser, Options};
+use contract::{Cause, Holder, LIVE_REFRESH_MS, Workload};
+
+use super::Report;
+use super::cases::{holder_serials, restore_ttl, shorten_ttl, step, until};
+use crate::lab::{Lab, Policy};
+
+/// The projector sizes the page must fit.
+const SIZES: [(u32, u32); 2] = [(1280, 800), (1920, 1080)];
+
+/// Where the screenshots go.
+fn shots() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::project_root().join("target"))
+        .join("console")
+}
+
+fn open(lab: &dyn Lab, width: u32, height: u32, javascript: bool) -> anyhow::Result<Browser> {
+    let b = Browser::start(Options {
+        width,
+        height,
+        javascript,
+    })?;
+    b.goto(&format!("{}/", lab.frontend_url()))?;
+    Ok(b)
+}
+
+/// Each hop's state as the page shows it, in order; the drawing must agree with the list.
+fn hops(b: &Browser) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for li in b.find_all("#hops li")? {
+        let key = b.attribute(&li, "id")?.unwrap_or_default();
+        let key = key.trim_start_matches("hop-").to_string();
+        let state = b.attribute(&li, "data-state")?.unwrap_or_default();
+        let edge = b.find(&format!("#edge-{key}"))?;
+        let drawn = b.attribute(&edge, "data-state")?.unwrap_or_default();
+        ensure!(
+            state == drawn,
+            "hop {key}: the list says {state}, the drawing {drawn}"
+        );
+        out.push((key, state));
+    }
+    ensure!(!out.is_empty(), "the page shows no hops");
+    Ok(out)
+}
+
+fn line(hops: &[(String, String)]) -> String {
+    hops.iter()
+        .map(|(k, s)| format!("{k} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Presses Run Demo and waits for the page that answers.
+fn press_run_demo(b: &Browser) -> anyhow::Result<()> {
+    b.click(&b.find("#run-demo")?)?;
+    b.wait_for("#f2b-status", Duration::from_secs(15))?;
+    Ok(())
+}
+
+fn no_horizontal_scroll(b: &Browser) -> anyhow::Result<(i64, i64)> {
+    let v = b.script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
+    )?;
+    let (scroll, client) = (
+        v[0].as_i64().unwrap_or(i64::MAX),
+        v[1].as_i64().unwrap_or(0),
+    );
+    ensure!(
+        scroll <= client,
+        "the page scrolls sideways: {scroll} px of content in a {client} px wide window"
+    );
+    Ok((scroll, client))
+}
+
+fn text(b: &Browser, css: &str) -> anyhow::Result<String> {
+    Ok(b.text(&b.find(css)?)?)
+}
+
+pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
+    let dir = shots();
+    let runtime = lab.label().split(' ').next().unwrap_or("lab").to_string();
+    let frontend = Workload::Frontend.spiffe_id();
+    let backend = Workload::Backend.spiffe_id();
+    let postgres = Workload::Postgres.spiffe_id();
+
+    step("open the UI in headless Chromium at both projector sizes and press Run Demo");
+    for (w, h) in SIZES {
+        let b = open(lab, w, h, true)?;
+        press_run_demo(&b)?;
+        let hops = hops(&b)?;
+        ensure!(
+            hops.len() == 5 && hops.iter().all(|(_, s)| s == "ok"),
+            "not every hop passed: {}",
+            line(&hops)
+        );
+        let envoys = text(&b, "#hop-envoy-envoy")?;
+        let db = text(&b, "#hop-backend-postgres")?;
+        ensure!(
+            envoys.contains(&frontend) && envoys.contains(&backend),
+            "the Envoy ⇒ Envoy hop does not show both proven IDs: {envoys}"
+        );
+        ensure!(
+            db.contains(&backend) && db.contains(&postgres),
+            "the backend ⇒ PostgreSQL hop does not show both proven IDs: {db}"
+        );
+        let (scroll, client) = no_horizontal_scroll(&b)?;
+        let shot = dir.join(format!("{runtime}-run-demo-{w}x{h}.png"));
+        b.save_screenshot(&shot)?;
+        r.say(format!(
+            "{w}×{h}: {} ; content {scroll} px in {client} px, no sideways scroll; {}",
+            line(&hops),
+            shot.display()
+        ));
+    }
+
+    step("deny the frontend at the backend Envoy's RBAC, press Run Demo");
+    lab.set_policy(Policy::Deny)?;
+    let denied = denied_page(lab, r, &dir, &runtime);
+    lab.set_policy(Policy::AllowFrontend)?;
+    denied?;
+    until(lab, lab.capabilities().policy_propagation, |d| d.ok())
+        .context("the allow policy did not come back")?;
+
+    step("without JavaScript: the page as served, and Run Demo as a plain form");
+    let b = open(lab, 1280, 800, false)?;
+    ensure!(
+        text(&b, "#no-refresh")?.contains("reload"),
+        "the note for a page without script is missing"
+    );
+    press_run_demo(&b)?;
+    let hops_nojs = hops(&b)?;
+    ensure!(
+        hops_nojs.iter().all(|(_, s)| s == "ok"),
+        "without JavaScript, not every hop passed: {}",
+        line(&hops_nojs)
+    );
+    let shot = dir.join(format!("{runtime}-no-javascript-1280x800.png"));
+    b.save_screenshot(&shot)?;
+    drop(b);
+    r.say(format!(
+        "without JavaScript: {}; {}",
+        line(&hops_nojs),
+        shot.display()
+    ));
+
+    shorten_ttl(lab, r, ttl)?;
+    let watched = watch_rotations(lab, r, ttl, &dir, &runtime);
+    restore_ttl(lab)?;
+    watched
+}
+
+/// After the deny is in force: the Envoy ⇒ Envoy hop failed on RBAC, the later ones not reached.
+fn denied_page(
+    lab: &dyn Lab,
+    r: &mut Report,
+    dir: &std::path::Path,
+    runtime: &str,
+) -> anyhow::Result<()> {
+    until(lab, lab.capabilities().policy_propagation, |d| {
+        d.result.frontend_to_backend.failed_with(Cause::RbacDenied)
+    })
+    .context("the deny policy did not take effect")?;
+    for (w, h) in SIZES {
+        let b = open(lab, w, h, true)?;
+        press_run_demo(&b)?;
+        let hops = hops(&b)?;
+        let want = ["ok", "ok", "failed", "not-reached", "not-reached"];
+        ensure!(
+            hops.iter().map(|(_, s)| s.as_str()).eq(want),
+            "after an RBAC denial the hops read {}, not {want:?}",
+            line(&hops)
+        );
+        let why = text(&b, "#hop-envoy-envoy")?;
+        ensure!(
+            why.contains("RBAC"),
+            "the failed hop does not say RBAC: {why}"
+        );
+        no_horizontal_scroll(&b)?;
+        let shot = dir.join(format!("{runtime}-rbac-denied-{w}x{h}.png"));
+        b.save_screenshot(&shot)?;
+        r.say(format!("{w}×{h}: {}; {}", line(&hops), shot.display()));
+    }
+    Ok(())
+}
+
+/// The timeline's lane of each holder watched: those the frontend reads as they change. (Its
+/// PostgreSQL lane is the certificate the backend saw on its latest new connection, which
+/// changes when the backend connects anew, not when PostgreSQL rotates.)
+fn lane(h: Holder) -> Option<&'static str> {
+    match h {
+        Holder::FrontendEnvoy => Some("frontend-envoy"),
+        Holder::BackendFiles => Some("backend-files"),
+        Holder::PostgresServer | Holder::BackendEnvoy => None,
+    }
+}
+
+/// Rotations to see on the timeline for each lane watched.
+const ROTATIONS: usize = 2;
+
+/// With the page open and never reloaded, each new serial the lab sees for a holder the page
+/// draws must show on its timeline within one refresh of the lab seeing it.
+fn watch_rotations(
+    lab: &dyn Lab,
+    r: &mut Report,
+    ttl: u32,
+    dir: &std::path::Path,
+    runtime: &str,
+) -> anyhow::Result<()> {
+    step("watch the timeline, the page open and never reloaded, while SPIRE rotates");
+    let (w, h) = SIZES[1];
+    let b = open(lab, w, h, true)?;
+    let url = b.url()?;
+    let mut last: BTreeMap<Holder, String> = holder_serials(lab)
+        .into_iter()
+        .map(|(h, (s, _))| (h, s))
+        .collect();
+    // Within one refresh, and the backend reading its files each second and the lab its own
+    // sources every few hundred milliseconds.
+    let within = Duration::from_millis(LIVE_REFRESH_MS) + Duration::from_secs(2);
+    let mut waiting: Vec<(Holder, String, Instant)> = Vec::new();
+    let mut shown: Vec<(Holder, Duration)> = Vec::new();
+    let started = Instant::now();
+    let enough = |shown: &[(Holder, Duration)]| {
+        [Holder::FrontendEnvoy, Holder::BackendFiles]
+            .iter()
+            .all(|h| shown.iter().filter(|(s, _)| s == h).count() >= ROTATIONS)
+    };
+    while !enough(&shown) && started.elapsed() < Duration::from_secs(3 * u64::from(ttl) + 10) {
+        for (holder, (serial, _)) in holder_serials(lab) {
+            if lane(holder).is_some() && last.get(&holder) != Some(&serial) {
+                last.insert(holder, serial.clone());
+                waiting.push((holder, serial, Instant::now()));
+            }
+        }
+        let mut still = Vec::new();
+        for (holder, serial, since) in waiting.drain(..) {
+            let css = format!(
+                "#lane-{} .mark[data-serial=\"{serial}\"]",
+                lane(holder).unwrap_or_default()
+            );
+            if !b.find_all(&css)?.is_empty() {
+                let took = since.elapsed();
+                println!(
+                    "      {:>5.1} s  {holder}: {serial} on the timeline {:.1} s after the lab saw it",
+                    started.elapsed().as_secs_f64(),
+                    took.as_secs_f64()
+                );
+                ensure!(
+                    took <= within,
+                    "{holder}'s serial {serial} showed on the timeline {:.1} s after the lab saw it, more than one refresh ({:.1} s)",
+                    took.as_secs_f64(),
+                    within.as_secs_f64()
+                );
+                shown.push((holder, took));
+            } else if since.elapsed() > within {
+                bail!(
+                    "{holder}'s serial {serial} did not show on the timeline within {:.1} s",
+                    within.as_secs_f64()
+                );
+            } else {
+                still.push((holder, serial, since));
+            }
+        }
+        waiting = still;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        enough(&shown),
+        "fewer than {ROTATIONS} rotations a lane seen in {:.0} s: {shown:?}",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(b.url()? == url, "the page was navigated away from {url}");
+    let marks = b.find_all("#timeline .mark")?.len();
+    let shot = dir.join(format!("{runtime}-timeline-{w}x{h}.png"));
+    b.save_screenshot(&shot)?;
+    let slowest = shown.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    r.say(format!(
+        "{} rotations on the timeline, the slowest {:.1} s after the lab saw it (one refresh: {:.1} s); {marks} marks drawn; {}",
+        shown.len(),
+        slowest.as_secs_f64(),
+        LIVE_REFRESH_MS as f64 / 1000.0,
+        shot.display()
+    ));
+    r.figure("timeline_slowest_seconds", slowest.as_secs_f64());
+    Ok(())
+}
