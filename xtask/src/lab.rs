@@ -226,6 +226,8 @@ pub trait Lab {
     /// A service's `/metrics` (the frontend's, or the backend's on its health listener),
     /// scraped now.
     fn metrics(&self, service: Workload) -> anyhow::Result<contract::metrics::Scrape>;
+    /// A SPIRE server replica's or agent's telemetry (Prometheus text format), scraped now.
+    fn spire_metrics(&self, c: Component) -> anyhow::Result<contract::metrics::Scrape>;
     /// host:port of the backend Envoy's mTLS listener, reachable from here.
     fn backend_envoy_addr(&self) -> String;
     /// Asks the Workload API for an SVID from a workload no entry describes (locally a process

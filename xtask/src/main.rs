@@ -18,6 +18,7 @@ mod render;
 mod runtime;
 mod scenario;
 mod spire;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

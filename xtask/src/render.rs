@@ -73,7 +73,7 @@ impl Edit {
                 from,
                 to,
             } => {
-                let words = ["address", "port", "listen_addresses", "bind_"];
+                let words = ["address", "port", "listen_addresses", "bind_", "host ="];
                 words.iter().any(|w| from.contains(w))
                     && from.lines().count() == 1
                     && to.lines().count() == 1
@@ -204,7 +204,14 @@ pub fn write_all(manifests: &Path, dir: &Path, renders: &[Render]) -> anyhow::Re
 /// A SPIRE server off Kubernetes: listening on `bind` (as the manifest: every address of its
 /// pod; or 127.0.0.1) with its API at `port` and health at `health`, its admin socket and data
 /// directory where given.
-pub fn server_moved(bind: &str, port: u16, health: u16, socket: &Path, data: &Path) -> Vec<Edit> {
+pub fn server_moved(
+    bind: &str,
+    port: u16,
+    health: u16,
+    metrics: u16,
+    socket: &Path,
+    data: &Path,
+) -> Vec<Edit> {
     let mut edits = vec![];
     if bind != "0.0.0.0" {
         edits.push(text(
@@ -212,8 +219,14 @@ pub fn server_moved(bind: &str, port: u16, health: u16, socket: &Path, data: &Pa
             "bind_address = \"0.0.0.0\"",
             format!("bind_address = \"{bind}\""),
         ));
+        edits.push(text(
+            Kind::Address,
+            "host = \"0.0.0.0\"",
+            format!("host = \"{bind}\""),
+        ));
     }
     edits.extend([
+        text(Kind::Address, "port = 9988", format!("port = {metrics}")),
         text(
             Kind::Address,
             "bind_port = \"8081\"",
@@ -238,12 +251,15 @@ pub fn server_moved(bind: &str, port: u16, health: u16, socket: &Path, data: &Pa
     edits
 }
 
-/// A SPIRE agent off Kubernetes: its server at `server`:`server_port`, health on 127.0.0.1 at
-/// `health`, its Workload API socket, data directory and bootstrap bundle where given.
+/// A SPIRE agent off Kubernetes: its server at `server`:`server_port`, health and metrics on
+/// 127.0.0.1 at `health` and `metrics`, its Workload API socket, data directory and bootstrap
+/// bundle where given.
+#[allow(clippy::too_many_arguments)]
 pub fn agent_moved(
     server: &str,
     server_port: u16,
     health: u16,
+    metrics: u16,
     socket: &Path,
     data: &Path,
     bundle: &Path,
@@ -284,6 +300,8 @@ pub fn agent_moved(
             "bind_port = \"8080\"",
             format!("bind_port = \"{health}\""),
         ),
+        text(Kind::Address, "host = \"0.0.0.0\"", "host = \"127.0.0.1\""),
+        text(Kind::Address, "port = 9988", format!("port = {metrics}")),
     ]
 }
 

@@ -89,13 +89,29 @@ async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Or
     Ok(body)
 }
 
+/// What the backend holds now, for a scrape.
+fn holding(s: &AppState) -> crate::metrics::Holding {
+    let (pool_in_use, pool_idle, pool_max) = s.db.pool_state();
+    crate::metrics::Holding {
+        svid: s
+            .svids
+            .current()
+            .ok()
+            .map(|v| (v.spiffe_id.to_string(), v.serial.clone(), v.seconds_left())),
+        rotations: s.svids.generation().saturating_sub(1),
+        pool_in_use,
+        pool_idle,
+        pool_max,
+    }
+}
+
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        s.metrics.render(&holding(&s)),
     )
 }
 

@@ -292,6 +292,12 @@ impl Database {
         })
     }
 
+    /// (in use, idle, largest size) of the connection pool.
+    pub fn pool_state(&self) -> (usize, usize, usize) {
+        let s = self.pool.status();
+        (s.size.saturating_sub(s.available), s.available, s.max_size)
+    }
+
     /// The certificate PostgreSQL presented on the latest new connection.
     pub fn last_server(&self) -> Option<PeerCert> {
         self.last_server.lock().unwrap().clone()

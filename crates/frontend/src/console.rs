@@ -27,7 +27,16 @@ pub struct Mark {
 #[derive(Default)]
 pub struct Console {
     last: Mutex<Option<RunDemo>>,
-    lanes: Mutex<BTreeMap<Holder, Vec<Mark>>>,
+    lanes: Mutex<Lanes>,
+}
+
+#[derive(Default)]
+struct Lanes {
+    marks: BTreeMap<Holder, Vec<Mark>>,
+    /// New serials seen after each holder's first, all along (marks leave the window).
+    rotations: BTreeMap<Holder, u64>,
+    /// The latest panel read, and when.
+    latest: Option<(IdentityPanel, i64)>,
 }
 
 pub fn now_ms() -> i64 {
@@ -49,21 +58,30 @@ impl Console {
     /// Adds each holder's serial, when it is not the one seen last, and forgets marks older
     /// than the window (except each lane's newest: the serial held now).
     pub fn record(&self, panel: &IdentityPanel, at_ms: i64) {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let Lanes {
+            marks,
+            rotations,
+            latest,
+        } = &mut *guard;
+        *latest = Some((panel.clone(), at_ms));
         for h in &panel.holders {
             let Some(serial) = &h.serial else { continue };
-            let lane = lanes.entry(h.holder).or_default();
+            let lane = marks.entry(h.holder).or_default();
             if lane.last().is_some_and(|m| &m.serial == serial) {
                 continue;
             }
             let first = lane.is_empty();
+            if !first {
+                *rotations.entry(h.holder).or_default() += 1;
+            }
             lane.push(Mark {
                 serial: serial.clone(),
                 seen_ms: at_ms,
                 first,
             });
         }
-        for lane in lanes.values_mut() {
+        for lane in marks.values_mut() {
             let keep_from = lane
                 .iter()
                 .position(|m| at_ms - m.seen_ms <= WINDOW_MS)
@@ -75,7 +93,31 @@ impl Console {
 
     /// Each holder's marks, oldest first.
     pub fn lanes(&self) -> BTreeMap<Holder, Vec<Mark>> {
-        self.lanes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lanes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .marks
+            .clone()
+    }
+
+    /// Each holder's certificate as last read, its seconds left counted down to `now_ms`, and
+    /// the rotations the frontend saw it make.
+    pub fn holders(&self, now_ms: i64) -> Vec<(contract::CertHolder, u64)> {
+        let lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((panel, at_ms)) = &lanes.latest else {
+            return Vec::new();
+        };
+        let elapsed = (now_ms - at_ms).max(0) / 1000;
+        panel
+            .holders
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                h.seconds_left = h.seconds_left.map(|s| s - elapsed);
+                let n = lanes.rotations.get(&h.holder).copied().unwrap_or(0);
+                (h, n)
+            })
+            .collect()
     }
 }
 
@@ -118,5 +160,10 @@ mod tests {
         let lane = &c.lanes()[&Holder::FrontendEnvoy];
         assert_eq!(lane.len(), 1);
         assert_eq!(lane[0].serial, "B");
+        // One rotation, though its first mark has gone; seconds left count down from the read.
+        let now = 3_000 + WINDOW_MS + 1 + 4_000;
+        let (h, rotations) = &c.holders(now)[0];
+        assert_eq!(*rotations, 1);
+        assert_eq!(h.seconds_left, Some(6));
     }
 }

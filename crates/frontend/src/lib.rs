@@ -136,7 +136,7 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(),
+        s.metrics.render(&s.console.holders(console::now_ms())),
     )
 }
 

@@ -33,11 +33,17 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// file: what a pod is given implicitly) change.
 pub fn spire_configs(
     dir: &Path,
-    ports: (u16, u16, u16),
+    ports: [u16; 5],
     access: &KubeAccess,
     datastore: Vec<Edit>,
 ) -> Vec<Render> {
-    let (server, server_health, agent_health) = ports;
+    let [
+        server,
+        server_health,
+        server_metrics,
+        agent_health,
+        agent_metrics,
+    ] = ports;
     let kube_access = |after: &str, key: &str, indent: &str, path: &Path| -> Edit {
         text(
             Kind::KubeAccess,
@@ -55,6 +61,7 @@ pub fn spire_configs(
                     "127.0.0.1",
                     server,
                     server_health,
+                    server_metrics,
                     &p("server.sock"),
                     &p("server-data"),
                 ),
@@ -84,6 +91,7 @@ pub fn spire_configs(
                     "127.0.0.1",
                     server,
                     agent_health,
+                    agent_metrics,
                     &p("agent.sock"),
                     &p("agent-data"),
                     &p("bundle.crt"),
@@ -131,7 +139,13 @@ pub fn check_attestation_against_apiserver(
         .tempdir()?;
     let dir = scratch.path();
     let access = tokens(api, &lab, dir, &audience)?;
-    let ports = (free_port()?, free_port()?, free_port()?);
+    let ports = [
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+        free_port()?,
+    ];
     let manifests = crate::project_root().join("manifests");
     // The servers' datastore, as the local runtime runs it (the kind configs' own is a Service).
     let datastore = crate::runtime::local::ScratchDatastore::start(free_port()?)?;
@@ -442,7 +456,7 @@ mod tests {
             ),
             text(Kind::FilePath, "/run/spire/datastore", "/tmp/lab/datastore"),
         ];
-        for r in spire_configs(Path::new("/tmp/lab"), (1, 2, 3), &access, datastore) {
+        for r in spire_configs(Path::new("/tmp/lab"), [1, 2, 3, 4, 5], &access, datastore) {
             crate::render::assert_only_edits(&r);
         }
     }

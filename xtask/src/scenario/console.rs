@@ -1,7 +1,8 @@
 //! The `console` scenario: the UI as a person sees it, in real headless Chromium on the running
 //! lab. Every hop of the drawing after Run Demo and after an RBAC denial, at both projector
 //! sizes without sideways scrolling; a short-TTL rotation on the timeline within one refresh;
-//! the page without JavaScript. Screenshots go to `target/console/`.
+//! the page without JavaScript. Screenshots go to `target/console/`. Then the metrics `status`
+//! prints, checked against the holders themselves.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +14,9 @@ use contract::{Cause, Holder, LIVE_REFRESH_MS, Workload};
 
 use super::Report;
 use super::cases::{holder_serials, restore_ttl, shorten_ttl, step, until};
+use crate::lab::Component;
 use crate::lab::{Lab, Policy};
+use crate::telemetry;
 
 /// The projector sizes the page must fit.
 const SIZES: [(u32, u32); 2] = [(1280, 800), (1920, 1080)];
@@ -155,10 +158,121 @@ pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
         shot.display()
     ));
 
+    let signed_before = signed(lab)?;
     shorten_ttl(lab, r, ttl)?;
     let watched = watch_rotations(lab, r, ttl, &dir, &runtime);
     restore_ttl(lab)?;
-    watched
+    watched?;
+    metrics_agree(lab, r, ttl, signed_before)
+}
+
+/// X.509-SVIDs signed by every SPIRE server replica, from their telemetry.
+fn signed(lab: &dyn Lab) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for (c, s) in telemetry::read(lab).spire {
+        if matches!(c, Component::SpireServer(_)) {
+            total += s
+                .with_context(|| format!("{}'s telemetry", c.name()))?
+                .total("spire_server_server_ca_sign_x509_svid");
+        }
+    }
+    Ok(total)
+}
+
+/// What `status` prints from the metrics agrees with the holders as the lab reads them
+/// directly: the same serials, the same seconds left, the rotations the timeline showed, and
+/// SPIRE's servers counting what they signed.
+fn metrics_agree(
+    lab: &dyn Lab,
+    r: &mut Report,
+    ttl: u32,
+    signed_before: f64,
+) -> anyhow::Result<()> {
+    step("the metrics `status` prints, against the holders themselves");
+    // Back on the default TTL, every holder settles on a long-lived certificate; the frontend
+    // reads its sources every SAMPLE seconds.
+    let settled = |h: &BTreeMap<Holder, (String, Option<i64>)>| {
+        h.values()
+            .all(|(_, left)| left.is_some_and(|l| l > i64::from(ttl) * 3))
+    };
+    let started = Instant::now();
+    let (holders, t) = loop {
+        let holders = holder_serials(lab);
+        let t = telemetry::read(lab);
+        let agree = match (&t.frontend, &t.backend) {
+            (Ok(f), Ok(b)) => {
+                settled(&holders)
+                    && [Holder::FrontendEnvoy, Holder::BackendFiles]
+                        .iter()
+                        .all(|h| f.get(h).map(|c| &c.serial) == holders.get(h).map(|(s, _)| s))
+                    && holders.get(&Holder::BackendFiles).map(|(s, _)| s) == Some(&b.serial)
+            }
+            _ => false,
+        };
+        if agree || started.elapsed() > Duration::from_secs(30) {
+            break (holders, t);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    t.print();
+    let front = t.frontend.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let back = t.backend.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let mut checked = Vec::new();
+    for (source, holder, cert) in [
+        (
+            "frontend",
+            Holder::FrontendEnvoy,
+            front.get(&Holder::FrontendEnvoy),
+        ),
+        (
+            "frontend",
+            Holder::BackendFiles,
+            front.get(&Holder::BackendFiles),
+        ),
+        ("backend", Holder::BackendFiles, Some(back)),
+    ] {
+        let cert = cert.with_context(|| format!("the metrics name no certificate for {holder}"))?;
+        let (serial, left) = holders
+            .get(&holder)
+            .with_context(|| format!("the lab cannot read {holder} itself"))?;
+        ensure!(
+            &cert.serial == serial,
+            "{holder}: the metrics say serial {}, the holder has {serial}",
+            cert.serial
+        );
+        let left = left.with_context(|| format!("{holder}: no expiry"))? as f64;
+        ensure!(
+            (cert.seconds_left - left).abs() <= 3.0,
+            "{holder}: the metrics say {:.0} s left, the holder {left:.0} s",
+            cert.seconds_left
+        );
+        ensure!(
+            cert.rotations >= ROTATIONS as f64,
+            "{holder}: the metrics count {} rotations, the timeline showed at least {ROTATIONS}",
+            cert.rotations
+        );
+        checked.push(format!(
+            "{source}'s {holder} {} {:.0} s left, {:.0} rotations",
+            cert.serial, cert.seconds_left, cert.rotations
+        ));
+    }
+    let (in_use, idle, max) = t.pool.context("the backend reports no database pool")?;
+    ensure!(
+        in_use + idle >= 1.0 && in_use + idle <= max,
+        "the backend's pool: {in_use} in use, {idle} idle, at most {max}"
+    );
+    let signed_after = signed(lab)?;
+    ensure!(
+        signed_after > signed_before,
+        "the SPIRE servers signed nothing during the rotations ({signed_before} before, {signed_after} after)"
+    );
+    r.say(format!(
+        "metrics agree with the holders: {}; SPIRE signed {:.0} X.509-SVIDs meanwhile",
+        checked.join("; "),
+        signed_after - signed_before
+    ));
+    r.figure("svids_signed_during_console", signed_after - signed_before);
+    Ok(())
 }
 
 /// After the deny is in force: the Envoy ⇒ Envoy hop failed on RBAC, the later ones not reached.

@@ -19,6 +19,8 @@ const FWD_BACKEND_ADMIN: u16 = 19902;
 const FWD_BACKEND_MTLS: u16 = 18443;
 const FWD_BACKEND_HEALTH: u16 = 19091;
 const FWD_POSTGRES: u16 = 15433;
+/// Where SPIRE servers and agents serve their telemetry (manifests/spire/config/*.conf).
+const SPIRE_METRICS_PORT: u16 = 9988;
 
 /// The rogue of the `unregistered` scenario: a pod with service account `rogue`.
 const ROGUE_MANIFEST: &str = "manifests/scenarios/rogue.yaml";
@@ -895,6 +897,32 @@ impl Lab for KindLab {
             contract::Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
         };
         crate::probe::scrape(&url)
+    }
+
+    /// From inside the kind node: an agent listens on the node's own network (hostNetwork), a
+    /// server replica on its pod's address, which the node reaches.
+    fn spire_metrics(&self, c: Component) -> anyhow::Result<contract::metrics::Scrape> {
+        let (pod, host) = match c {
+            Component::SpireServer(r) => (format!("spire-server-{r}"), None),
+            Component::Agent(w) => (self.agent_pod_of(w)?, Some("127.0.0.1")),
+            _ => bail!("{} serves no SPIRE telemetry", c.name()),
+        };
+        let out = self.run(&[
+            "-n",
+            "spire-system",
+            "get",
+            "pod",
+            &pod,
+            "-o",
+            "jsonpath={.spec.nodeName} {.status.podIP}",
+        ])?;
+        let (node, ip) = out
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("pod {pod} has no node or address yet: {out:?}"))?;
+        let url = format!("http://{}:{SPIRE_METRICS_PORT}/metrics", host.unwrap_or(ip));
+        let text = self.docker_exec(node, &["curl", "-sS", "--max-time", "5", &url])?;
+        Ok(contract::metrics::Scrape::parse(&text))
     }
 
     fn backend_envoy_addr(&self) -> String {

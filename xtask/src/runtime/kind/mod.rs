@@ -509,6 +509,10 @@ pub fn status(sh: &Shell) -> anyhow::Result<()> {
         cmd!(sh, "kubectl --context {ctx} -n {ns} get pods -o wide").run()?;
     }
     node_memory(sh);
+    match lab::KindLab::open(sh) {
+        Ok(lab) => crate::telemetry::read(&lab).print(),
+        Err(e) => println!("\nMETRICS: not read: {e:#}"),
+    }
     println!("\nUI: {} (NodePort {UI_NODE_PORT})", ui_url());
     Ok(())
 }

@@ -38,6 +38,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     public,
                     ports.spire_server_replicas[usize::from(r)],
                     ports.spire_server_health[usize::from(r)],
+                    ports.spire_server_metrics[usize::from(r)],
                     &l.server_socket(r),
                     &l.server_data(r),
                 ),
@@ -217,7 +218,11 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
             edits: vec![],
         },
     ]);
-    for (node, health) in NODES.iter().zip(ports.agent_health) {
+    for ((node, health), metrics) in NODES
+        .iter()
+        .zip(ports.agent_health)
+        .zip(ports.agent_metrics)
+    {
         v.push(Render {
             source: "spire/config/agent.conf",
             target: format!("agent-{node}.conf"),
@@ -226,6 +231,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     &l.addr(Pod::SpireService).to_string(),
                     ports.spire_server,
                     health,
+                    metrics,
                     &l.agent_socket(node),
                     &l.p(&format!("agents/{node}/data")),
                     &l.bundle(),

@@ -32,9 +32,14 @@ pub struct Ports {
     /// Each replica's own API and health ports.
     pub spire_server_replicas: [u16; 2],
     pub spire_server_health: [u16; 2],
+    /// Each replica's metrics (Prometheus text format).
+    #[serde(default = "server_metrics")]
+    pub spire_server_metrics: [u16; 2],
     /// The SPIRE servers' datastore.
     pub spire_db: u16,
     pub agent_health: [u16; 3],
+    #[serde(default = "agent_metrics")]
+    pub agent_metrics: [u16; 3],
     pub backend_helper_health: u16,
     pub postgres_helper_health: u16,
 }
@@ -58,6 +63,8 @@ impl Ports {
             spire_server_health: [p(18080), p(18084)],
             spire_db: p(15433),
             agent_health: [p(18090), p(18091), p(18092)],
+            agent_metrics: agent_metrics().map(p),
+            spire_server_metrics: server_metrics().map(p),
             backend_helper_health: p(18100),
             postgres_helper_health: p(18101),
         }
@@ -106,12 +113,26 @@ impl Ports {
         for (node, port) in NODES.iter().zip(self.agent_health) {
             v.push((port, format!("SPIRE agent {node} health")));
         }
+        for (node, port) in NODES.iter().zip(self.agent_metrics) {
+            v.push((port, format!("SPIRE agent {node} metrics")));
+        }
+        for (r, port) in self.spire_server_metrics.iter().enumerate() {
+            v.push((*port, format!("SPIRE server replica {r} metrics")));
+        }
         v
     }
 }
 
 fn backend_health() -> u16 {
     9091
+}
+
+fn server_metrics() -> [u16; 2] {
+    [18086, 18087]
+}
+
+fn agent_metrics() -> [u16; 3] {
+    [18095, 18096, 18097]
 }
 
 /// Where the local runtime keeps everything, under one state directory, and how its processes

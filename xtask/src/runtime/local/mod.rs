@@ -380,6 +380,24 @@ impl Lab for LocalLab {
         crate::probe::scrape(&url)
     }
 
+    fn spire_metrics(&self, c: Component) -> anyhow::Result<contract::metrics::Scrape> {
+        let p = self.ports();
+        let (pod, port) = match c {
+            Component::SpireServer(r) => {
+                (Pod::SpireServer(r), p.spire_server_metrics[usize::from(r)])
+            }
+            Component::Agent(w) => {
+                let i = layout::NODES
+                    .iter()
+                    .position(|n| *n == node_of(w))
+                    .unwrap_or_default();
+                (Pod::Node(w), p.agent_metrics[i])
+            }
+            _ => anyhow::bail!("{} serves no SPIRE telemetry", c.name()),
+        };
+        crate::probe::scrape(&format!("http://{}/metrics", self.reach(pod, port)?))
+    }
+
     fn backend_envoy_addr(&self) -> String {
         self.reach_or_nothing(Pod::Backend, self.ports().backend_envoy)
     }

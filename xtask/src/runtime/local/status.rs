@@ -86,6 +86,7 @@ impl LocalLab {
                 Err(e) => println!("{e:#}"),
             }
         }
+        crate::telemetry::read(self).print();
         Ok(())
     }
 }
