@@ -133,7 +133,14 @@ fn kind_checks(sh: &Shell) -> anyhow::Result<()> {
     scenario::print_summary(&reports);
     drop(lab);
     kind::status(sh)?;
-    kind::logs(sh, crate::lab::Component::Backend, 5)?;
+    let backend = [crate::lab::Component::Backend];
+    kind::logs(
+        sh,
+        &crate::runtime::logs::Printer::new(&backend),
+        &backend,
+        5,
+        false,
+    )?;
     scenario::verdict(&reports)
 }
 

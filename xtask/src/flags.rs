@@ -146,11 +146,16 @@ pub struct Images {
 pub struct Logs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
-    /// The component, e.g. backend, envoy-backend, postgres, spire-server, agent-backend-node.
-    pub component: String,
-    /// How many lines from the end (0: all).
+    /// Components, e.g. backend envoy-backend postgres spire-server-0 agent-backend-node;
+    /// none: every component.
+    pub components: Vec<String>,
+    /// How many lines from the end of each (0: all).
     #[arg(long, short = 'n', default_value_t = 200)]
     pub lines: usize,
+    /// Keep following: new lines of every component named, interleaved as they come, each
+    /// after its component's name. Ctrl-C ends it.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 /// `all`, or one scenario.

@@ -43,7 +43,31 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .fallback(|uri: Uri| async move { AppError::NotFound(uri.path().to_owned()) })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
+}
+
+/// One line per API request: what was asked, the answer, how long it took, and who asked (the
+/// caller's SPIFFE ID as its Envoy proved and forwarded it).
+async fn log_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let peer = caller_from_xfcc(req.headers());
+    let res = next.run(req).await;
+    let status = res.status().as_u16();
+    let micros = started.elapsed().as_micros() as u64;
+    let peer = peer.as_deref().unwrap_or("-");
+    // The orders, and anything refused, at info; probes and the console's polling of
+    // `/api/identity` (every few seconds) at debug.
+    if path != "/api/orders" && status < 400 {
+        tracing::debug!(peer_spiffe_id = peer, %method, path, status, micros, "request");
+    } else {
+        tracing::info!(peer_spiffe_id = peer, %method, path, status, micros, "request");
+    }
+    res
 }
 
 /// Only `/healthz`, `/readyz` and `/metrics`, for a listener the kubelet (and a metrics scraper)

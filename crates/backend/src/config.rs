@@ -50,6 +50,9 @@ pub struct Config {
     /// without TLS and without an SVID. Never use it elsewhere; the lab refuses plaintext.
     #[arg(long, hide = true)]
     pub db_insecure_plaintext: bool,
+    /// `json` (one object a line, each request with the caller's SPIFFE ID) or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: contract::logs::LogFormat,
 }
 
 impl Config {

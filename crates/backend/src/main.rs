@@ -4,7 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    backend::init_tracing();
     let config = backend::Config::parse();
+    contract::logs::init(config.log_format);
     backend::serve(config, backend::shutdown_signal()).await
 }

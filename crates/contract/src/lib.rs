@@ -8,6 +8,7 @@
 pub mod api;
 pub mod envoy;
 pub mod ids;
+pub mod logs;
 pub mod metrics;
 pub mod time;
 

@@ -28,6 +28,9 @@ pub struct Config {
     /// Upper bound for one call to the backend, in milliseconds (both statuses show within it).
     #[arg(long, env = "FRONTEND_TIMEOUT_MS", default_value_t = 1800)]
     pub timeout_ms: u64,
+    /// `json` (one object a line, each request with the peer's SPIFFE ID) or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: contract::logs::LogFormat,
 }
 
 impl Config {

@@ -125,7 +125,19 @@ async fn run_demo_json(State(s): State<AppState>) -> Json<contract::RunDemo> {
 async fn run_demo(s: &AppState) -> contract::RunDemo {
     let started = Instant::now();
     let result = demo::run(&s.http, &s.config, &s.metrics).await;
-    s.metrics.run_demo(&result, started.elapsed());
+    let took = started.elapsed();
+    s.metrics.run_demo(&result, took);
+    let status = |l: &contract::Link| format!("{:?}", l.status).to_uppercase();
+    tracing::info!(
+        peer_spiffe_id = result.backend_spiffe_id.as_deref().unwrap_or("-"),
+        caller_seen_by_backend = result.caller_seen_by_backend.as_deref().unwrap_or("-"),
+        db_spiffe_id = result.db_server_spiffe_id.as_deref().unwrap_or("-"),
+        frontend_to_backend = status(&result.frontend_to_backend),
+        backend_to_db = status(&result.backend_to_db),
+        failed_at = result.failed_at.map_or("-", |h| h.key()),
+        micros = took.as_micros() as u64,
+        "run demo"
+    );
     s.console.set_last(&result);
     result
 }
@@ -161,17 +173,6 @@ pub async fn serve(
     sampler.abort();
     served?;
     Ok(())
-}
-
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

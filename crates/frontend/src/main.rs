@@ -4,7 +4,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    frontend::init_tracing();
     let config = frontend::Config::parse();
+    contract::logs::init(config.log_format);
     frontend::serve(config, frontend::shutdown_signal()).await
 }

@@ -7,6 +7,7 @@
 
 pub mod kind;
 pub mod local;
+pub mod logs;
 
 use xshell::Shell;
 
@@ -100,14 +101,28 @@ pub fn status(sh: &Shell, args: &flags::RuntimeArgs) -> anyhow::Result<()> {
 
 impl flags::Logs {
     pub fn run(self, sh: &Shell) -> anyhow::Result<()> {
-        let c = Component::parse(&self.component)?;
+        let components = if self.components.is_empty() {
+            Component::ALL.to_vec()
+        } else {
+            self.components
+                .iter()
+                .map(|c| Component::parse(c))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        };
+        let out = logs::Printer::new(&components);
         match resolve(sh, &self.runtime) {
             Runtime::Local => {
-                let text = local::LocalLab::open()?.log(c)?;
-                print!("{}", crate::procs::last_lines(&text, self.lines));
+                let lab = local::LocalLab::open()?;
+                if self.follow {
+                    return logs::follow_files(&out, &lab.log_files(&components), self.lines);
+                }
+                for c in components {
+                    let text = lab.log(c)?;
+                    out.block(c, crate::procs::last_lines(&text, self.lines));
+                }
                 Ok(())
             }
-            Runtime::Kind => kind::logs(sh, c, self.lines),
+            Runtime::Kind => kind::logs(sh, &out, &components, self.lines, self.follow),
         }
     }
 }

@@ -547,27 +547,64 @@ fn node_memory(sh: &Shell) {
     }
 }
 
-/// One component's log: `kubectl logs` of its container.
-pub fn logs(sh: &Shell, c: Component, lines: usize) -> anyhow::Result<()> {
+/// Components' logs: `kubectl logs` of each one's container; followed, all at once.
+pub fn logs(
+    sh: &Shell,
+    out: &super::logs::Printer,
+    components: &[Component],
+    lines: usize,
+    follow: bool,
+) -> anyhow::Result<()> {
     offline::attach(sh);
     tools_on_path(sh)?;
     let ctx = context()?;
-    let Placement {
-        namespace: ns,
-        workload,
-        container,
-        ..
-    } = placement(c);
+    // The lab's own tools come first on the shell's PATH; a Command looks there too.
+    let path = sh.var_os("PATH").unwrap_or_default();
+    let command = move |c: Component, tail: String, follow: bool| {
+        let Placement {
+            namespace: ns,
+            workload,
+            container,
+            ..
+        } = placement(c);
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.env("PATH", &path).args([
+            "--context",
+            &ctx,
+            "-n",
+            ns,
+            "logs",
+            &workload,
+            "-c",
+            container,
+            "--tail",
+            &tail,
+        ]);
+        if follow {
+            cmd.arg("-f");
+        }
+        cmd
+    };
     let tail = if lines == 0 {
         "-1".to_owned()
     } else {
         lines.to_string()
     };
-    cmd!(
-        sh,
-        "kubectl --context {ctx} -n {ns} logs {workload} -c {container} --tail {tail}"
-    )
-    .run()?;
+    if follow {
+        return super::logs::follow_streams(out, components, move |c, first| {
+            command(c, if first { tail.clone() } else { "0".into() }, true)
+        });
+    }
+    for &c in components {
+        let got = command(c, tail.clone(), false)
+            .output()
+            .with_context(|| format!("kubectl logs for {}", c.name()))?;
+        if got.status.success() {
+            out.block(c, &String::from_utf8_lossy(&got.stdout));
+        } else {
+            out.note(c, String::from_utf8_lossy(&got.stderr).trim());
+        }
+    }
     Ok(())
 }
 

@@ -181,6 +181,14 @@ impl LocalLab {
         Ok(local)
     }
 
+    /// Where each component's log is written.
+    pub fn log_files(&self, components: &[Component]) -> Vec<(Component, std::path::PathBuf)> {
+        components
+            .iter()
+            .map(|c| (*c, self.layout().p(&format!("logs/{}.log", c.name()))))
+            .collect()
+    }
+
     /// `reach` for the trait's addresses, which cannot fail: an unreachable address instead.
     fn reach_or_nothing(&self, pod: Pod, port: u16) -> String {
         self.reach(pod, port)

@@ -121,6 +121,8 @@ impl LocalLab {
                     l.addr(Pod::Postgres).to_string(),
                     "--db-port".into(),
                     self.ports().postgres.to_string(),
+                    "--log-format".into(),
+                    "json".into(),
                 ]
                 .into_iter()
                 .chain(
@@ -160,6 +162,8 @@ impl LocalLab {
                     format!("http://127.0.0.1:{}", self.ports().frontend_envoy),
                     "--envoy-admin-url".into(),
                     format!("http://127.0.0.1:{}", self.ports().frontend_envoy_admin),
+                    "--log-format".into(),
+                    "json".into(),
                 ],
             ),
         };
