@@ -574,7 +574,7 @@ pub fn logs(
             "-n",
             ns,
             "logs",
-            &workload,
+            workload,
             "-c",
             container,
             "--tail",
