@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use contract::{Holder, NAMESPACE};
 use xshell::{Shell, cmd};
 
@@ -920,9 +920,22 @@ impl Lab for KindLab {
             .trim()
             .split_once(' ')
             .with_context(|| format!("pod {pod} has no node or address yet: {out:?}"))?;
-        let url = format!("http://{}:{SPIRE_METRICS_PORT}/metrics", host.unwrap_or(ip));
-        let text = self.docker_exec(node, &["curl", "-sS", "--max-time", "5", &url])?;
-        Ok(contract::metrics::Scrape::parse(&text))
+        // The node has bash but no HTTP client: one HTTP/1.0 GET over bash's /dev/tcp.
+        let addr = host.unwrap_or(ip);
+        let get = format!(
+            "exec 3<>/dev/tcp/{addr}/{SPIRE_METRICS_PORT} && printf 'GET /metrics HTTP/1.0\\r\\nHost: {addr}\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let answer = self.docker_exec(node, &["timeout", "5", "bash", "-c", &get])?;
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("{}'s telemetry at {addr}: no HTTP answer", c.name()))?;
+        ensure!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{}'s telemetry at {addr} answered {}",
+            c.name(),
+            head.lines().next().unwrap_or_default()
+        );
+        Ok(contract::metrics::Scrape::parse(body))
     }
 
     fn backend_envoy_addr(&self) -> String {
