@@ -34,10 +34,6 @@ pub struct Telemetry {
     pub spire: Vec<(Component, anyhow::Result<Scrape>)>,
 }
 
-fn holder_of(label: &str) -> Option<Holder> {
-    serde_json::from_value(serde_json::Value::String(label.to_owned())).ok()
-}
-
 /// The holders in the frontend's metrics.
 pub fn frontend_certs(s: &Scrape) -> BTreeMap<Holder, Cert> {
     let mut out = BTreeMap::new();
@@ -45,7 +41,7 @@ pub fn frontend_certs(s: &Scrape) -> BTreeMap<Holder, Cert> {
         let Some(key) = labels.get("holder") else {
             continue;
         };
-        let Some(holder) = holder_of(key) else {
+        let Some(holder) = Holder::from_key(key) else {
             continue;
         };
         let with = [("holder", key)];

@@ -248,6 +248,21 @@ impl Holder {
         Holder::BackendFiles,
         Holder::PostgresServer,
     ];
+
+    /// Its name on the wire, in metric labels and in the page's element ids.
+    pub fn key(self) -> &'static str {
+        match self {
+            Holder::FrontendEnvoy => "frontend-envoy",
+            Holder::BackendEnvoy => "backend-envoy",
+            Holder::BackendFiles => "backend-files",
+            Holder::PostgresServer => "postgres-server",
+        }
+    }
+
+    /// The holder a key names.
+    pub fn from_key(key: &str) -> Option<Holder> {
+        Holder::ALL.into_iter().find(|h| h.key() == key)
+    }
 }
 
 impl std::fmt::Display for Holder {
@@ -328,9 +343,9 @@ mod tests {
         })
         .unwrap();
         assert_eq!(held["serial"], "AB");
-        assert_eq!(
-            serde_json::to_value(Holder::BackendFiles).unwrap(),
-            "backend-files"
-        );
+        for h in Holder::ALL {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.key());
+            assert_eq!(Holder::from_key(h.key()), Some(h));
+        }
     }
 }

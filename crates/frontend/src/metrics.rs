@@ -122,10 +122,7 @@ impl Metrics {
         self.cert_seconds_left.clear();
         self.cert_info.clear();
         for (h, rotations) in holders {
-            let holder = serde_json::to_value(h.holder)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let holder = h.holder.key().to_owned();
             let key = vec![("holder", holder.clone())];
             let counted = self.cert_rotations.get_or_create(&key).get();
             if *rotations > counted {

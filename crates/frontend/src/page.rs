@@ -493,19 +493,12 @@ fn identities(out: &mut String, panel: &IdentityPanel, now_ms: i64) {
         let _ = write!(
             out,
             r#"<tr id="holder-{}"><td>{}</td><td>{id}</td><td><code>{}</code></td><td>{expires}</td></tr>"#,
-            holder_key(h.holder),
+            h.holder.key(),
             label(h.holder),
             escape(h.serial.as_deref().unwrap_or("unknown")),
         );
     }
     out.push_str("</table></section>");
-}
-
-fn holder_key(h: Holder) -> String {
-    serde_json::to_value(h)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// hh:mm:ss of a Unix time in milliseconds, UTC.
@@ -549,7 +542,7 @@ fn timeline(
     }
     for (i, holder) in holders.iter().enumerate() {
         let y = 30 + LANE * i as i64;
-        let key = holder_key(*holder);
+        let key = holder.key();
         let marks = lanes.get(holder).map(Vec::as_slice).unwrap_or_default();
         let _ = write!(
             out,

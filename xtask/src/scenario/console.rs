@@ -313,11 +313,7 @@ fn denied_page(
 /// PostgreSQL lane is the certificate the backend saw on its latest new connection, which
 /// changes when the backend connects anew, not when PostgreSQL rotates.)
 fn lane(h: Holder) -> Option<&'static str> {
-    match h {
-        Holder::FrontendEnvoy => Some("frontend-envoy"),
-        Holder::BackendFiles => Some("backend-files"),
-        Holder::PostgresServer | Holder::BackendEnvoy => None,
-    }
+    matches!(h, Holder::FrontendEnvoy | Holder::BackendFiles).then(|| h.key())
 }
 
 /// Rotations to see on the timeline for each lane watched.
