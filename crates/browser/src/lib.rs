@@ -1,8 +1,9 @@
 //! Headless Chromium driven through chromedriver (W3C WebDriver over HTTP), blocking.
 //!
 //! One window of a chosen size, JavaScript on or off; the page is read with the WebDriver
-//! commands a person's view comes down to: go to a URL, click, read an element's text or
-//! attribute, run a script (only with JavaScript on), take a screenshot.
+//! commands a person's view comes down to: go to a URL, click, read an element's text,
+//! run a script (WebDriver's, which runs even where the page's own JavaScript is off), take a
+//! screenshot.
 
 use std::fmt;
 use std::net::TcpListener;
@@ -227,14 +228,8 @@ impl Browser {
             .to_string())
     }
 
-    pub fn attribute(&self, e: &Element, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .cmd("GET", &format!("/element/{}/attribute/{name}", e.0), None)?
-            .as_str()
-            .map(str::to_owned))
-    }
-
-    /// Runs `script` in the page and gives what it returns (only with JavaScript on).
+    /// Runs `script` in the page and gives what it returns. WebDriver runs it even in a window
+    /// whose pages may not run their own JavaScript.
     pub fn script(&self, script: &str) -> Result<Value> {
         self.cmd(
             "POST",

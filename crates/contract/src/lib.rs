@@ -1,7 +1,8 @@
 //! What the lab's parts say to each other, defined once: the trust domain and the workloads'
 //! SPIFFE IDs (`ids`), the JSON bodies the backend and frontend serve and the scenarios and bench
 //! read (`api`), Envoy's admin `/certs` as the lab reads it (`envoy`), the services' metric names
-//! and a reader of their text format (`metrics`), and one clock (`time`).
+//! and a reader of their text format (`metrics`), the page as programs read it (`page`), and one
+//! clock (`time`).
 //!
 //! Programs decide on these fields, never on a sentence meant for a person.
 
@@ -10,6 +11,7 @@ pub mod envoy;
 pub mod ids;
 pub mod logs;
 pub mod metrics;
+pub mod page;
 pub mod time;
 
 pub use api::{

@@ -67,22 +67,18 @@ fn shots() -> PathBuf {
     target.join("console")
 }
 
-/// Each hop's `data-state` in the hop list and in the drawing, which must agree.
-fn hop_states(b: &Browser) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for li in b.find_all("#hops li").unwrap() {
-        let id = b.attribute(&li, "id").unwrap().unwrap_or_default();
-        let state = b.attribute(&li, "data-state").unwrap().unwrap_or_default();
-        let key = id.trim_start_matches("hop-").to_string();
-        let edge = b.find(&format!("#edge-{key}")).unwrap();
-        let drawn = b
-            .attribute(&edge, "data-state")
-            .unwrap()
-            .unwrap_or_default();
-        assert_eq!(state, drawn, "hop {key}: the list and the drawing disagree");
-        out.push((key, state));
-    }
-    out
+/// The page as it is now, read at once (`contract::page`).
+fn view(b: &Browser) -> contract::page::View {
+    serde_json::from_value(b.script(contract::page::READ_VIEW).unwrap()).unwrap()
+}
+
+/// Each hop's state; the drawing must agree with the list.
+fn hop_states(v: &contract::page::View) -> Vec<(String, String)> {
+    v.states()
+        .unwrap()
+        .into_iter()
+        .map(|(k, s)| (k.to_owned(), s.to_owned()))
+        .collect()
 }
 
 fn no_horizontal_scroll(b: &Browser) {
@@ -113,23 +109,21 @@ async fn run_demo_in_chromium_shows_every_hop_at_both_sizes() {
             .unwrap();
             b.goto(&url).unwrap();
             b.click(&b.find("#run-demo").unwrap()).unwrap();
-            let f2b = b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
-            assert_eq!(b.text(&f2b).unwrap(), "SUCCESS");
-            assert_eq!(b.text(&b.find("#b2db-status").unwrap()).unwrap(), "SUCCESS");
-            let rows = b.find_all("#orders tr").unwrap();
-            let table = b.text(&b.find("#orders").unwrap()).unwrap();
-            assert_eq!(rows.len(), 4, "a header and three orders: {table}");
-            assert!(table.contains("Hardware security module"), "{table}");
-            let states = hop_states(&b);
+            b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+            let v = view(&b);
+            assert_eq!(v.frontend_to_backend.as_deref(), Some("SUCCESS"));
+            assert_eq!(v.backend_to_db.as_deref(), Some("SUCCESS"));
+            assert_eq!(v.orders, 4, "a header and three orders");
+            let states = hop_states(&v);
             assert_eq!(states.len(), 5, "{states:?}");
             assert!(states.iter().all(|(_, st)| st == "ok"), "{states:?}");
-            let ids = b.text(&b.find("#hop-backend-postgres").unwrap()).unwrap();
+            let ids = &v.hop("backend-postgres").unwrap().text;
             assert!(
                 ids.contains(&*BACKEND_ID) && ids.contains(&*POSTGRES_ID),
                 "the IDs proven to and by PostgreSQL: {ids}"
             );
             // The script removed the note meant for a page without it.
-            assert!(b.find_all("#no-refresh").unwrap().is_empty());
+            assert_eq!(v.no_refresh_note, None);
             no_horizontal_scroll(&b);
             b.save_screenshot(&dir.join(format!("direct-{w}x{h}.png")))
                 .unwrap();
@@ -161,12 +155,9 @@ async fn a_rotation_shows_on_the_timeline_within_one_refresh() {
     let within = Duration::from_millis(frontend::REFRESH_MS) + Duration::from_secs(2);
     let seen = tokio::task::block_in_place(|| {
         loop {
-            let marks = b.find_all(lane).unwrap();
-            let serials: Vec<String> = marks
-                .iter()
-                .filter_map(|m| b.attribute(m, "data-serial").unwrap())
-                .collect();
-            if serials.contains(&serial) {
+            // One call that names the serial: no element is held across the page's swaps.
+            let css = format!("{lane}[data-serial=\"{serial}\"]");
+            if !b.find_all(&css).unwrap().is_empty() {
                 break Some(written.elapsed());
             }
             if written.elapsed() > within + Duration::from_secs(5) {
@@ -202,24 +193,24 @@ async fn without_javascript_the_page_is_complete_as_served() {
         .unwrap();
         b.goto(&url).unwrap();
         // The page's script removes this note as it starts: here it never ran.
-        let note = b.find("#no-refresh").unwrap();
-        assert!(b.text(&note).unwrap().contains("reload"));
-        let before: Vec<String> = b
-            .find_all("#hops li")
-            .unwrap()
-            .iter()
-            .map(|li| b.attribute(li, "data-state").unwrap().unwrap_or_default())
-            .collect();
+        let v = view(&b);
+        let note = v.no_refresh_note.clone().unwrap_or_default();
+        assert!(note.contains("reload"), "{note:?}");
+        let before = hop_states(&v);
         assert_eq!(
-            before[0], "ok",
+            before[0].1, "ok",
             "the browser reached the frontend: {before:?}"
         );
-        assert!(before[1..].iter().all(|s| s == "unknown"), "{before:?}");
+        assert!(
+            before[1..].iter().all(|(_, s)| s == "unknown"),
+            "{before:?}"
+        );
         // The form posts without script; the answer is the whole page again.
         b.click(&b.find("#run-demo").unwrap()).unwrap();
-        let f2b = b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
-        assert_eq!(b.text(&f2b).unwrap(), "SUCCESS");
-        let states = hop_states(&b);
+        b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+        let v = view(&b);
+        assert_eq!(v.frontend_to_backend.as_deref(), Some("SUCCESS"));
+        let states = hop_states(&v);
         assert!(states.iter().all(|(_, st)| st == "ok"), "{states:?}");
         assert!(
             b.find("#lane-backend-files .mark").is_ok(),

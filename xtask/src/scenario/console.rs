@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use browser::{Browser, Options};
+use contract::page::View;
 use contract::{Cause, Holder, LIVE_REFRESH_MS, Workload};
 
 use super::Report;
@@ -39,23 +40,30 @@ fn open(lab: &dyn Lab, width: u32, height: u32, javascript: bool) -> anyhow::Res
     Ok(b)
 }
 
+/// The page as it is now, read in one script between two of its swaps (`contract::page`).
+fn view(b: &Browser) -> anyhow::Result<View> {
+    let v = b.script(contract::page::READ_VIEW)?;
+    serde_json::from_value(v.clone()).with_context(|| format!("the page's view does not read: {v}"))
+}
+
 /// Each hop's state as the page shows it, in order; the drawing must agree with the list.
-fn hops(b: &Browser) -> anyhow::Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    for li in b.find_all("#hops li")? {
-        let key = b.attribute(&li, "id")?.unwrap_or_default();
-        let key = key.trim_start_matches("hop-").to_string();
-        let state = b.attribute(&li, "data-state")?.unwrap_or_default();
-        let edge = b.find(&format!("#edge-{key}"))?;
-        let drawn = b.attribute(&edge, "data-state")?.unwrap_or_default();
-        ensure!(
-            state == drawn,
-            "hop {key}: the list says {state}, the drawing {drawn}"
-        );
-        out.push((key, state));
-    }
+fn hops(v: &View) -> anyhow::Result<Vec<(String, String)>> {
+    let out: Vec<(String, String)> = v
+        .states()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .map(|(k, s)| (k.to_owned(), s.to_owned()))
+        .collect();
     ensure!(!out.is_empty(), "the page shows no hops");
     Ok(out)
+}
+
+/// The words of one hop in the list.
+fn hop_text(v: &View, key: &str) -> anyhow::Result<String> {
+    Ok(v.hop(key)
+        .with_context(|| format!("the page shows no hop {key}"))?
+        .text
+        .clone())
 }
 
 fn line(hops: &[(String, String)]) -> String {
@@ -87,10 +95,6 @@ fn no_horizontal_scroll(b: &Browser) -> anyhow::Result<(i64, i64)> {
     Ok((scroll, client))
 }
 
-fn text(b: &Browser, css: &str) -> anyhow::Result<String> {
-    Ok(b.text(&b.find(css)?)?)
-}
-
 pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()> {
     let dir = shots();
     let runtime = lab.label().split(' ').next().unwrap_or("lab").to_string();
@@ -102,14 +106,15 @@ pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     for (w, h) in SIZES {
         let b = open(lab, w, h, true)?;
         press_run_demo(&b)?;
-        let hops = hops(&b)?;
+        let v = view(&b)?;
+        let hops = hops(&v)?;
         ensure!(
             hops.len() == 5 && hops.iter().all(|(_, s)| s == "ok"),
             "not every hop passed: {}",
             line(&hops)
         );
-        let envoys = text(&b, "#hop-envoy-envoy")?;
-        let db = text(&b, "#hop-backend-postgres")?;
+        let envoys = hop_text(&v, "envoy-envoy")?;
+        let db = hop_text(&v, "backend-postgres")?;
         ensure!(
             envoys.contains(&frontend) && envoys.contains(&backend),
             "the Envoy ⇒ Envoy hop does not show both proven IDs: {envoys}"
@@ -139,11 +144,13 @@ pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     step("without JavaScript: the page as served, and Run Demo as a plain form");
     let b = open(lab, 1280, 800, false)?;
     ensure!(
-        text(&b, "#no-refresh")?.contains("reload"),
+        view(&b)?
+            .no_refresh_note
+            .is_some_and(|n| n.contains("reload")),
         "the note for a page without script is missing"
     );
     press_run_demo(&b)?;
-    let hops_nojs = hops(&b)?;
+    let hops_nojs = hops(&view(&b)?)?;
     ensure!(
         hops_nojs.iter().all(|(_, s)| s == "ok"),
         "without JavaScript, not every hop passed: {}",
@@ -289,14 +296,15 @@ fn denied_page(
     for (w, h) in SIZES {
         let b = open(lab, w, h, true)?;
         press_run_demo(&b)?;
-        let hops = hops(&b)?;
+        let v = view(&b)?;
+        let hops = hops(&v)?;
         let want = ["ok", "ok", "failed", "not-reached", "not-reached"];
         ensure!(
             hops.iter().map(|(_, s)| s.as_str()).eq(want),
             "after an RBAC denial the hops read {}, not {want:?}",
             line(&hops)
         );
-        let why = text(&b, "#hop-envoy-envoy")?;
+        let why = hop_text(&v, "envoy-envoy")?;
         ensure!(
             why.contains("RBAC"),
             "the failed hop does not say RBAC: {why}"
