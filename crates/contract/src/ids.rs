@@ -24,6 +24,8 @@ pub enum Workload {
     Frontend,
     Backend,
     Postgres,
+    /// The third pattern: gets its SVIDs from the Workload API itself, no sidecar, no files.
+    Ledger,
 }
 
 impl Workload {
@@ -35,6 +37,7 @@ impl Workload {
             Workload::Frontend => "frontend",
             Workload::Backend => "backend",
             Workload::Postgres => "postgres",
+            Workload::Ledger => "ledger",
         }
     }
 
@@ -49,6 +52,7 @@ impl Workload {
             Workload::Frontend => None,
             Workload::Backend => Some("backend"),
             Workload::Postgres => Some("postgres"),
+            Workload::Ledger => Some("ledger"),
         }
     }
 }

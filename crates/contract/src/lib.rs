@@ -9,6 +9,7 @@
 pub mod api;
 pub mod envoy;
 pub mod ids;
+pub mod ledger;
 pub mod logs;
 pub mod metrics;
 pub mod page;

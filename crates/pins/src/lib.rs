@@ -179,6 +179,13 @@ pub fn cache_dir() -> PathBuf {
 /// `postgres` user it runs as instead cannot reach root's home, where the cache is.
 pub const SHARED_PREFIX: &str = "/opt/spire-lab";
 
+impl Spire {
+    /// Where `cargo xtask deps` builds `spire-server` and `spire-agent`.
+    pub fn bin_dir(&self) -> PathBuf {
+        cache_dir().join(format!("spire-{}/bin", self.version))
+    }
+}
+
 impl Postgres {
     /// The pinned server's `bin/` (postgres, initdb, pg_ctl): `$LAB_PG_BIN` (e.g. nixpkgs' in
     /// `nix develop`) when it is this major, else what `cargo xtask deps` unpacked.

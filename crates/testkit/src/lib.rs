@@ -3,8 +3,10 @@
 //! A missing binary is a test failure that says how to install it, never a skip.
 
 pub mod postgres;
+pub mod spire;
 
 pub use postgres::{BACKEND_ID, POSTGRES_ID, Postgres, free_port};
+pub use spire::Spire;
 
 use std::path::{Path, PathBuf};
 

@@ -328,7 +328,7 @@ fn ensure_kube(sh: &Shell, pins: &Pins) -> anyhow::Result<()> {
 /// Finds every tool without installing anything; a missing one is an error naming the fix.
 pub fn find(pins: &Pins) -> anyhow::Result<Tools> {
     let cache = cache_dir();
-    let spire_bin = cache.join(format!("spire-{}/bin", pins.spire.version));
+    let spire_bin = pins.spire.bin_dir();
     let missing = |what: &str| anyhow::anyhow!("{what} is not installed: run `cargo xtask deps`");
     Ok(Tools {
         spire_server: pinned(
@@ -494,7 +494,7 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
     println!("cache: {}", cache.display());
     let mut apt = Apt::default();
 
-    let spire_bin = cache.join(format!("spire-{}/bin", pins.spire.version));
+    let spire_bin = pins.spire.bin_dir();
     if pinned(
         "spire-server",
         &spire_bin.join("spire-server"),

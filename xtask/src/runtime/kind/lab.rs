@@ -895,6 +895,7 @@ impl Lab for KindLab {
                 format!("http://127.0.0.1:{FWD_BACKEND_HEALTH}/metrics")
             }
             contract::Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
+            contract::Workload::Ledger => anyhow::bail!("the ledger serves no /metrics"),
         };
         crate::probe::scrape(&url)
     }

@@ -218,6 +218,7 @@ pub fn workload_uid(w: Workload) -> u32 {
         Workload::Frontend => 64801,
         Workload::Backend => 64802,
         Workload::Postgres => 64803,
+        Workload::Ledger => 64804,
     }
 }
 
@@ -235,7 +236,7 @@ pub fn node_of(w: Workload) -> &'static str {
     match w {
         Workload::Frontend => NODES[0],
         Workload::Backend => NODES[1],
-        Workload::Postgres => NODES[2],
+        Workload::Postgres | Workload::Ledger => NODES[2],
     }
 }
 

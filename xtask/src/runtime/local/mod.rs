@@ -384,6 +384,7 @@ impl Lab for LocalLab {
                 self.reach(Pod::Backend, self.ports().backend_health)?
             ),
             Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
+            Workload::Ledger => anyhow::bail!("the ledger serves no /metrics"),
         };
         crate::probe::scrape(&url)
     }

@@ -71,6 +71,7 @@ impl Pod {
             Pod::Node(Workload::Frontend) => 3,
             Pod::Node(Workload::Backend) => 4,
             Pod::Node(Workload::Postgres) => 5,
+            Pod::Node(Workload::Ledger) => 8,
             Pod::Frontend => 10,
             Pod::Backend => 11,
             Pod::Postgres => 12,
