@@ -17,9 +17,9 @@
     {
       packages = forAllSystems (pkgs:
         let r = rust pkgs; in {
-          inherit (r) frontend backend xtask;
+          inherit (r) frontend backend ledger xtask;
           default = r.xtask;
-        } // import ./nix/images.nix { inherit pkgs; inherit (r) frontend backend; });
+        } // import ./nix/images.nix { inherit pkgs; inherit (r) frontend backend ledger; });
 
       devShells = forAllSystems (pkgs: {
         default = import ./nix/shell.nix { inherit pkgs pins; };

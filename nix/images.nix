@@ -1,6 +1,6 @@
-# OCI images of the two services: only the binary and CA certificates, a fixed tag, no root.
+# OCI images of the three services: only the binary and CA certificates, a fixed tag, no root.
 # Load into kind with: $(nix build --print-out-paths .#frontend-image) | docker load
-{ pkgs, frontend, backend }:
+{ pkgs, frontend, backend, ledger }:
 let
   image = name: pkg: pkgs.dockerTools.streamLayeredImage {
     name = "spire-lab/${name}";
@@ -16,4 +16,5 @@ in
 {
   frontend-image = image "frontend" frontend;
   backend-image = image "backend" backend;
+  ledger-image = image "ledger" ledger;
 }

@@ -35,6 +35,7 @@ in
 {
   frontend = crate "frontend";
   backend = crate "backend";
+  ledger = crate "ledger";
   xtask = crate "xtask";
 
   checks = {

@@ -40,6 +40,9 @@ impl Demo {
             link("Frontend to Backend", &r.frontend_to_backend),
             link("Backend to DB", &r.backend_to_db)
         );
+        if let Some(ledger) = &r.backend_to_ledger {
+            s += &format!(" | {}", link("Backend to Ledger", ledger));
+        }
         if !r.orders.is_empty() {
             s += &format!(" | {} orders", r.orders.len());
         }
@@ -58,6 +61,24 @@ pub fn run_demo(frontend_url: &str) -> anyhow::Result<Demo> {
     Ok(Demo { result, took })
 }
 
+/// Whether a Run Demo records itself in the ledger. The bench skips it on both profiles: the
+/// plaintext baseline has no ledger, and each profile must do the same work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ledger {
+    Record,
+    Skip,
+}
+
+impl Ledger {
+    /// The frontend's Run Demo path for it.
+    pub fn path(self) -> &'static str {
+        match self {
+            Ledger::Record => "/api/run-demo",
+            Ledger::Skip => "/api/run-demo?ledger=skip",
+        }
+    }
+}
+
 /// Run Demo calls one after the other over one keep-alive connection.
 pub struct Caller {
     agent: ureq::Agent,
@@ -65,14 +86,14 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn new(frontend_url: &str) -> Caller {
+    pub fn new(frontend_url: &str, ledger: Ledger) -> Caller {
         Caller {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(5)))
                 .build()
                 .into(),
-            target: format!("{frontend_url}/api/run-demo"),
+            target: format!("{frontend_url}{}", ledger.path()),
         }
     }
 
@@ -146,12 +167,12 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(frontend_url: &str, workers: usize, pause: Duration) -> Load {
+    pub fn start(frontend_url: &str, ledger: Ledger, workers: usize, pause: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..workers)
             .map(|_| {
                 let (stop, url) = (stop.clone(), frontend_url.to_owned());
-                std::thread::spawn(move || worker(&url, &stop, pause))
+                std::thread::spawn(move || worker(&url, ledger, &stop, pause))
             })
             .collect();
         Load { stop, workers }
@@ -170,17 +191,22 @@ impl Load {
     }
 
     /// Calls for `length` with no pause; the tally and the seconds it really took.
-    pub fn run_for(frontend_url: &str, workers: usize, length: Duration) -> (Tally, f64) {
+    pub fn run_for(
+        frontend_url: &str,
+        ledger: Ledger,
+        workers: usize,
+        length: Duration,
+    ) -> (Tally, f64) {
         let started = Instant::now();
-        let load = Load::start(frontend_url, workers, Duration::ZERO);
+        let load = Load::start(frontend_url, ledger, workers, Duration::ZERO);
         std::thread::sleep(length);
         let tally = load.finish();
         (tally, started.elapsed().as_secs_f64())
     }
 }
 
-fn worker(frontend_url: &str, stop: &AtomicBool, pause: Duration) -> Tally {
-    let caller = Caller::new(frontend_url);
+fn worker(frontend_url: &str, ledger: Ledger, stop: &AtomicBool, pause: Duration) -> Tally {
+    let caller = Caller::new(frontend_url, ledger);
     let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();

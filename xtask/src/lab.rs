@@ -28,6 +28,8 @@ pub enum Component {
     EnvoyBackend,
     EnvoyFrontend,
     Frontend,
+    /// The third pattern: its SVIDs from the Workload API itself, no sidecar.
+    Ledger,
 }
 
 impl Component {
@@ -36,7 +38,7 @@ impl Component {
         (0..SERVER_REPLICAS).map(Component::SpireServer)
     }
 
-    pub const ALL: [Component; 13] = [
+    pub const ALL: [Component; 14] = [
         Component::SpireDatastore,
         Component::SpireServer(0),
         Component::SpireServer(1),
@@ -50,6 +52,7 @@ impl Component {
         Component::EnvoyBackend,
         Component::EnvoyFrontend,
         Component::Frontend,
+        Component::Ledger,
     ];
 
     pub fn name(self) -> String {
@@ -64,6 +67,7 @@ impl Component {
             Component::EnvoyBackend => "envoy-backend".into(),
             Component::EnvoyFrontend => "envoy-frontend".into(),
             Component::Frontend => "frontend".into(),
+            Component::Ledger => "ledger".into(),
         }
     }
 
@@ -193,6 +197,29 @@ impl Holding {
             ))),
         })
     }
+
+    /// The SVID the ledger holds in memory, from its health listener's `/readyz` at `health`
+    /// (host:port).
+    pub fn of_ledger(health: &str) -> anyhow::Result<Holding> {
+        use anyhow::Context;
+        let s = ledger_status(health)?;
+        Ok(Holding {
+            holder: Holder::Ledger,
+            spiffe_id: s.spiffe_id,
+            serial: s.serial.with_context(|| {
+                format!("the ledger holds no SVID: {}", s.reason.unwrap_or_default())
+            })?,
+            seconds_left: s.seconds_left,
+        })
+    }
+}
+
+/// The ledger's `/readyz` (its SVID, its bundle's CAs) at `health` (host:port), ready or not.
+pub fn ledger_status(health: &str) -> anyhow::Result<contract::ledger::LedgerStatus> {
+    use anyhow::Context;
+    let (_, body) = crate::probe::get(&format!("http://{health}/readyz")).context("ledger")?;
+    serde_json::from_str(&body)
+        .with_context(|| format!("the ledger's /readyz does not read: {body}"))
 }
 
 /// What a scenario may do to a running lab, on either runtime. A runtime answers for itself;
@@ -230,6 +257,8 @@ pub trait Lab {
     fn spire_metrics(&self, c: Component) -> anyhow::Result<contract::metrics::Scrape>;
     /// host:port of the backend Envoy's mTLS listener, reachable from here.
     fn backend_envoy_addr(&self) -> String;
+    /// host:port of the ledger's own mTLS listener, reachable from here.
+    fn ledger_addr(&self) -> String;
     /// Asks the Workload API for an SVID from a workload no entry describes (locally a process
     /// on the backend's node, on kind a pod with service account `rogue`).
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String>;

@@ -37,12 +37,12 @@ impl crate::flags::Pins {
                     "  kind           {} (cluster {})",
                     pins.kind.version, pins.kind.cluster_name
                 );
+                let services: Vec<&str> = pins.services.all().iter().map(|(_, i)| *i).collect();
                 println!(
-                    "  SPIFFE CSI     {}; the lab's services {} ({}, {})",
+                    "  SPIFFE CSI     {}; the lab's services {} ({})",
                     pins.spiffe_csi_driver.version,
                     pins.services.version,
-                    pins.services.frontend_image,
-                    pins.services.backend_image
+                    services.join(", ")
                 );
                 println!(
                     "  without Nix    manifests/images/Dockerfile builds on {} and runs on {}",

@@ -9,11 +9,12 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use contract::{BackendIdentity, Orders, Readiness, SvidState};
+use contract::ledger::{LedgerWrite, NewEntry};
+use contract::{BackendIdentity, Orders, Readiness, Run, SvidState};
 use serde_json::json;
 
 use crate::error::{AppError, Result};
-use crate::{Database, Metrics, SvidSource};
+use crate::{Database, LedgerClient, Metrics, SvidSource};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,6 +23,7 @@ pub struct AppState {
     metrics: Arc<Metrics>,
     /// The benchmark's plaintext baseline: readiness does not ask for an SVID.
     plaintext: bool,
+    ledger: Option<Arc<LedgerClient>>,
 }
 
 impl AppState {
@@ -31,13 +33,21 @@ impl AppState {
             db,
             metrics: Arc::default(),
             plaintext,
+            ledger: None,
         }
+    }
+
+    /// Where Run Demos are recorded (`POST /api/runs`).
+    pub fn with_ledger(mut self, ledger: Option<Arc<LedgerClient>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 }
 
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/orders", get(orders))
+        .route("/api/runs", axum::routing::post(runs))
         .route("/api/identity", get(identity))
         .route("/healthz", get(|| async { Json(json!({ "live": true })) }))
         .route("/readyz", get(readyz))
@@ -62,7 +72,7 @@ async fn log_request(
     let peer = peer.as_deref().unwrap_or("-");
     // The orders, and anything refused, at info; probes and the console's polling of
     // `/api/identity` (every few seconds) at debug.
-    if path != "/api/orders" && status < 400 {
+    if !matches!(path.as_str(), "/api/orders" | "/api/runs") && status < 400 {
         tracing::debug!(peer_spiffe_id = peer, %method, path, status, micros, "request");
     } else {
         tracing::info!(peer_spiffe_id = peer, %method, path, status, micros, "request");
@@ -95,20 +105,55 @@ pub fn caller_from_xfcc(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Orders>> {
+    read_orders(&s, &headers).await.map(Json)
+}
+
+/// A Run Demo: the orders, then an entry in the ledger. The orders failing is the backend's
+/// error (503); the ledger failing is told in `ledger.link`, with the orders.
+async fn runs(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Run>> {
+    let orders = read_orders(&s, &headers).await?;
+    let ledger = match &s.ledger {
+        Some(ledger) => {
+            ledger
+                .record(&NewEntry {
+                    orders: orders.orders.len() as u32,
+                    caller: orders.caller.clone(),
+                })
+                .await
+        }
+        None => LedgerWrite {
+            link: contract::Link::failed(
+                contract::Cause::LedgerUnreachable,
+                "this backend has no ledger configured (--ledger-addr)",
+            ),
+            entry: None,
+            ledger_spiffe_id: None,
+        },
+    };
+    if !ledger.link.succeeded() {
+        tracing::warn!(
+            reason = ledger.link.reason.as_deref().unwrap_or(""),
+            "Run Demo not recorded in the ledger"
+        );
+    }
+    Ok(Json(Run { orders, ledger }))
+}
+
+async fn read_orders(s: &AppState, headers: &HeaderMap) -> Result<Orders> {
     let started = Instant::now();
     let orders = s.db.orders().await;
     s.metrics.db_query(started.elapsed());
     let orders = orders?;
-    let body = Json(Orders {
+    let body = Orders {
         orders,
-        caller: caller_from_xfcc(&headers),
+        caller: caller_from_xfcc(headers),
         backend: s
             .svids
             .current()
             .ok()
             .map(|svid| svid.spiffe_id.to_string()),
         db_server: s.db.last_server(),
-    });
+    };
     s.metrics.orders(started.elapsed());
     Ok(body)
 }

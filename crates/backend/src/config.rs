@@ -46,6 +46,20 @@ pub struct Config {
     pub db_timeout_ms: u64,
     #[arg(long, env = "BACKEND_DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: usize,
+    /// The ledger, `host:port`, where each Run Demo is recorded (`POST /api/runs`); none: Run
+    /// Demo's third link says the backend has no ledger.
+    #[arg(long, env = "BACKEND_LEDGER_ADDR")]
+    pub ledger_addr: Option<String>,
+    /// The SPIFFE ID the ledger's server certificate must carry.
+    #[arg(
+        long,
+        env = "BACKEND_LEDGER_SPIFFE_ID",
+        default_value_t = contract::Workload::Ledger.spiffe_id().parse().expect("a SPIFFE ID")
+    )]
+    pub ledger_spiffe_id: SpiffeId,
+    /// Upper bound for recording one entry in the ledger, handshake included, in milliseconds.
+    #[arg(long, env = "BACKEND_LEDGER_TIMEOUT_MS", default_value_t = 1500)]
+    pub ledger_timeout_ms: u64,
     /// For the benchmark's plaintext baseline only (`cargo xtask bench`): talk to PostgreSQL
     /// without TLS and without an SVID. Never use it elsewhere; the lab refuses plaintext.
     #[arg(long, hide = true)]
@@ -58,6 +72,24 @@ pub struct Config {
 impl Config {
     pub fn svid_poll(&self) -> Duration {
         Duration::from_millis(self.svid_poll_ms.max(50))
+    }
+
+    pub fn ledger_timeout(&self) -> Duration {
+        Duration::from_millis(self.ledger_timeout_ms.max(100))
+    }
+
+    /// The ledger's host and port, or why they cannot be read.
+    pub fn ledger(&self) -> anyhow::Result<Option<(String, u16)>> {
+        let Some(addr) = &self.ledger_addr else {
+            return Ok(None);
+        };
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--ledger-addr {addr:?}: expected host:port"))?;
+        let port = port
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--ledger-addr {addr:?}: the port: {e}"))?;
+        Ok(Some((host.to_owned(), port)))
     }
 
     pub fn db_timeout(&self) -> Duration {

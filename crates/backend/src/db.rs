@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use contract::{Cause, Order, PeerCert};
 use deadpool::managed::{self, Metrics, Pool, RecycleError, RecycleResult};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use openssl::x509::store::X509StoreBuilder;
 use postgres_openssl::MakeTlsConnector;
-use svid::{SpiffeId, spiffe_id_of};
+use svid::SpiffeId;
 use tokio_postgres::config::SslMode;
 
+use crate::mtls::Seen;
 use crate::svid_source::Unusable;
 use crate::{Config, SvidSource};
 
@@ -75,13 +74,6 @@ pub struct Database {
     last_server: Arc<Mutex<Option<PeerCert>>>,
 }
 
-/// What the verify callback saw of the server's leaf certificate during one handshake.
-#[derive(Default)]
-struct Seen {
-    leaf: Option<PeerCert>,
-    chain_error: Option<String>,
-}
-
 impl Manager {
     fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -89,39 +81,8 @@ impl Manager {
 
     fn tls(&self, seen: Arc<Mutex<Seen>>) -> Result<MakeTlsConnector, DbError> {
         let svid = self.svids.current().map_err(DbError::NoSvid)?;
-        let tls_err = |e: openssl::error::ErrorStack| DbError::Tls(e.to_string());
-        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(tls_err)?;
-        b.set_certificate(svid.leaf()).map_err(tls_err)?;
-        for intermediate in &svid.chain[1..] {
-            b.add_extra_chain_cert(intermediate.clone())
-                .map_err(tls_err)?;
-        }
-        b.set_private_key(&svid.key).map_err(tls_err)?;
-        let mut store = X509StoreBuilder::new().map_err(tls_err)?;
-        for ca in &svid.bundle {
-            store.add_cert(ca.clone()).map_err(tls_err)?;
-        }
-        b.set_verify_cert_store(store.build()).map_err(tls_err)?;
-        let expected = self.expected.clone();
-        b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
-            if ctx.error_depth() != 0 {
-                return chain_ok;
-            }
-            let mut seen = seen.lock().unwrap();
-            let Some(cert) = ctx.current_cert() else {
-                return false;
-            };
-            let id = spiffe_id_of(cert).ok();
-            seen.leaf = Some(PeerCert {
-                spiffe_id: id.as_ref().map(|i| i.to_string()),
-                serial: svid::serial_hex(cert),
-                not_after: svid::unix_time(cert.not_after()),
-            });
-            if !chain_ok {
-                seen.chain_error = Some(ctx.error().to_string());
-            }
-            chain_ok && id.as_ref() == Some(&expected)
-        });
+        let b = crate::mtls::connector(&svid, self.expected.clone(), seen)
+            .map_err(|e| DbError::Tls(e.to_string()))?;
         let mut connector = MakeTlsConnector::new(b.build());
         // The server is identified by its SPIFFE ID, checked above, not by a hostname.
         connector.set_callback(|conf, _host| {
@@ -135,20 +96,8 @@ impl Manager {
         if let Some(db) = e.as_db_error() {
             return DbError::Refused(db.message().to_owned());
         }
-        if let Some(leaf) = &seen.leaf {
-            let shown = leaf.spiffe_id.as_deref().unwrap_or("no SPIFFE ID");
-            if let Some(chain) = &seen.chain_error {
-                return DbError::Tls(format!(
-                    "PostgreSQL's certificate ({shown}, serial {}) does not chain to our trust bundle: {chain}",
-                    leaf.serial
-                ));
-            }
-            if leaf.spiffe_id.as_deref() != Some(self.expected.as_str()) {
-                return DbError::Tls(format!(
-                    "PostgreSQL presented SPIFFE ID {shown} (serial {}), expected {}",
-                    leaf.serial, self.expected
-                ));
-            }
+        if let Some(refused) = seen.refusal("PostgreSQL", &self.expected) {
+            return DbError::Tls(refused);
         }
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(e);

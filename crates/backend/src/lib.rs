@@ -7,7 +7,9 @@ mod api;
 mod config;
 mod db;
 mod error;
+mod ledger;
 mod metrics;
+mod mtls;
 mod svid_source;
 
 use std::future::Future;
@@ -17,6 +19,7 @@ pub use api::{AppState, app, health_app};
 pub use config::Config;
 pub use db::{Database, DbError};
 pub use error::AppError;
+pub use ledger::LedgerClient;
 pub use metrics::Metrics;
 pub use svid_source::{SvidSource, Unusable};
 
@@ -29,7 +32,16 @@ pub async fn start(config: &Config) -> anyhow::Result<AppState> {
     if config.db_insecure_plaintext {
         tracing::warn!("PLAINTEXT to PostgreSQL and no SVID: a benchmark baseline, not the lab");
     }
-    Ok(AppState::new(svids, db, config.db_insecure_plaintext))
+    let ledger = config.ledger()?.map(|(host, port)| {
+        Arc::new(LedgerClient::new(
+            host,
+            port,
+            config.ledger_spiffe_id.clone(),
+            svids.clone(),
+            config.ledger_timeout(),
+        ))
+    });
+    Ok(AppState::new(svids, db, config.db_insecure_plaintext).with_ledger(ledger))
 }
 
 /// Runs the API until `shutdown` resolves.

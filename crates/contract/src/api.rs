@@ -36,6 +36,12 @@ pub enum Cause {
     DbTls,
     /// PostgreSQL refused the login or the query.
     DbRefused,
+    /// The ledger refused the backend's SPIFFE ID.
+    LedgerRefused,
+    /// TLS with the ledger failed (its certificate or ID, or ours, refused).
+    LedgerTls,
+    /// Nothing answered at the ledger's address in time.
+    LedgerUnreachable,
     NotFound,
     MethodNotAllowed,
     /// An answer nobody expected.
@@ -116,6 +122,14 @@ pub struct Orders {
     pub db_server: Option<PeerCert>,
 }
 
+/// The backend's `POST /api/runs`: the orders, then the Run Demo recorded in the ledger.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Run {
+    #[serde(flatten)]
+    pub orders: Orders,
+    pub ledger: crate::ledger::LedgerWrite,
+}
+
 /// The backend's error body, with any 4xx or 5xx.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -174,6 +188,16 @@ pub struct RunDemo {
     /// The hop where the Run Demo failed, when it is known.
     #[serde(default)]
     pub failed_at: Option<Hop>,
+    /// The backend recording the Run Demo in the ledger; none when it was not asked to
+    /// (`POST /api/run-demo?ledger=skip`, the bench's way to time the same work on both profiles).
+    #[serde(default)]
+    pub backend_to_ledger: Option<Link>,
+    /// The entry the ledger recorded.
+    #[serde(default)]
+    pub ledger_entry: Option<u64>,
+    /// The ledger's SPIFFE ID as the backend checked it.
+    #[serde(default)]
+    pub ledger_spiffe_id: Option<String>,
     pub elapsed_ms: u64,
 }
 
@@ -195,15 +219,19 @@ pub enum Hop {
     EnvoyBackend,
     /// The backend to PostgreSQL: mTLS with spiffe-helper's files, the SPIFFE ID checked at login.
     BackendPostgres,
+    /// The backend to the ledger, after the orders: mTLS with the backend's files against the
+    /// ledger's own SVID from the Workload API; the ledger checks the caller's SPIFFE ID.
+    BackendLedger,
 }
 
 impl Hop {
-    pub const ALL: [Hop; 5] = [
+    pub const ALL: [Hop; 6] = [
         Hop::BrowserFrontend,
         Hop::FrontendEnvoy,
         Hop::EnvoyEnvoy,
         Hop::EnvoyBackend,
         Hop::BackendPostgres,
+        Hop::BackendLedger,
     ];
 
     /// The element id the page gives it, and its name on the wire.
@@ -214,15 +242,17 @@ impl Hop {
             Hop::EnvoyEnvoy => "envoy-envoy",
             Hop::EnvoyBackend => "envoy-backend",
             Hop::BackendPostgres => "backend-postgres",
+            Hop::BackendLedger => "backend-ledger",
         }
     }
 }
 
 impl RunDemo {
-    /// Both links succeeded and orders came back.
+    /// Every link asked for succeeded and orders came back.
     pub fn succeeded(&self) -> bool {
         self.frontend_to_backend.succeeded()
             && self.backend_to_db.succeeded()
+            && self.backend_to_ledger.as_ref().is_none_or(Link::succeeded)
             && !self.orders.is_empty()
     }
 }
@@ -239,14 +269,17 @@ pub enum Holder {
     BackendFiles,
     /// The certificate PostgreSQL serves (written by its spiffe-helper).
     PostgresServer,
+    /// The ledger's SVID, held in memory from the Workload API.
+    Ledger,
 }
 
 impl Holder {
-    pub const ALL: [Holder; 4] = [
+    pub const ALL: [Holder; 5] = [
         Holder::FrontendEnvoy,
         Holder::BackendEnvoy,
         Holder::BackendFiles,
         Holder::PostgresServer,
+        Holder::Ledger,
     ];
 
     /// Its name on the wire, in metric labels and in the page's element ids.
@@ -256,6 +289,7 @@ impl Holder {
             Holder::BackendEnvoy => "backend-envoy",
             Holder::BackendFiles => "backend-files",
             Holder::PostgresServer => "postgres-server",
+            Holder::Ledger => "ledger",
         }
     }
 
@@ -272,6 +306,7 @@ impl std::fmt::Display for Holder {
             Holder::BackendEnvoy => "backend Envoy",
             Holder::BackendFiles => "backend files",
             Holder::PostgresServer => "PostgreSQL server cert",
+            Holder::Ledger => "ledger (Workload API)",
         })
     }
 }

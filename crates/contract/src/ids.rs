@@ -29,7 +29,12 @@ pub enum Workload {
 }
 
 impl Workload {
-    pub const ALL: [Workload; 3] = [Workload::Frontend, Workload::Backend, Workload::Postgres];
+    pub const ALL: [Workload; 4] = [
+        Workload::Frontend,
+        Workload::Backend,
+        Workload::Postgres,
+        Workload::Ledger,
+    ];
 
     /// Its service account (on kind) and the last segment of its SPIFFE ID.
     pub fn service_account(self) -> &'static str {

@@ -199,6 +199,10 @@ pub struct LedgerStatus {
     pub entries: u64,
     /// Where it reaches the Workload API.
     pub workload_api: String,
+    /// The serials of the X.509 authorities in its bundle (upper-case hex): the CAs it checks
+    /// callers against.
+    #[serde(default)]
+    pub bundle_serials: Vec<String>,
 }
 
 /// `GET /whoami`: the caller's SPIFFE ID, from the client certificate it presented.

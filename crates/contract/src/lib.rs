@@ -17,6 +17,6 @@ pub mod time;
 
 pub use api::{
     BackendIdentity, Cause, CertHolder, ErrorBody, Holder, Hop, IdentityPanel, LIVE_REFRESH_MS,
-    Link, LinkStatus, Order, Orders, PeerCert, Readiness, RunDemo, SvidState,
+    Link, LinkStatus, Order, Orders, PeerCert, Readiness, Run, RunDemo, SvidState,
 };
 pub use ids::{NAMESPACE, TRUST_DOMAIN, Workload, workload_id};

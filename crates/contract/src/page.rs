@@ -16,6 +16,7 @@ return {
   }),
   frontend_to_backend: text('f2b-status'),
   backend_to_db: text('b2db-status'),
+  backend_to_ledger: text('b2l-status'),
   orders: document.querySelectorAll('#orders tr').length,
   no_refresh_note: text('no-refresh'),
 };
@@ -38,6 +39,9 @@ pub struct View {
     /// `SUCCESS`, `FAILED` or `UNKNOWN` after a Run Demo; none before.
     pub frontend_to_backend: Option<String>,
     pub backend_to_db: Option<String>,
+    /// None when the Run Demo did not ask to record in the ledger.
+    #[serde(default)]
+    pub backend_to_ledger: Option<String>,
     /// Rows of the orders table, its header included.
     pub orders: usize,
     /// The note shown to a browser without JavaScript (the page's script removes it).

@@ -3,7 +3,7 @@
 //! The Envoys in this lab prefix their own replies with who they are ("frontend Envoy:",
 //! "backend Envoy:", see their `local_reply_config`), so a failure can be put on the right hop.
 
-use contract::{Cause, ErrorBody, Hop, Link, Orders, RunDemo};
+use contract::{Cause, ErrorBody, Hop, Link, Orders, Run, RunDemo};
 
 use crate::{Config, Metrics};
 
@@ -34,6 +34,9 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
         db_server_spiffe_id: None,
         backend_spiffe_id: None,
         failed_at: None,
+        backend_to_ledger: None,
+        ledger_entry: None,
+        ledger_spiffe_id: None,
         elapsed_ms: 0,
     };
     let unreachable = |reason: String| backend_failed(Cause::Unreachable, reason);
@@ -49,22 +52,39 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
             None,
         ),
         Upstream::Failed(e) => (unreachable(format!("backend unreachable: {e}")), None),
-        Upstream::Answered { status: 200, body } => match serde_json::from_str::<Orders>(&body) {
-            Ok(orders) => {
-                result.orders = orders.orders;
-                result.caller_seen_by_backend = orders.caller;
-                result.backend_spiffe_id = orders.backend;
-                result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
-                ((Link::success(), Link::success()), None)
-            }
-            Err(e) => (
-                backend_failed(
-                    Cause::Unexpected,
-                    format!("the backend answered something unreadable: {e}"),
+        Upstream::Answered { status: 200, body } => {
+            // `POST /api/runs` answers the orders and the ledger's outcome; `GET /api/orders`
+            // the orders alone.
+            let (orders, ledger) = match serde_json::from_str::<Run>(&body) {
+                Ok(run) => (Ok(run.orders), Some(run.ledger)),
+                Err(_) => (serde_json::from_str::<Orders>(&body), None),
+            };
+            match orders {
+                Ok(orders) => {
+                    result.orders = orders.orders;
+                    result.caller_seen_by_backend = orders.caller;
+                    result.backend_spiffe_id = orders.backend;
+                    result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
+                    let at = ledger
+                        .as_ref()
+                        .filter(|l| !l.link.succeeded())
+                        .map(|_| Hop::BackendLedger);
+                    if let Some(ledger) = ledger {
+                        result.ledger_entry = ledger.entry.map(|e| e.id);
+                        result.ledger_spiffe_id = ledger.ledger_spiffe_id;
+                        result.backend_to_ledger = Some(ledger.link);
+                    }
+                    ((Link::success(), Link::success()), at)
+                }
+                Err(e) => (
+                    backend_failed(
+                        Cause::Unexpected,
+                        format!("the backend answered something unreadable: {e}"),
+                    ),
+                    Some(Hop::EnvoyBackend),
                 ),
-                Some(Hop::EnvoyBackend),
-            ),
-        },
+            }
+        }
         Upstream::Answered { status, body } => {
             if let Ok(err) = serde_json::from_str::<ErrorBody>(&body) {
                 // The backend itself answered: the first link worked.
@@ -153,11 +173,22 @@ fn explain_envoy_reply(status: u16, body: &str) -> (Cause, String, Option<Hop>) 
     )
 }
 
-/// Calls `GET /api/orders` through the frontend's Envoy and classifies the outcome.
-pub async fn run(http: &reqwest::Client, config: &Config, metrics: &Metrics) -> RunDemo {
+/// Calls the backend through the frontend's Envoy and classifies the outcome: `POST /api/runs`
+/// (the orders, then an entry in the ledger) when `record`, else `GET /api/orders`.
+pub async fn run(
+    http: &reqwest::Client,
+    config: &Config,
+    metrics: &Metrics,
+    record: bool,
+) -> RunDemo {
     let started = std::time::Instant::now();
-    let url = format!("{}/api/orders", config.backend_url.trim_end_matches('/'));
-    let upstream = match http.get(&url).send().await {
+    let base = config.backend_url.trim_end_matches('/');
+    let request = if record {
+        http.post(format!("{base}/api/runs"))
+    } else {
+        http.get(format!("{base}/api/orders"))
+    };
+    let upstream = match request.send().await {
         Ok(res) => {
             let status = res.status().as_u16();
             match res.text().await {
@@ -172,11 +203,17 @@ pub async fn run(http: &reqwest::Client, config: &Config, metrics: &Metrics) -> 
     };
     metrics.backend_call(started.elapsed());
     let mut result = classify(upstream, &config.backend_url);
+    if record && result.backend_to_ledger.is_none() {
+        result.backend_to_ledger = Some(Link::not_reached(
+            "not reached: the orders failed first, so nothing was recorded",
+        ));
+    }
     result.elapsed_ms = started.elapsed().as_millis() as u64;
-    if !result.frontend_to_backend.succeeded() || !result.backend_to_db.succeeded() {
+    if !result.succeeded() {
         tracing::warn!(
             frontend_to_backend = ?result.frontend_to_backend,
             backend_to_db = ?result.backend_to_db,
+            backend_to_ledger = ?result.backend_to_ledger,
             "run demo failed"
         );
     }
@@ -224,6 +261,27 @@ mod tests {
             Some("spiffe://example.org/ns/demo/sa/backend")
         );
         assert_eq!(r.failed_at, None);
+    }
+
+    #[test]
+    fn a_ledger_refusal_fails_only_the_third_link() {
+        let r = classify(
+            answered(
+                200,
+                r#"{"orders":[{"id":1,"description":"x","status":"shipped"}],"caller":"spiffe://example.org/ns/demo/sa/frontend","backend":"spiffe://example.org/ns/demo/sa/backend","db_server":null,"ledger":{"link":{"status":"FAILED","cause":"ledger_refused","reason":"refused by the ledger: spiffe://example.org/ns/demo/sa/backend may not record entries"},"entry":null,"ledger_spiffe_id":"spiffe://example.org/ns/demo/sa/ledger"}}"#,
+            ),
+            "e",
+        );
+        assert!(r.frontend_to_backend.succeeded() && r.backend_to_db.succeeded());
+        assert!(
+            r.backend_to_ledger
+                .as_ref()
+                .unwrap()
+                .failed_with(Cause::LedgerRefused)
+        );
+        assert_eq!(r.failed_at, Some(Hop::BackendLedger));
+        assert!(!r.succeeded());
+        assert_eq!(r.orders.len(), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use contract::envoy::Certs;
+use contract::ledger::LedgerStatus;
 use contract::time::seconds_until;
 use contract::{BackendIdentity, CertHolder, Holder, IdentityPanel, SvidState};
 use serde::de::DeserializeOwned;
@@ -15,9 +16,16 @@ const SOURCE_TIMEOUT: Duration = Duration::from_millis(700);
 pub async fn gather(http: &reqwest::Client, config: &Config) -> IdentityPanel {
     let certs_url = format!("{}/certs", config.envoy_admin_url.trim_end_matches('/'));
     let identity_url = format!("{}/api/identity", config.backend_url.trim_end_matches('/'));
-    let (certs, identity) = tokio::join!(fetch(http, &certs_url), fetch(http, &identity_url));
+    // The ledger through the frontend's Envoy too, which routes /ledger/ to it over mTLS.
+    let ledger_url = format!("{}/ledger/status", config.backend_url.trim_end_matches('/'));
+    let (certs, identity, ledger) = tokio::join!(
+        fetch(http, &certs_url),
+        fetch(http, &identity_url),
+        fetch(http, &ledger_url)
+    );
     let mut holders = vec![frontend_envoy(certs)];
     holders.extend(backend_holders(identity));
+    holders.push(ledger_holder(ledger));
     IdentityPanel { holders }
 }
 
@@ -95,6 +103,25 @@ pub fn backend_holders(identity: Result<BackendIdentity, String>) -> Vec<CertHol
         ),
     };
     vec![backend, postgres]
+}
+
+/// The ledger's SVID as it holds it in memory, from its `/status`.
+pub fn ledger_holder(status: Result<LedgerStatus, String>) -> CertHolder {
+    match status {
+        Ok(s) if s.ready => CertHolder {
+            holder: Holder::Ledger,
+            spiffe_id: s.spiffe_id,
+            serial: s.serial,
+            seconds_left: s.seconds_left,
+            note: None,
+        },
+        Ok(s) => CertHolder::unknown(
+            Holder::Ledger,
+            s.reason
+                .unwrap_or_else(|| "the ledger holds no SVID".into()),
+        ),
+        Err(e) => CertHolder::unknown(Holder::Ledger, e),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod config;
 mod console;
 mod demo;
 mod identity;
+mod inspector;
 mod metrics;
 mod page;
 
@@ -16,9 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::Html;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
@@ -59,6 +60,11 @@ pub fn app(state: AppState) -> Router {
         .route("/run-demo", post(run_demo_page).get(index))
         .route("/api/run-demo", post(run_demo_json))
         .route("/api/identity", get(identity_json))
+        .route("/inspector", get(inspector::page))
+        .route("/inspector/mint", post(inspector::mint))
+        .route("/inspector/validate-jwt", post(inspector::validate_jwt))
+        .route("/inspector/validate-x509", post(inspector::validate_x509))
+        .route("/inspector/svid.pem", get(inspector::svid_pem))
         .route("/metrics", get(metrics))
         .route(
             "/healthz",
@@ -85,7 +91,7 @@ async fn live(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn run_demo_page(State(s): State<AppState>) -> Html<String> {
-    let (_, panel) = tokio::join!(run_demo(&s), gather(&s));
+    let (_, panel) = tokio::join!(run_demo(&s, true), gather(&s));
     Html(render(&s, &panel, page::render))
 }
 
@@ -117,14 +123,36 @@ async fn sample(s: AppState) {
     }
 }
 
-async fn run_demo_json(State(s): State<AppState>) -> Json<contract::RunDemo> {
-    Json(run_demo(&s).await)
+#[derive(serde::Deserialize)]
+struct RunDemoQuery {
+    /// `skip`: the orders only, nothing recorded in the ledger (the bench times the same work on
+    /// both of its profiles so; the plaintext baseline has no ledger).
+    ledger: Option<String>,
+}
+
+async fn run_demo_json(
+    State(s): State<AppState>,
+    q: Result<axum::extract::Query<RunDemoQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let record = match q.map(|q| q.0.ledger) {
+        Ok(None) => true,
+        Ok(Some(v)) if v == "skip" => false,
+        Ok(Some(v)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("ledger={v:?}: the only value is `skip`"),
+            )
+                .into_response();
+        }
+        Err(e) => return (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    Json(run_demo(&s, record).await).into_response()
 }
 
 /// One Run Demo, counted and timed.
-async fn run_demo(s: &AppState) -> contract::RunDemo {
+async fn run_demo(s: &AppState, record: bool) -> contract::RunDemo {
     let started = Instant::now();
-    let result = demo::run(&s.http, &s.config, &s.metrics).await;
+    let result = demo::run(&s.http, &s.config, &s.metrics, record).await;
     let took = started.elapsed();
     s.metrics.run_demo(&result, took);
     let status = |l: &contract::Link| format!("{:?}", l.status).to_uppercase();
@@ -134,6 +162,8 @@ async fn run_demo(s: &AppState) -> contract::RunDemo {
         db_spiffe_id = result.db_server_spiffe_id.as_deref().unwrap_or("-"),
         frontend_to_backend = status(&result.frontend_to_backend),
         backend_to_db = status(&result.backend_to_db),
+        backend_to_ledger = result.backend_to_ledger.as_ref().map_or("-".into(), status),
+        ledger_entry = result.ledger_entry.unwrap_or(0),
         failed_at = result.failed_at.map_or("-", |h| h.key()),
         micros = took.as_micros() as u64,
         "run demo"

@@ -25,7 +25,7 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "
+pub(crate) const STYLE: &str = "
 body{font-family:system-ui,sans-serif;font-size:18px;margin:1rem auto;max-width:92rem;color:#1b1b1b;padding:0 1.5rem}
 h1{font-size:1.8rem;margin:.2rem 0}
 h2{font-size:1.3rem;margin:1.2rem 0 .4rem}
@@ -98,6 +98,7 @@ pub fn render(view: &View) -> String {
 <h1>SPIFFE/SPIRE zero-trust lab</h1>
 <p class="sub">frontend &rarr; Envoy &rArr; mTLS (SDS) &rArr; Envoy &rarr; backend &rArr; mTLS (spiffe-helper) &rArr; PostgreSQL</p>
 <div class="bar"><form method="post" action="/run-demo"><button id="run-demo" type="submit">Run Demo</button></form>
+<a id="to-inspector" href="/inspector">Identity inspector →</a>
 <span class="muted" id="no-refresh">This page shows the moment it was served: reload it to see a newer one.</span></div>
 <div id="live">{}</div>{}</body></html>"#,
         live(view),
@@ -199,14 +200,24 @@ pub fn hop_states(result: Option<&RunDemo>) -> Vec<(Hop, HopState)> {
     Hop::ALL
         .iter()
         .map(|&h| {
+            let ledger = r.backend_to_ledger.as_ref();
             let state = match r.failed_at {
+                // Not asked to record (the bench's `ledger=skip`): that hop was never tried.
+                _ if h == Hop::BackendLedger && ledger.is_none() => HopState::Unknown,
                 Some(at) if h < at => HopState::Ok,
-                Some(at) if h == at => HopState::Failed(if at == Hop::BackendPostgres {
-                    reason(b2db)
-                } else {
-                    reason(f2b)
+                Some(at) if h == at => HopState::Failed(match at {
+                    Hop::BackendPostgres => reason(b2db),
+                    Hop::BackendLedger => ledger.map(reason).unwrap_or_default(),
+                    _ => reason(f2b),
                 }),
                 Some(_) => HopState::NotReached,
+                None if h == Hop::BackendLedger => match ledger.map(|l| l.status) {
+                    Some(LinkStatus::Success) => HopState::Ok,
+                    Some(LinkStatus::Failed) => {
+                        HopState::Failed(ledger.map(reason).unwrap_or_default())
+                    }
+                    _ => HopState::NotReached,
+                },
                 None if h == Hop::BrowserFrontend => HopState::Ok,
                 None if f2b_hops.contains(&h) => match f2b.status {
                     LinkStatus::Success => HopState::Ok,
@@ -234,7 +245,9 @@ fn short_id(id: &str) -> String {
 /// The hop's pattern, and the SPIFFE IDs proven on it (client, server) when the last Run Demo
 /// proved them.
 fn proven(h: Hop, r: Option<&RunDemo>) -> (&'static str, Option<String>, Option<String>) {
-    let ok = r.filter(|r| r.succeeded());
+    // What each link proved stands on its own: a ledger refusal does not unprove PostgreSQL.
+    let ok = r.filter(|r| r.frontend_to_backend.succeeded() && r.backend_to_db.succeeded());
+    let ledger_ok = ok.filter(|r| r.backend_to_ledger.as_ref().is_some_and(Link::succeeded));
     match h {
         Hop::BrowserFrontend => ("HTTP: the UI", None, None),
         Hop::FrontendEnvoy => ("plain HTTP on the pod's loopback", None, None),
@@ -255,6 +268,11 @@ fn proven(h: Hop, r: Option<&RunDemo>) -> (&'static str, Option<String>, Option<
             "mTLS, spiffe-helper's files; the SPIFFE ID checked at login",
             ok.and_then(|r| r.backend_spiffe_id.clone()),
             ok.and_then(|r| r.db_server_spiffe_id.clone()),
+        ),
+        Hop::BackendLedger => (
+            "mTLS, the backend's files against the ledger's own SVID from the Workload API; the ledger checks the caller's ID",
+            ledger_ok.and_then(|r| r.backend_spiffe_id.clone()),
+            ledger_ok.and_then(|r| r.ledger_spiffe_id.clone()),
         ),
     }
 }
@@ -280,7 +298,23 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
     ];
     let (top, h) = (54, 64);
     let mid = top + h / 2;
-    out.push_str(r##"<svg id="topology-svg" viewBox="0 26 1200 144" role="img" aria-label="The path of a Run Demo, each hop coloured by the last result"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto"><path d="M0,0L10,5L0,10z" fill="context-stroke"/></marker></defs>"##);
+    // The ledger, a second row under PostgreSQL: the backend calls it after the orders.
+    let (lx, ly) = (xs[5], top + h + 80);
+    out.push_str(r##"<svg id="topology-svg" viewBox="0 26 1200 254" role="img" aria-label="The path of a Run Demo, each hop coloured by the last result"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto"><path d="M0,0L10,5L0,10z" fill="context-stroke"/></marker></defs>"##);
+    let _ = write!(
+        out,
+        r##"<rect x="{}" y="{}" width="{}" height="{}" rx="8" fill="none" stroke="#9aa7b8" stroke-dasharray="6 4"/><text x="{}" y="{}" font-size="13" fill="#5a6b80">pod ledger · no sidecar</text><rect x="{lx}" y="{ly}" width="{W}" height="{h}" rx="6" fill="#eef3fb" stroke="#1f5fbf"/><text x="{}" y="{}" font-size="16" font-weight="700" text-anchor="middle">ledger</text><text x="{}" y="{}" font-size="12" fill="#444" text-anchor="middle">Workload API</text>"##,
+        lx - 8,
+        ly - 22,
+        W + 16,
+        h + 30,
+        lx - 2,
+        ly - 8,
+        lx + W / 2,
+        ly + 28,
+        lx + W / 2,
+        ly + 48
+    );
     for (label, from, to) in [
         ("pod frontend", 1, 2),
         ("pod backend", 3, 4),
@@ -309,12 +343,29 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
         );
     }
     for (i, (hop, state)) in states.iter().enumerate() {
-        let (x0, x1) = (xs[i] + W, xs[i + 1]);
-        let cx = (x0 + x1) / 2;
+        // Every hop goes right to the next box, but the ledger's: down from the backend, then
+        // right to the ledger.
+        let ledger = *hop == Hop::BackendLedger;
+        let (x0, x1) = if ledger {
+            (xs[4] + W / 2, lx)
+        } else {
+            (xs[i] + W, xs[i + 1])
+        };
+        let (cx, y) = if ledger {
+            ((x0 + x1) / 2 + 20, ly + h / 2)
+        } else {
+            ((x0 + x1) / 2, mid)
+        };
+        let path = if ledger {
+            format!("M{x0},{} V{y} H{}", top + h, x1 - 2)
+        } else {
+            format!("M{x0},{mid} H{}", x1 - 2)
+        };
         let (_, client, server) = proven(*hop, r);
         let pattern = match hop {
             Hop::EnvoyEnvoy => "mTLS · SDS",
             Hop::BackendPostgres => "mTLS · files",
+            Hop::BackendLedger => "mTLS · files ⇒ Workload API",
             Hop::BrowserFrontend => "HTTP",
             _ => "local",
         };
@@ -325,9 +376,8 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
         };
         let _ = write!(
             out,
-            r##"<g id="edge-{key}" class="edge" data-state="{class}"><title>{title}</title><line x1="{x0}" y1="{mid}" x2="{}" y2="{mid}" stroke="{colour}" stroke-width="5"{dash} marker-end="url(#arrow)"/><text x="{cx}" y="{}" font-size="13" text-anchor="middle" fill="#222">{pattern}</text>"##,
-            x1 - 2,
-            mid - 10,
+            r##"<g id="edge-{key}" class="edge" data-state="{class}"><title>{title}</title><path d="{path}" fill="none" stroke="{colour}" stroke-width="5"{dash} marker-end="url(#arrow)"/><text x="{cx}" y="{}" font-size="13" text-anchor="middle" fill="#222">{pattern}</text>"##,
+            y - 10,
             key = hop.key(),
             class = state.class(),
             colour = state.colour(),
@@ -341,7 +391,7 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
             let _ = write!(
                 out,
                 r##"<text x="{cx}" y="{}" font-size="12" text-anchor="middle" fill="#1e4f8a">{}</text>"##,
-                mid + 20,
+                y + 20,
                 escape(&ids)
             );
         }
@@ -353,7 +403,7 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
         let _ = write!(
             out,
             r##"<text x="{cx}" y="{}" font-size="22" font-weight="700" text-anchor="middle" fill="{}">{mark}</text></g>"##,
-            top + h + 36,
+            if ledger { y + 44 } else { top + h + 36 },
             state.colour()
         );
     }
@@ -371,6 +421,7 @@ fn hop_list(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
             Hop::EnvoyEnvoy => "Envoy ⇒ Envoy",
             Hop::EnvoyBackend => "backend's Envoy → backend",
             Hop::BackendPostgres => "backend ⇒ PostgreSQL",
+            Hop::BackendLedger => "backend ⇒ ledger",
         };
         let mut detail = escape(pattern);
         if let Some(c) = client {
@@ -418,6 +469,19 @@ fn result(out: &mut String, r: &RunDemo) {
     out.push_str(r#"<section id="result"><h2>Last Run Demo</h2>"#);
     link_html(out, "f2b", "Frontend to Backend", &r.frontend_to_backend);
     link_html(out, "b2db", "Backend to DB", &r.backend_to_db);
+    if let Some(ledger) = &r.backend_to_ledger {
+        link_html(out, "b2l", "Backend to Ledger", ledger);
+        if let Some(entry) = r.ledger_entry {
+            let _ = write!(
+                out,
+                r#"<p class="muted">Recorded as entry <code id="ledger-entry">{entry}</code> in the ledger{}.</p>"#,
+                r.ledger_spiffe_id
+                    .as_deref()
+                    .map(|id| format!(", which proved <code>{}</code>", escape(id)))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Some(caller) = &r.caller_seen_by_backend {
         let _ = write!(
             out,
@@ -468,6 +532,7 @@ fn label(h: Holder) -> &'static str {
         Holder::BackendEnvoy => "backend Envoy (SDS)",
         Holder::BackendFiles => "backend (spiffe-helper files)",
         Holder::PostgresServer => "PostgreSQL server (as the backend saw it)",
+        Holder::Ledger => "ledger (Workload API, in memory)",
     }
 }
 
@@ -597,7 +662,7 @@ mod tests {
     fn each_hop_takes_its_state_from_where_the_run_demo_failed() {
         assert_eq!(
             states(None),
-            ["ok", "unknown", "unknown", "unknown", "unknown"]
+            ["ok", "unknown", "unknown", "unknown", "unknown", "unknown"]
         );
         let denied = crate::classify(
             crate::Upstream::Answered {
@@ -608,7 +673,14 @@ mod tests {
         );
         assert_eq!(
             states(Some(&denied)),
-            ["ok", "ok", "failed", "not-reached", "not-reached"]
+            [
+                "ok",
+                "ok",
+                "failed",
+                "not-reached",
+                "not-reached",
+                "unknown"
+            ]
         );
         let (_, state) = &hop_states(Some(&denied))[2];
         assert!(matches!(state, HopState::Failed(why) if why.contains("RBAC")));
@@ -619,12 +691,36 @@ mod tests {
             },
             "e",
         );
-        assert_eq!(states(Some(&db_down)), ["ok", "ok", "ok", "ok", "failed"]);
+        assert_eq!(
+            states(Some(&db_down)),
+            ["ok", "ok", "ok", "ok", "failed", "unknown"]
+        );
         let timed_out = crate::classify(crate::Upstream::TimedOut(5000), "e");
         assert_eq!(
             states(Some(&timed_out)),
-            ["ok", "failed", "failed", "failed", "not-reached"]
+            ["ok", "failed", "failed", "failed", "not-reached", "unknown"]
         );
+        // Asked to record: the ledger after the orders, not reached when they failed.
+        let mut recorded_db_down = db_down.clone();
+        recorded_db_down.backend_to_ledger = Some(contract::Link::not_reached("x"));
+        assert_eq!(
+            states(Some(&recorded_db_down)),
+            ["ok", "ok", "ok", "ok", "failed", "not-reached"]
+        );
+        let mut ledger_refused = crate::classify(
+            crate::Upstream::Answered {
+                status: 200,
+                body: r#"{"orders":[],"caller":null,"backend":null,"db_server":null,"ledger":{"link":{"status":"FAILED","cause":"ledger_tls","reason":"refused our SVID"},"entry":null,"ledger_spiffe_id":null}}"#.into(),
+            },
+            "e",
+        );
+        assert_eq!(
+            states(Some(&ledger_refused)),
+            ["ok", "ok", "ok", "ok", "ok", "failed"]
+        );
+        ledger_refused.failed_at = None;
+        let (_, state) = &hop_states(Some(&ledger_refused))[5];
+        assert!(matches!(state, HopState::Failed(why) if why.contains("refused our SVID")));
     }
 
     #[test]

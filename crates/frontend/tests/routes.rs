@@ -5,15 +5,13 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use axum::routing::get;
 use clap::Parser;
 use testkit::oneshot_json;
 
 /// Serves `status` and `body` on every path, on a free loopback port; returns its URL.
 async fn envoy_stand_in(status: u16, body: &'static str) -> String {
-    let app = axum::Router::new().fallback(get(move || async move {
-        (StatusCode::from_u16(status).unwrap(), body)
-    }));
+    let app = axum::Router::new()
+        .fallback(move || async move { (StatusCode::from_u16(status).unwrap(), body) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -148,4 +146,23 @@ async fn metrics_count_outcomes_by_link_and_cause() {
         2.0,
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn the_ledger_is_asked_unless_skipped_and_a_bad_value_is_refused() {
+    let app = frontend(&envoy_stand_in(403, "backend Envoy: RBAC: access denied").await);
+    let r = run_demo(&app).await;
+    assert_eq!(r["backend_to_ledger"]["status"], "UNKNOWN", "{r}");
+    let req = Request::post("/api/run-demo?ledger=skip")
+        .body(Body::empty())
+        .unwrap();
+    let (status, r) = oneshot_json(&app, req).await;
+    assert_eq!(status, 200);
+    assert!(r["backend_to_ledger"].is_null(), "{r}");
+    use tower::ServiceExt;
+    let req = Request::post("/api/run-demo?ledger=maybe")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 400);
 }

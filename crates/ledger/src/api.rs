@@ -238,7 +238,22 @@ fn status_of(s: &AppState) -> LedgerStatus {
         ),
         Err(_) => (None, None, None),
     };
+    let td: Option<spiffe::TrustDomain> = contract::TRUST_DOMAIN.try_into().ok();
+    let bundle_serials = s
+        .identity
+        .sources()
+        .zip(td)
+        .and_then(|(src, td)| src.x509.try_bundle_for_trust_domain(&td))
+        .map(|b| {
+            b.authorities()
+                .iter()
+                .filter_map(|a| inspect::decode(a.as_bytes()).ok())
+                .map(|c| c.serial)
+                .collect()
+        })
+        .unwrap_or_default();
     LedgerStatus {
+        bundle_serials,
         ready: held.is_ok(),
         spiffe_id: id,
         serial,

@@ -87,6 +87,69 @@ pub async fn serve(
     Ok(())
 }
 
+/// A ledger serving in this process on free loopback ports, as tests run it; it stops when
+/// dropped.
+pub struct InProcess {
+    pub api: SocketAddr,
+    pub health: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcess {
+    /// Starts serving (inside a Tokio runtime) with the Workload API at `workload_api`.
+    pub fn start(workload_api: String) -> InProcess {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+        };
+        let (api, health) = (free(), free());
+        let config = Config {
+            listen: api,
+            health_listen: Some(health),
+            workload_api,
+            log_format: contract::logs::LogFormat::Pretty,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            if let Err(e) = serve(config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                tracing::error!(error = %e, "the ledger stopped");
+            }
+        });
+        InProcess {
+            api,
+            health,
+            stop: Some(stop),
+        }
+    }
+
+    /// Waits until the mTLS listener accepts connections (it binds once there is an SVID).
+    pub async fn wait_listening(&self, within: Duration) -> anyhow::Result<()> {
+        let start = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(self.api).await.is_err() {
+            anyhow::ensure!(
+                start.elapsed() < within,
+                "the ledger did not listen on {} within {within:?}",
+                self.api
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -16,82 +16,28 @@ use contract::ledger::{
 use testkit::Spire;
 use testkit::spire::Minted;
 
-struct Ledger {
-    api: SocketAddr,
-    health: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+use ledger::InProcess as Ledger;
+
+async fn readyz(ledger: &Ledger) -> (u16, LedgerStatus) {
+    let res = reqwest::get(format!("http://{}/readyz", ledger.health))
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
 }
 
-impl Ledger {
-    fn start(endpoint: String) -> Ledger {
-        let api: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let health: SocketAddr = format!("127.0.0.1:{}", testkit::free_port())
-            .parse()
-            .unwrap();
-        let config = ledger::Config {
-            listen: api,
-            health_listen: Some(health),
-            workload_api: endpoint,
-            log_format: contract::logs::LogFormat::Pretty,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            ledger::serve(config, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap()
-        });
-        Ledger {
-            api,
-            health,
-            stop: Some(stop),
+async fn wait_ready(ledger: &Ledger) -> LedgerStatus {
+    let start = Instant::now();
+    loop {
+        if let Ok(res) = reqwest::get(format!("http://{}/readyz", ledger.health)).await
+            && res.status() == 200
+        {
+            return res.json().await.unwrap();
         }
-    }
-
-    async fn readyz(&self) -> (u16, LedgerStatus) {
-        let res = reqwest::get(format!("http://{}/readyz", self.health))
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json().await.unwrap())
-    }
-
-    async fn wait_ready(&self) -> LedgerStatus {
-        let start = Instant::now();
-        loop {
-            if let Ok(res) = reqwest::get(format!("http://{}/readyz", self.health)).await
-                && res.status() == 200
-            {
-                return res.json().await.unwrap();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "ledger not ready in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The mTLS listener accepts connections (it binds once the SVID is there).
-    async fn wait_listening(&self) {
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(self.api).await.is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no mTLS listener in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ledger not ready in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -147,14 +93,17 @@ async fn ledger_on_a_real_spire_agent() {
     spire.register_this_uid(&ledger_id, Some("ledger"), 10);
     spire.wait_for_svid();
     let ledger = Ledger::start(spire.endpoint());
-    let status = ledger.wait_ready().await;
+    let status = wait_ready(&ledger).await;
     assert_eq!(
         status.spiffe_id.as_deref(),
         Some(ledger_id.as_str()),
         "{}",
         spire.logs()
     );
-    ledger.wait_listening().await;
+    ledger
+        .wait_listening(Duration::from_secs(30))
+        .await
+        .unwrap();
 
     let bundle = spire.mint(&Workload::Backend.spiffe_id(), 600).bundle();
     let backend = client(
@@ -397,7 +346,7 @@ async fn ledger_on_a_real_spire_agent() {
     .1;
     let start = Instant::now();
     let (mut ok, mut failed, mut serials) = (0, Vec::new(), vec![first]);
-    let rotations_before = ledger.readyz().await.1.rotations;
+    let rotations_before = readyz(&ledger).await.1.rotations;
     loop {
         // A new connection each time, so the handshake shows the SVID of that moment.
         let c = client(
@@ -427,7 +376,7 @@ async fn ledger_on_a_real_spire_agent() {
                 Err(e) => failed.push(e.to_string()),
             }
         }
-        let (_, now) = ledger.readyz().await;
+        let (_, now) = readyz(&ledger).await;
         if now.rotations >= rotations_before + 2 && serials.len() >= 3 {
             break;
         }
@@ -450,7 +399,7 @@ async fn ledger_on_a_real_spire_agent() {
     spire.stop_agent();
     let start = Instant::now();
     let (code, not_ready) = loop {
-        let (code, s) = ledger.readyz().await;
+        let (code, s) = readyz(&ledger).await;
         if code != 200 {
             break (code, s);
         }

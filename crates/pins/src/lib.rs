@@ -80,9 +80,22 @@ pub struct Services {
     pub version: String,
     pub frontend_image: String,
     pub backend_image: String,
+    pub ledger_image: String,
     /// The base images of `manifests/images/Dockerfile`, the build without Nix.
     pub build_image: String,
     pub runtime_image: String,
+}
+
+impl Services {
+    /// Each of the lab's own services: its name (the binary, the Dockerfile's target, the
+    /// flake's `<name>-image`) and its image.
+    pub fn all(&self) -> [(&'static str, &str); 3] {
+        [
+            ("frontend", &self.frontend_image),
+            ("backend", &self.backend_image),
+            ("ledger", &self.ledger_image),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -148,7 +148,8 @@ pub fn measure(
     requests: usize,
 ) -> anyhow::Result<[BTreeMap<&'static str, f64>; 2]> {
     let marks = [Mark::take(labs[0])?, Mark::take(labs[1])?];
-    let callers = labs.map(|l| crate::demo::Caller::new(&l.frontend_url()));
+    let callers =
+        labs.map(|l| crate::demo::Caller::new(&l.frontend_url(), crate::demo::Ledger::Skip));
     for _ in 0..requests {
         for c in &callers {
             let demo = c.call().map_err(anyhow::Error::msg)?;

@@ -204,7 +204,11 @@ impl flags::Bench {
         let sizes = Sizes::of(self.quick);
         let mut figures = Figures::default();
         println!("══ bench: building the services first (not timed)");
-        xshell::cmd!(sh, "cargo build --release --quiet -p frontend -p backend").run()?;
+        xshell::cmd!(
+            sh,
+            "cargo build --release --quiet -p frontend -p backend -p ledger"
+        )
+        .run()?;
         let oha = crate::deps::ensure_oha(sh)?;
         let mut lab = time_to_ready(sh, &sizes, &mut figures)?;
         std::thread::sleep(Duration::from_secs(2));
@@ -346,7 +350,7 @@ fn time_to_ready(sh: &Shell, sizes: &Sizes, figures: &mut Figures) -> anyhow::Re
 fn first_requests(lab: &LocalLab, plain: &LocalLab, figures: &mut Figures) -> anyhow::Result<()> {
     println!("══ bench: the first Run Demo after up (handshakes), then the steady state");
     for (name, l) in [("mTLS", lab), ("plaintext", plain)] {
-        let caller = crate::demo::Caller::new(&l.frontend_url());
+        let caller = crate::demo::Caller::new(&l.frontend_url(), crate::demo::Ledger::Skip);
         let first = caller.call().map_err(anyhow::Error::msg)?;
         ensure!(first.ok(), "the first Run Demo failed: {}", first.line());
         let steady: Vec<f64> = (0..50)

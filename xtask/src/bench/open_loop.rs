@@ -58,7 +58,7 @@ fn outcomes(lab: &dyn Lab) -> anyhow::Result<(f64, f64)> {
 /// `rate` Run Demos a second for `length` against `lab`.
 pub fn run(oha: &Path, lab: &dyn Lab, rate: f64, length: Duration) -> anyhow::Result<OpenLoop> {
     let (all0, ok0) = outcomes(lab)?;
-    let url = format!("{}/api/run-demo", lab.frontend_url());
+    let url = format!("{}{}", lab.frontend_url(), crate::demo::Ledger::Skip.path());
     let out = Command::new(oha)
         .args(["--no-tui", "--output-format", "json", "-m", "POST"])
         .args(["-z", &format!("{}ms", length.as_millis())])

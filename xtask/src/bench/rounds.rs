@@ -69,7 +69,7 @@ pub fn run(url: &str, concurrency: usize, length: Duration) -> Run {
             ..
         },
         seconds,
-    ) = Load::run_for(url, concurrency, length);
+    ) = Load::run_for(url, crate::demo::Ledger::Skip, concurrency, length);
     latencies.sort();
     Run {
         requests: ok + failed,

@@ -106,9 +106,10 @@ fn plans_run_twice(
         };
         up()?;
         let before = generations()?;
+        // The SPIRE side's four (datastore, server, agent, CSI driver) and the demo's four.
         ensure!(
-            before.len() == 7,
-            "expected 7 workloads, the API server holds {before:?}"
+            before.len() == 8,
+            "expected 8 workloads, the API server holds {before:?}"
         );
         let secrets = || -> anyhow::Result<String> {
             lab.run(&[

@@ -38,10 +38,7 @@ pub fn check(sh: &Shell, kube: &crate::deps::KubeTools) -> anyhow::Result<()> {
         pins.kind.kubernetes_openapi
     );
     let mut pinned: Vec<&str> = pins.images().iter().map(|i| i.reference).collect();
-    pinned.extend([
-        pins.services.frontend_image.as_str(),
-        pins.services.backend_image.as_str(),
-    ]);
+    pinned.extend(pins.services.all().map(|(_, image)| image));
     let unpinned: Vec<String> = images(&objects)
         .into_iter()
         .filter(|(image, _)| !pinned.contains(&image.as_str()))
@@ -736,7 +733,11 @@ mod tests {
             .filter(|o| o["kind"] == "ServiceAccount")
             .filter_map(|o| o["metadata"]["name"].as_str())
             .collect();
-        assert_eq!(accounts.len(), 3, "{accounts:?}");
+        assert_eq!(
+            accounts.len(),
+            contract::Workload::ALL.len(),
+            "{accounts:?}"
+        );
         let registered: Vec<String> = crate::runtime::kind::plan::registrations()
             .iter()
             .map(|e| e.spiffe_id.clone())
@@ -877,8 +878,7 @@ mod tests {
             .iter()
             .map(|i| i.reference.to_owned())
             .collect();
-        pinned.push(pins.services.frontend_image.clone());
-        pinned.push(pins.services.backend_image.clone());
+        pinned.extend(pins.services.all().map(|(_, image)| image.to_owned()));
         for (image, place) in images(&objects) {
             let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
             assert!(

@@ -23,7 +23,7 @@ use crate::telemetry;
 const SIZES: [(u32, u32); 2] = [(1280, 800), (1920, 1080)];
 
 /// Where the screenshots go.
-fn shots() -> PathBuf {
+pub(super) fn shots() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::project_root().join("target"))
@@ -80,7 +80,7 @@ fn press_run_demo(b: &Browser) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn no_horizontal_scroll(b: &Browser) -> anyhow::Result<(i64, i64)> {
+pub(super) fn no_horizontal_scroll(b: &Browser) -> anyhow::Result<(i64, i64)> {
     let v = b.script(
         "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]",
     )?;
@@ -101,6 +101,7 @@ pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
     let frontend = Workload::Frontend.spiffe_id();
     let backend = Workload::Backend.spiffe_id();
     let postgres = Workload::Postgres.spiffe_id();
+    let ledger = Workload::Ledger.spiffe_id();
 
     step("open the UI in headless Chromium at both projector sizes and press Run Demo");
     for (w, h) in SIZES {
@@ -109,15 +110,20 @@ pub fn console(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Result<()
         let v = view(&b)?;
         let hops = hops(&v)?;
         ensure!(
-            hops.len() == 5 && hops.iter().all(|(_, s)| s == "ok"),
+            hops.len() == contract::Hop::ALL.len() && hops.iter().all(|(_, s)| s == "ok"),
             "not every hop passed: {}",
             line(&hops)
         );
         let envoys = hop_text(&v, "envoy-envoy")?;
         let db = hop_text(&v, "backend-postgres")?;
+        let to_ledger = hop_text(&v, "backend-ledger")?;
         ensure!(
             envoys.contains(&frontend) && envoys.contains(&backend),
             "the Envoy ⇒ Envoy hop does not show both proven IDs: {envoys}"
+        );
+        ensure!(
+            to_ledger.contains(&backend) && to_ledger.contains(&ledger),
+            "the backend ⇒ ledger hop does not show both proven IDs: {to_ledger}"
         );
         ensure!(
             db.contains(&backend) && db.contains(&postgres),
@@ -298,7 +304,14 @@ fn denied_page(
         press_run_demo(&b)?;
         let v = view(&b)?;
         let hops = hops(&v)?;
-        let want = ["ok", "ok", "failed", "not-reached", "not-reached"];
+        let want = [
+            "ok",
+            "ok",
+            "failed",
+            "not-reached",
+            "not-reached",
+            "not-reached",
+        ];
         ensure!(
             hops.iter().map(|(_, s)| s.as_str()).eq(want),
             "after an RBAC denial the hops read {}, not {want:?}",

@@ -76,7 +76,12 @@ fn signers(lab: &dyn Lab) -> BTreeMap<&'static str, String> {
 /// The load the fault scenarios run under: two clients, 100 ms apart.
 fn load(lab: &dyn Lab) -> (Load, Instant) {
     (
-        Load::start(&lab.frontend_url(), 2, Duration::from_millis(100)),
+        Load::start(
+            &lab.frontend_url(),
+            crate::demo::Ledger::Record,
+            2,
+            Duration::from_millis(100),
+        ),
         Instant::now(),
     )
 }

@@ -4,6 +4,7 @@
 mod cases;
 mod console;
 mod faults;
+mod inspector;
 mod security;
 mod walkthrough;
 
@@ -37,10 +38,11 @@ pub enum Scenario {
     AgentRestart,
     DatastoreDown,
     Console,
+    Inspector,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::Happy,
         Scenario::Rbac,
         Scenario::DbDown,
@@ -55,6 +57,7 @@ impl Scenario {
         Scenario::AgentRestart,
         Scenario::DatastoreDown,
         Scenario::Console,
+        Scenario::Inspector,
     ];
 
     pub fn name(self) -> String {
@@ -79,6 +82,7 @@ impl Scenario {
             Scenario::AgentRestart => faults::agent_restart(lab, r, ttl),
             Scenario::DatastoreDown => faults::datastore_down(lab, r, ttl),
             Scenario::Console => console::console(lab, r, ttl),
+            Scenario::Inspector => inspector::inspector(lab, r),
         }
     }
 }

@@ -131,6 +131,24 @@ fn at_postgres(
     })
 }
 
+/// `GET path` on the ledger's own mTLS listener as `id`; the ledger must prove its SPIFFE ID.
+fn at_ledger(
+    lab: &dyn Lab,
+    path: &str,
+    id: Option<&ClientIdentity>,
+    trust: &[X509],
+) -> anyhow::Result<(Option<u16>, Answer)> {
+    reachable(|| {
+        probe::https_get_as(
+            &lab.ledger_addr(),
+            path,
+            id,
+            trust,
+            &Workload::Ledger.spiffe_id(),
+        )
+    })
+}
+
 /// What an insider logged in as `backend` would do to the real backend: end its sessions.
 const END_THE_BACKENDS_SESSIONS: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'backend' AND pid <> pg_backend_pid()";
 
@@ -229,6 +247,52 @@ pub fn security(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         envoy,
         Some("HTTP 403: backend Envoy: RBAC: access denied".into()),
         || Ok(at_backend_envoy(lab, Some(&minted_rogue.identity), &bundle)?.1),
+    )?);
+
+    step(
+        "at the ledger (its own mTLS from the Workload API, then each route by the caller's SPIFFE ID)",
+    );
+    let (status, answer) = at_ledger(lab, "/entries", Some(&minted_frontend.identity), &bundle)?;
+    r.say(format!(
+        "ledger, reading entries as {frontend} (minted): {}",
+        short(&answer)
+    ));
+    ensure!(
+        status == Some(200),
+        "the control failed: the ledger did not let the frontend read ({answer:?})"
+    );
+    let ledger = "ledger";
+    attempts.push(attempt(
+        format!("an SVID minted by SPIRE for {rogue} reads the entries"),
+        ledger,
+        Some(format!("{rogue} may not read entries")),
+        || Ok(at_ledger(lab, "/entries", Some(&minted_rogue.identity), &bundle)?.1),
+    )?);
+    let backend = Workload::Backend.spiffe_id();
+    attempts.push(attempt(
+        format!("the backend's own ID ({backend}) inspects the ledger's SVID (it may only write)"),
+        ledger,
+        Some(format!("{backend} may not inspect the ledger")),
+        || Ok(at_ledger(lab, "/svid", Some(&minted_backend.identity), &bundle)?.1),
+    )?);
+    let id = foreign(&foreign_ca, &frontend, None)?;
+    attempts.push(attempt(
+        format!("a foreign CA's certificate for the frontend's exact ID ({frontend})"),
+        ledger,
+        Some(AT_TLS.into()),
+        || Ok(at_ledger(lab, "/entries", Some(&id), &bundle)?.1),
+    )?);
+    attempts.push(attempt(
+        "no client certificate",
+        ledger,
+        Some(AT_TLS.into()),
+        || Ok(at_ledger(lab, "/whoami", None, &bundle)?.1),
+    )?);
+    attempts.push(attempt(
+        "plaintext HTTP to the ledger's mTLS listener",
+        ledger,
+        None,
+        || reachable(|| probe::plaintext_http(&lab.ledger_addr(), "/entries")),
     )?);
 
     step("at PostgreSQL (TLS, certificate authentication, then the SPIFFE ID at login)");

@@ -353,25 +353,18 @@ pub fn lab(
                 "CMD [\"postgres\"]".into(),
             ],
         },
-        ImageSpec {
-            name: pins.services.frontend_image.clone(),
-            from: From::Base,
-            files: vec![(services.join("frontend"), "/usr/local/bin/frontend".into(), 0o755)],
-            instructions: vec![
-                "USER 65532:65532".into(),
-                "ENTRYPOINT [\"/usr/local/bin/frontend\"]".into(),
-            ],
-        },
-        ImageSpec {
-            name: pins.services.backend_image.clone(),
-            from: From::Base,
-            files: vec![(services.join("backend"), "/usr/local/bin/backend".into(), 0o755)],
-            instructions: vec![
-                "USER 65532:65532".into(),
-                "ENTRYPOINT [\"/usr/local/bin/backend\"]".into(),
-            ],
-        },
-    ])
+    ]
+    .into_iter()
+    .chain(pins.services.all().map(|(name, image)| ImageSpec {
+        name: image.to_owned(),
+        from: From::Base,
+        files: vec![(services.join(name), format!("/usr/local/bin/{name}"), 0o755)],
+        instructions: vec![
+            "USER 65532:65532".into(),
+            format!("ENTRYPOINT [\"/usr/local/bin/{name}\"]"),
+        ],
+    }))
+    .collect())
 }
 
 /// The kind add-on images baked into the node image: the local-path provisioner and its helper.

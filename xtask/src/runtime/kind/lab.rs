@@ -19,6 +19,8 @@ const FWD_BACKEND_ADMIN: u16 = 19902;
 const FWD_BACKEND_MTLS: u16 = 18443;
 const FWD_BACKEND_HEALTH: u16 = 19091;
 const FWD_POSTGRES: u16 = 15433;
+const FWD_LEDGER_HEALTH: u16 = 18444;
+const FWD_LEDGER_MTLS: u16 = 18445;
 /// Where SPIRE servers and agents serve their telemetry (manifests/spire/config/*.conf).
 const SPIRE_METRICS_PORT: u16 = 9988;
 
@@ -77,6 +79,8 @@ fn forwards() -> Vec<Forward> {
         ("deployment/backend", FWD_BACKEND_MTLS, 8443),
         ("deployment/backend", FWD_BACKEND_HEALTH, 9091),
         ("statefulset/postgres", FWD_POSTGRES, 5432),
+        ("deployment/ledger", FWD_LEDGER_HEALTH, 8081),
+        ("deployment/ledger", FWD_LEDGER_MTLS, 8443),
     ]
     .into_iter()
     .map(|(target, local, remote)| Forward {
@@ -815,10 +819,12 @@ impl Lab for KindLab {
             Holding::of_envoy(Holder::BackendEnvoy, &self.envoy_admin_url(true)),
             files(),
             Holding::of_postgres(&format!("127.0.0.1:{FWD_POSTGRES}")),
+            Holding::of_ledger(&format!("127.0.0.1:{FWD_LEDGER_HEALTH}")),
         ]
     }
 
     fn trusted_cas(&self) -> Vec<(Holder, anyhow::Result<Vec<String>>)> {
+        let _ = self.ensure_forwarded();
         let envoy = |backend| -> anyhow::Result<Vec<String>> {
             Ok(crate::probe::envoy_certs(&self.envoy_admin_url(backend))?.ca_serials())
         };
@@ -859,6 +865,11 @@ impl Lab for KindLab {
             (Holder::BackendEnvoy, envoy(true)),
             (Holder::BackendFiles, file("backend", "backend")),
             (Holder::PostgresServer, file("postgres", "postgres")),
+            (
+                Holder::Ledger,
+                crate::lab::ledger_status(&format!("127.0.0.1:{FWD_LEDGER_HEALTH}"))
+                    .map(|s| s.bundle_serials),
+            ),
         ]
     }
 
@@ -942,6 +953,11 @@ impl Lab for KindLab {
     fn backend_envoy_addr(&self) -> String {
         let _ = self.ensure_forwarded();
         format!("127.0.0.1:{FWD_BACKEND_MTLS}")
+    }
+
+    fn ledger_addr(&self) -> String {
+        let _ = self.ensure_forwarded();
+        format!("127.0.0.1:{FWD_LEDGER_MTLS}")
     }
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {

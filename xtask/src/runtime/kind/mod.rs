@@ -161,6 +161,7 @@ pub fn placement(c: Component) -> Placement {
         EnvoyBackend => at(NAMESPACE, "deployment/backend", "envoy", Stop::Scale),
         EnvoyFrontend => at(NAMESPACE, "deployment/frontend", "envoy", Stop::No),
         Frontend => at(NAMESPACE, "deployment/frontend", "frontend", Stop::No),
+        Ledger => at(NAMESPACE, "deployment/ledger", "ledger", Stop::Scale),
     }
 }
 

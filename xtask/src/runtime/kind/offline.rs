@@ -38,9 +38,12 @@ pub fn build_images(sh: &Shell, off: &deps::OfflineKind) -> anyhow::Result<()> {
     let pins = Pins::load(&crate::project_root())?;
     let tools = deps::find(&pins)?;
     println!("building the services (release)…");
-    cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
-        .run()
-        .context("build the services")?;
+    cmd!(
+        sh,
+        "cargo build --release --quiet -p frontend -p backend -p ledger"
+    )
+    .run()
+    .context("build the services")?;
     let base = base_name(&pins);
     images::import_rootfs(sh, &off.base_rootfs, &base)?;
     let scratch = tempfile::Builder::new()

@@ -226,8 +226,8 @@ pub fn registry_overlay(pins: &Pins, registry: &str) -> String {
     let mut yaml = String::from(
         "# Written by `cargo xtask up --context … --registry …`: the lab's manifests, with the\n# services' images from the registry they were pushed to.\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../manifests\nimages:\n",
     );
-    for image in [&pins.services.frontend_image, &pins.services.backend_image] {
-        let name = image.rsplit_once(':').map_or(image.as_str(), |(n, _)| n);
+    for (_, image) in pins.services.all() {
+        let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
         let remote = pushed(name, registry);
         yaml += &format!("- name: {name}\n  newName: {remote}\n");
     }
@@ -434,11 +434,8 @@ fn service_images(pins: &Pins, build: ImageBuild) -> Vec<Step> {
         .collect()
 }
 
-fn services(pins: &Pins) -> [(&'static str, &str); 2] {
-    [
-        ("frontend", &pins.services.frontend_image),
-        ("backend", &pins.services.backend_image),
-    ]
+fn services(pins: &Pins) -> [(&'static str, &str); 3] {
+    pins.services.all()
 }
 
 /// Into kind's nodes (side-loaded), or pushed to the existing cluster's registry.
@@ -494,17 +491,13 @@ fn image_delivery(pins: &Pins, target: &Target) -> Vec<Step> {
                     THIRD_PARTY_ARCHIVE,
                 ],
             ));
+            let load: Vec<&str> = ["kind", "load", "docker-image", "--name", cluster]
+                .into_iter()
+                .chain(pins.services.all().map(|(_, image)| image))
+                .collect();
             steps.push(command(
                 "load the services' images (built for this machine only)",
-                &[
-                    "kind",
-                    "load",
-                    "docker-image",
-                    "--name",
-                    cluster,
-                    &pins.services.frontend_image,
-                    &pins.services.backend_image,
-                ],
+                &load,
             ));
             steps
         }
@@ -576,6 +569,7 @@ const DEMO_WORKLOADS: &[(&str, &str)] = &[
     ("statefulset", "postgres"),
     ("deployment", "backend"),
     ("deployment", "frontend"),
+    ("deployment", "ledger"),
 ];
 
 fn rollouts(kubectl: &Kubectl, ns: &str, workloads: &[(&str, &str)]) -> Vec<Step> {
@@ -646,11 +640,8 @@ mod tests {
             "$ kind create cluster --name spire-demo --config manifests/kind/cluster.yaml --wait 120s"
         );
         let load = at("kind load docker-image");
-        for image in [&pins.services.frontend_image, &pins.services.backend_image] {
-            assert!(
-                lines[load].contains(image.as_str()),
-                "{image} is not loaded"
-            );
+        for (_, image) in pins.services.all() {
+            assert!(lines[load].contains(image), "{image} is not loaded");
         }
         // Third-party images: pulled and saved for one platform, loaded from the archive.
         let save = at("docker image save --platform linux/");
@@ -693,7 +684,7 @@ mod tests {
             .map(|s| s.to_string())
             .filter(|l| l.starts_with("$ docker build"))
             .collect();
-        assert_eq!(built.len(), 2);
+        assert_eq!(built.len(), pins.services.all().len());
         assert!(built[0].contains(&format!("-t {}", pins.services.frontend_image)));
         let dockerfile =
             std::fs::read_to_string(crate::project_root().join("manifests/images/Dockerfile"))

@@ -124,6 +124,11 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                     l.addr(Pod::Backend),
                     ports.backend_envoy,
                 ),
+                at(
+                    "{ address: ledger.demo.svc.cluster.local, port_value: 8443 }",
+                    l.addr(Pod::Ledger),
+                    ports.ledger,
+                ),
                 text(Kind::SocketPath, WORKLOAD_API, agent_sock("frontend-node")),
             ],
         },

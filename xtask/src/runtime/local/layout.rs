@@ -42,6 +42,11 @@ pub struct Ports {
     pub agent_metrics: [u16; 3],
     pub backend_helper_health: u16,
     pub postgres_helper_health: u16,
+    /// The ledger's mTLS API and its plain health listener.
+    #[serde(default = "ledger")]
+    pub ledger: u16,
+    #[serde(default = "ledger_health")]
+    pub ledger_health: u16,
 }
 
 impl Ports {
@@ -67,6 +72,8 @@ impl Ports {
             spire_server_metrics: server_metrics().map(p),
             backend_helper_health: p(18100),
             postgres_helper_health: p(18101),
+            ledger: p(ledger()),
+            ledger_health: p(ledger_health()),
         }
     }
 
@@ -91,6 +98,8 @@ impl Ports {
                 "SPIRE server (the replicas' Service)".into(),
             ),
             (self.spire_db, "SPIRE servers' datastore".into()),
+            (self.ledger, "ledger (mTLS API)".into()),
+            (self.ledger_health, "ledger health".into()),
             (
                 self.backend_helper_health,
                 "backend spiffe-helper health".into(),
@@ -125,6 +134,14 @@ impl Ports {
 
 fn backend_health() -> u16 {
     9091
+}
+
+fn ledger() -> u16 {
+    18443
+}
+
+fn ledger_health() -> u16 {
+    18444
 }
 
 fn server_metrics() -> [u16; 2] {
@@ -207,6 +224,7 @@ pub fn pod_of(c: Component) -> Pod {
         Component::HelperPostgres | Component::Postgres => Pod::Postgres,
         Component::HelperBackend | Component::Backend | Component::EnvoyBackend => Pod::Backend,
         Component::EnvoyFrontend | Component::Frontend => Pod::Frontend,
+        Component::Ledger => Pod::Ledger,
     }
 }
 

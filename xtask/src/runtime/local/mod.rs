@@ -323,6 +323,8 @@ impl Lab for LocalLab {
             Holding::of_envoy(Holder::BackendEnvoy, &self.envoy_admin_url(true)),
             files(),
             Holding::of_postgres(&self.postgres_addr()),
+            self.reach(Pod::Ledger, self.ports().ledger_health)
+                .and_then(|at| Holding::of_ledger(&at)),
         ]
     }
 
@@ -343,6 +345,12 @@ impl Lab for LocalLab {
             (Holder::BackendEnvoy, envoy(true)),
             (Holder::BackendFiles, file("backend")),
             (Holder::PostgresServer, file("postgres")),
+            (
+                Holder::Ledger,
+                self.reach(Pod::Ledger, self.ports().ledger_health)
+                    .and_then(|at| crate::lab::ledger_status(&at))
+                    .map(|s| s.bundle_serials),
+            ),
         ]
     }
 
@@ -409,6 +417,10 @@ impl Lab for LocalLab {
 
     fn backend_envoy_addr(&self) -> String {
         self.reach_or_nothing(Pod::Backend, self.ports().backend_envoy)
+    }
+
+    fn ledger_addr(&self) -> String {
+        self.reach_or_nothing(Pod::Ledger, self.ports().ledger)
     }
 
     fn fetch_svid_unregistered(&self) -> anyhow::Result<String> {

@@ -19,8 +19,14 @@ pub fn write_plaintext_profile(layout: &Layout) -> anyhow::Result<()> {
         )?;
         Ok(())
     };
+    // Both of its upstreams: the backend's Envoy and the ledger (which the baseline does not
+    // run; its route stays, unused).
     edit("envoy-frontend.yaml", &|t| {
-        yaml_remove(t, "transport_socket:", false)
+        let mut t = t.to_owned();
+        while t.contains("transport_socket:") {
+            t = yaml_remove(&t, "transport_socket:", false)?;
+        }
+        Ok(t)
     })?;
     edit("envoy-backend.yaml", &|t| {
         let t = yaml_remove(t, "- transport_socket:", false)?;

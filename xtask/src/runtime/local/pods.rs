@@ -29,13 +29,14 @@ pub enum Pod {
     Frontend,
     Backend,
     Postgres,
+    Ledger,
     /// A pod of no workload, made only while the `security` scenario tries what an insider
     /// could reach from another pod.
     Insider,
 }
 
 impl Pod {
-    pub const ALL: [Pod; 10] = [
+    pub const ALL: [Pod; 11] = [
         Pod::SpireServer(0),
         Pod::SpireServer(1),
         Pod::SpireService,
@@ -46,6 +47,7 @@ impl Pod {
         Pod::Frontend,
         Pod::Backend,
         Pod::Postgres,
+        Pod::Ledger,
     ];
 
     pub fn name(self) -> String {
@@ -57,6 +59,7 @@ impl Pod {
             Pod::Frontend => "frontend".into(),
             Pod::Backend => "backend".into(),
             Pod::Postgres => "postgres".into(),
+            Pod::Ledger => "ledger".into(),
             Pod::Insider => "insider".into(),
         }
     }
@@ -75,6 +78,7 @@ impl Pod {
             Pod::Frontend => 10,
             Pod::Backend => 11,
             Pod::Postgres => 12,
+            Pod::Ledger => 13,
             Pod::Insider => 99,
         }
     }

@@ -27,6 +27,7 @@ impl LocalLab {
             Pod::Postgres | Pod::SpireDb => self.state.pg_user,
             Pod::Frontend => uid(Workload::Frontend),
             Pod::Backend => uid(Workload::Backend),
+            Pod::Ledger => uid(Workload::Ledger),
             Pod::SpireServer(_) | Pod::SpireService | Pod::Node(_) | Pod::Insider => None,
         }
     }
@@ -125,11 +126,31 @@ impl LocalLab {
                     "json".into(),
                 ]
                 .into_iter()
-                .chain(
-                    (self.state.profile == Profile::Plaintext)
-                        .then(|| "--db-insecure-plaintext".into()),
-                )
+                .chain(match self.state.profile {
+                    // The baseline has no ledger (no SPIRE): the bench skips that hop.
+                    Profile::Plaintext => vec!["--db-insecure-plaintext".into()],
+                    Profile::Mtls => vec![
+                        "--ledger-addr".into(),
+                        format!("{}:{}", l.addr(Pod::Ledger), self.ports().ledger),
+                    ],
+                })
                 .collect(),
+            ),
+            Component::Ledger => (
+                self.program("ledger", &release.join("ledger")),
+                vec![
+                    "--listen".into(),
+                    format!("{}:{}", l.network.public_bind(), self.ports().ledger),
+                    "--health-listen".into(),
+                    format!("{}:{}", l.network.public_bind(), self.ports().ledger_health),
+                    "--workload-api".into(),
+                    format!(
+                        "unix://{}",
+                        l.agent_socket(node_of(Workload::Ledger)).display()
+                    ),
+                    "--log-format".into(),
+                    "json".into(),
+                ],
             ),
             Component::EnvoyBackend | Component::EnvoyFrontend => {
                 let which = if c == Component::EnvoyBackend {
@@ -310,6 +331,10 @@ impl LocalLab {
             Component::Frontend => expect_ok(&format!(
                 "http://{}/readyz",
                 self.reach(Pod::Frontend, self.ports().frontend)?
+            ))?,
+            Component::Ledger => expect_ok(&format!(
+                "http://{}/readyz",
+                self.reach(Pod::Ledger, self.ports().ledger_health)?
             ))?,
         }
         Ok(())

@@ -130,6 +130,7 @@ impl LocalLab {
             (Workload::Backend, Component::EnvoyBackend),
             (Workload::Backend, Component::HelperBackend),
             (Workload::Postgres, Component::HelperPostgres),
+            (Workload::Ledger, Component::Ledger),
         ];
         for (w, c) in wanted {
             let uid = self.user_of(c).map_or(own, |(u, _)| u);

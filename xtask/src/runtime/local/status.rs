@@ -47,6 +47,9 @@ impl LocalLab {
                 Component::Frontend => self.frontend_url(),
                 Component::HelperBackend => "certs/backend".into(),
                 Component::HelperPostgres => "certs/postgres".into(),
+                Component::Ledger => {
+                    format!("{} (health {})", at(Pod::Ledger, p.ledger), p.ledger_health)
+                }
             };
             let (pid, ready) = match self.pid(c) {
                 Some(pid) => (

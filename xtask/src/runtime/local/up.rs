@@ -47,10 +47,13 @@ pub fn up(sh: &Shell, profile: Profile, port_offset: u16) -> anyhow::Result<Loca
     let ports = free_ports(profile.port_offset() + port_offset, &network)?;
     let waves = waves(profile);
     let total = 2 + waves.len() + usize::from(profile == Profile::Mtls);
-    step(1, total, "building frontend and backend (release)");
-    cmd!(sh, "cargo build --release --quiet -p frontend -p backend")
-        .run()
-        .context("build the services")?;
+    step(1, total, "building frontend, backend and ledger (release)");
+    cmd!(
+        sh,
+        "cargo build --release --quiet -p frontend -p backend -p ledger"
+    )
+    .run()
+    .context("build the services")?;
     step(2, total, &describe(&network));
     let t = Instant::now();
     let mut lab = prepare(sh, profile, ToolPaths::from(&tools), ports, network)?;
@@ -213,6 +216,7 @@ impl LocalLab {
                 ("envoy", t.envoy.clone()),
                 ("backend", release.join("backend")),
                 ("frontend", release.join("frontend")),
+                ("ledger", release.join("ledger")),
                 ("xtask", std::env::current_exe()?),
             ]);
         }
@@ -389,7 +393,8 @@ fn waves(profile: Profile) -> Vec<Wave> {
     use Component::*;
     use contract::Workload::{Backend as B, Frontend as F, Postgres as P};
     const AGENTS: &[Component] = &[Agent(F), Agent(B), Agent(P)];
-    const HELPERS: &[Component] = &[HelperPostgres, HelperBackend];
+    // The workloads that fetch their own SVIDs: the helpers, and the ledger.
+    const HELPERS: &[Component] = &[HelperPostgres, HelperBackend, Ledger];
     const DATA_AND_PROXIES: &[Component] = &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend];
     const REST: &[Component] = &[Backend, EnvoyBackend, EnvoyFrontend, Frontend];
     let plaintext: [Wave; 2] = [(DATA_AND_PROXIES, &[Postgres]), (&[Backend], REST)];
