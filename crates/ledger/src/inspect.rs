@@ -32,7 +32,7 @@ pub fn decode(der: &[u8]) -> Result<CertInfo, String> {
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
-        serial: cert.raw_serial_as_string().replace(':', "").to_uppercase(),
+        serial: serial_hex(cert.raw_serial()),
         not_before: rfc3339(cert.validity().not_before.timestamp()),
         not_after: rfc3339(not_after),
         seconds_left: not_after - contract::time::unix_now(),
@@ -41,6 +41,16 @@ pub fn decode(der: &[u8]) -> Result<CertInfo, String> {
         uri_sans,
         dns_sans,
     })
+}
+
+/// A serial as the rest of the lab writes it (OpenSSL's `BN_bn2hex`): upper-case hex, two digits
+/// a byte, without the leading zero byte DER adds when the high bit is set.
+pub fn serial_hex(der: &[u8]) -> String {
+    let first = der.iter().position(|&b| b != 0).unwrap_or(der.len());
+    if first == der.len() {
+        return "0".into();
+    }
+    der[first..].iter().map(|b| format!("{b:02X}")).collect()
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -362,6 +372,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_read_as_openssl_writes_them() {
+        assert_eq!(serial_hex(&[0x00, 0xAD, 0x7A]), "AD7A");
+        assert_eq!(serial_hex(&[0x0A, 0xBC]), "0ABC");
+        assert_eq!(serial_hex(&[0x00]), "0");
+    }
 
     #[test]
     fn malformed_inputs_say_why() {

@@ -82,8 +82,11 @@ impl Sizes {
                 quick: false,
                 ready_runs: 3,
                 concurrencies: &[1, 4, 16],
-                rounds: 8,
-                round: Duration::from_secs(3),
+                // Many short rounds rather than a few long ones: each pair of rounds sees the
+                // machine as it is in those two seconds, and this machine's speed drifts by
+                // minutes; the median of 20 pairs shrugs off the pairs a swing cut across.
+                rounds: 20,
+                round: Duration::from_millis(1200),
                 warmup: Duration::from_secs(2),
                 open_loop_loads: &[0.25, 0.5, 0.75],
                 open_loop_for: Duration::from_secs(5),
@@ -217,6 +220,7 @@ impl flags::Bench {
         let plain = local::up(sh, Profile::Plaintext, 0)?;
         first_requests(&lab, &plain, &mut figures)?;
         let measured = (|| {
+            ledger_hop(&lab, &sizes, &mut figures)?;
             hop_breakdown(&lab, &plain, &sizes, &mut figures)?;
             let (loaded, max) = closed_loop(&lab, &plain, &sizes, &mut figures)?;
             open_loop(&oha, (&lab, &plain), max, &sizes, &mut figures)?;
@@ -365,6 +369,63 @@ fn first_requests(lab: &LocalLab, plain: &LocalLab, figures: &mut Figures) -> an
             "ms",
         );
     }
+    Ok(())
+}
+
+/// The third hop's price, on the mTLS lab only (the baseline has no ledger): Run Demo recording
+/// in the ledger against the same call without it, taking turns one at a time; then the ledger's
+/// memory before and after a few seconds of recording under load.
+fn ledger_hop(lab: &LocalLab, sizes: &Sizes, figures: &mut Figures) -> anyhow::Result<()> {
+    use crate::demo::{Caller, Ledger, Load};
+    let n = if sizes.quick { 20 } else { 200 };
+    println!(
+        "══ bench: the ledger hop ({n} Run Demos recorded in the ledger and {n} not, taking turns)"
+    );
+    let url = lab.frontend_url();
+    let idle = memory_mb(lab, Component::Ledger).context("the ledger's memory")?;
+    let (record, skip) = (
+        Caller::new(&url, Ledger::Record),
+        Caller::new(&url, Ledger::Skip),
+    );
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        for (caller, out) in [(&record, &mut with), (&skip, &mut without)] {
+            let d = caller.call().map_err(anyhow::Error::msg)?;
+            ensure!(d.ok(), "a Run Demo failed: {}", d.line());
+            out.push(d.took.as_secs_f64() * 1e3);
+        }
+    }
+    let (with, without) = (median(with), median(without));
+    println!("   median {with:.2} ms recording in the ledger, {without:.2} ms not");
+    figures.add(
+        "Run Demo with / without the ledger hop, median (c=1)",
+        json!([with, without]),
+        "ms",
+    );
+    let length = if sizes.quick { 3 } else { 10 };
+    let (tally, seconds) = Load::run_for(&url, Ledger::Record, 4, Duration::from_secs(length));
+    ensure!(
+        tally.failed == 0,
+        "{} of {} Run Demos recording in the ledger failed: {:?}",
+        tally.failed,
+        tally.requests(),
+        tally.failures.first()
+    );
+    let loaded = memory_mb(lab, Component::Ledger).context("the ledger's memory")?;
+    println!(
+        "   {:.0} Run Demos/s recorded at c=4; the ledger's RSS {idle:.1} MB idle, {loaded:.1} MB after",
+        tally.ok as f64 / seconds
+    );
+    figures.add(
+        "Run Demo recording in the ledger, c=4",
+        json!(tally.ok as f64 / seconds),
+        "req/s",
+    );
+    figures.add(
+        "ledger RSS idle / after recording load",
+        json!([idle, loaded]),
+        "MB",
+    );
     Ok(())
 }
 

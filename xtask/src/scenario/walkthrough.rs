@@ -20,7 +20,7 @@ pub struct Step {
 }
 
 /// The steps, in the order a presenter shows them.
-pub const STEPS: [Step; 8] = [
+pub const STEPS: [Step; 9] = [
     Step {
         scenario: Scenario::Happy,
         title: "The whole path, proven hop by hop",
@@ -82,10 +82,11 @@ pub const STEPS: [Step; 8] = [
     Step {
         scenario: Scenario::Security,
         title: "What an insider would try",
-        what: "Thirteen attempts: a foreign CA's certificate for the frontend's exact SPIFFE ID, another \
-               trust domain's, an expired SVID, none, plaintext; a SPIRE-minted SVID for the wrong ID, \
-               with CN \"backend\", at the backend's Envoy and at PostgreSQL's login; reaching another \
-               pod's loopback. Each is counted with where it was refused and what was said.",
+        what: "A foreign CA's certificate for the frontend's exact SPIFFE ID, another trust domain's, an \
+               expired SVID, none, plaintext; a SPIRE-minted SVID for the wrong ID, with CN \"backend\", at \
+               the backend's Envoy, at PostgreSQL's login and at the ledger, whose routes name the ID they \
+               refuse; reaching another pod's loopback. Each attempt is counted with where it was refused \
+               and what was said.",
         why: "Zero trust is only as good as its weakest check: every hop checks the SPIFFE ID, not just \
               that the chain is valid.",
         look: "the table the step prints: every attempt refused, and by whom",
@@ -97,6 +98,18 @@ pub const STEPS: [Step; 8] = [
                holder keeps rotating through the survivor, and the killed one comes back.",
         why: "Production runs more than one server on a shared datastore; losing one must cost no request.",
         look: "the lines above: who signed each new certificate, and 0 failed requests",
+    },
+    Step {
+        scenario: Scenario::Inspector,
+        title: "The third pattern: an application on the Workload API",
+        what: "The ledger has no sidecar and no files: it asks the Workload API itself (the Rust `spiffe` \
+               crate) and keeps its SVID in memory. The identity inspector shows what it holds, mints a \
+               JWT-SVID for an audience typed into the page, validates it, then refuses it altered and \
+               for another audience, each time saying why.",
+        why: "Envoy and spiffe-helper bring SPIFFE to software that knows nothing of it; an application \
+              that speaks the Workload API rotates without restarts or files, and can use JWT-SVIDs \
+              where mTLS cannot reach.",
+        look: "open /inspector (\"Identity inspector →\" on the page): mint, validate, change one character",
     },
 ];
 
