@@ -14,6 +14,9 @@ use hyper_util::rt::TokioIo;
 use svid::SpiffeId;
 
 use crate::SvidSource;
+
+/// How long before the one retry of a failure that may pass.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 use crate::mtls::Seen;
 
 pub struct LedgerClient {
@@ -24,8 +27,16 @@ pub struct LedgerClient {
     timeout: Duration,
 }
 
-/// Why an entry was not recorded.
-struct Failure(Cause, String);
+/// Why an entry was not recorded, and whether trying once more may change that: the ledger not
+/// answering or ending a handshake (it may have been between two SVIDs), not a refusal the
+/// answer or our own check of its ID made plain.
+struct Failure(Cause, String, Transient);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transient {
+    Yes,
+    No,
+}
 
 impl LedgerClient {
     pub fn new(
@@ -48,37 +59,53 @@ impl LedgerClient {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// Records one Run Demo; the link says how it went, in words a person understands.
+    /// Records one Run Demo; the link says how it went, in words a person understands. A failure
+    /// that may pass (the ledger ended a handshake or did not answer) is tried once more: the
+    /// ledger refuses handshakes in the moment it takes up a new SVID or bundle.
     pub async fn record(&self, new: &NewEntry) -> LedgerWrite {
+        let (mut outcome, mut ledger_spiffe_id) = self.attempt(new).await;
+        if let Err(Failure(_, reason, Transient::Yes)) = &outcome {
+            tracing::info!(reason = %reason, "recording in the ledger failed; trying once more");
+            tokio::time::sleep(RETRY_AFTER).await;
+            (outcome, ledger_spiffe_id) = self.attempt(new).await;
+        }
+        match outcome {
+            Ok(entry) => LedgerWrite {
+                link: Link::success(),
+                entry: Some(entry),
+                ledger_spiffe_id,
+            },
+            Err(Failure(cause, reason, _)) => LedgerWrite {
+                link: Link::failed(cause, reason),
+                entry: None,
+                ledger_spiffe_id,
+            },
+        }
+    }
+
+    /// One try, within the timeout; with the ledger's SPIFFE ID if its certificate was seen.
+    async fn attempt(&self, new: &NewEntry) -> (Result<Entry, Failure>, Option<String>) {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let outcome = tokio::time::timeout(self.timeout, self.post(new, seen.clone())).await;
-        let ledger_spiffe_id = seen
+        let outcome = tokio::time::timeout(self.timeout, self.post(new, seen.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure(
+                    Cause::LedgerUnreachable,
+                    format!(
+                        "the ledger at {} did not answer within {} ms",
+                        self.address(),
+                        self.timeout.as_millis()
+                    ),
+                    Transient::No,
+                ))
+            });
+        let id = seen
             .lock()
             .unwrap()
             .leaf
             .as_ref()
             .and_then(|l| l.spiffe_id.clone());
-        let failed = |Failure(cause, reason)| LedgerWrite {
-            link: Link::failed(cause, reason),
-            entry: None,
-            ledger_spiffe_id: ledger_spiffe_id.clone(),
-        };
-        match outcome {
-            Ok(Ok(entry)) => LedgerWrite {
-                link: Link::success(),
-                entry: Some(entry),
-                ledger_spiffe_id: ledger_spiffe_id.clone(),
-            },
-            Ok(Err(f)) => failed(f),
-            Err(_) => failed(Failure(
-                Cause::LedgerUnreachable,
-                format!(
-                    "the ledger at {} did not answer within {} ms",
-                    self.address(),
-                    self.timeout.as_millis()
-                ),
-            )),
-        }
+        (outcome, id)
     }
 
     async fn post(&self, new: &NewEntry, seen: Arc<Mutex<Seen>>) -> Result<Entry, Failure> {
@@ -86,10 +113,15 @@ impl LedgerClient {
             Failure(
                 u.cause,
                 format!("no usable SVID to present to the ledger: {u}"),
+                Transient::No,
             )
         })?;
         let tls = |e: &dyn std::fmt::Display| {
-            Failure(Cause::LedgerTls, format!("TLS with the ledger failed: {e}"))
+            Failure(
+                Cause::LedgerTls,
+                format!("TLS with the ledger failed: {e}"),
+                Transient::No,
+            )
         };
         let connector = crate::mtls::connector(&svid, self.expected.clone(), seen.clone())
             .map_err(|e| tls(&e))?
@@ -100,6 +132,7 @@ impl LedgerClient {
                 Failure(
                     Cause::LedgerUnreachable,
                     format!("the ledger at {} is unreachable: {e}", self.address()),
+                    Transient::Yes,
                 )
             })?;
         // The ledger is identified by its SPIFFE ID (the verify callback), not by a hostname.
@@ -114,7 +147,7 @@ impl LedgerClient {
         if let Err(e) = std::pin::Pin::new(&mut stream).connect().await {
             let seen = seen.lock().unwrap();
             if let Some(refused) = seen.refusal("the ledger", &self.expected) {
-                return Err(Failure(Cause::LedgerTls, refused));
+                return Err(Failure(Cause::LedgerTls, refused, Transient::No));
             }
             let detail = e
                 .ssl_error()
@@ -123,11 +156,18 @@ impl LedgerClient {
             return Err(Failure(
                 Cause::LedgerTls,
                 format!("the ledger refused the handshake ({detail}); does it trust our SVID?"),
+                Transient::Yes,
             ));
         }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| Failure(Cause::LedgerUnreachable, format!("HTTP to the ledger: {e}")))?;
+            .map_err(|e| {
+                Failure(
+                    Cause::LedgerUnreachable,
+                    format!("HTTP to the ledger: {e}"),
+                    Transient::Yes,
+                )
+            })?;
         let conn = tokio::spawn(conn);
         let body = serde_json::to_vec(new).expect("an entry serializes");
         let req = hyper::Request::post("/entries")
@@ -149,11 +189,13 @@ impl LedgerClient {
                     Failure(
                         Cause::LedgerTls,
                         format!("the ledger refused our SVID ({why}); does it trust our CA?"),
+                        Transient::Yes,
                     )
                 } else {
                     Failure(
                         Cause::LedgerUnreachable,
                         format!("the ledger dropped the request: {why}"),
+                        Transient::Yes,
                     )
                 });
             }
@@ -167,6 +209,7 @@ impl LedgerClient {
                 Failure(
                     Cause::LedgerUnreachable,
                     format!("reading the ledger's answer: {e}"),
+                    Transient::Yes,
                 )
             })?
             .to_bytes();
@@ -175,6 +218,7 @@ impl LedgerClient {
                 Failure(
                     Cause::Unexpected,
                     format!("the ledger answered something unreadable: {e}"),
+                    Transient::No,
                 )
             });
         }
@@ -182,10 +226,12 @@ impl LedgerClient {
             Ok(e) if e.error == LedgerCause::IdNotAllowed => Failure(
                 Cause::LedgerRefused,
                 format!("refused by the ledger: {}", e.reason),
+                Transient::No,
             ),
             Ok(e) => Failure(
                 Cause::Unexpected,
                 format!("the ledger answered {status}: {}", e.reason),
+                Transient::No,
             ),
             Err(_) => Failure(
                 Cause::Unexpected,
@@ -196,6 +242,7 @@ impl LedgerClient {
                         .take(200)
                         .collect::<String>()
                 ),
+                Transient::No,
             ),
         })
     }

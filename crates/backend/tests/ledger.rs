@@ -112,10 +112,8 @@ async fn entries_are_recorded_over_mtls_and_each_failure_is_told_apart() {
     let w = client(ledger.api, &ledger_id, source).record(&entry).await;
     assert!(w.link.failed_with(Cause::LedgerTls), "{:?}", w.link);
     let reason = w.link.reason.unwrap();
-    assert!(
-        reason.contains("refused our SVID") && reason.contains("alert"),
-        "{reason}"
-    );
+    // Its alert, or the connection it ended, depending on which the client reads first.
+    assert!(reason.contains("refused our SVID"), "{reason}");
 
     // Nothing listening.
     let closed: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port())

@@ -20,22 +20,50 @@ pub struct Caller(pub String);
 
 /// The server side of mTLS: any SVID of the lab's trust domain may connect (the routes decide by
 /// exact ID), only the lab's trust domain's bundle is used, no session resumption (a resumed
-/// session would skip the check of the client's SVID).
-pub fn server_config(x509: X509Source) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// session would skip the check of the client's SVID). With it, the status of its material.
+pub fn server_config(
+    x509: X509Source,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, spiffe_rustls::TlsStatus)> {
     let td: spiffe::TrustDomain = contract::TRUST_DOMAIN.try_into()?;
     let config = mtls_server(x509)
         .authorize(authorizer::trust_domains([contract::TRUST_DOMAIN])?)
         .trust_domain_policy(LocalOnly(td))
         .with_alpn_protocols([b"h2".as_slice(), b"http/1.1".as_slice()])
-        .build()?;
-    Ok(Arc::new(config))
+        .build_with_status()?;
+    Ok((Arc::new(config.0), config.1))
+}
+
+/// The longest a handshake waits for a rotated SVID or bundle to be ready for TLS.
+const MATERIAL_WAIT: Duration = Duration::from_millis(500);
+
+/// Waits while a new SVID or bundle from the Workload API is being turned into TLS material:
+/// `spiffe-rustls` refuses every handshake in that moment (it never verifies against material
+/// the source has moved past), so one arriving then waits its turn instead of failing. Any
+/// other reason not to serve (no SVID at all) fails the handshake at once, as it should.
+async fn material_ready(status: &mut spiffe_rustls::TlsStatus) {
+    let deadline = tokio::time::Instant::now() + MATERIAL_WAIT;
+    loop {
+        let pending = matches!(
+            status.current().error.as_deref(),
+            Some(spiffe_rustls::Error::PendingRevision { .. })
+        );
+        if !pending {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, status.changed())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Accepts connections until `stop` changes: the handshake, then TLS 1.3 only, then HTTP/1.1 or
 /// HTTP/2 with the caller's SPIFFE ID attached to every request.
 pub async fn serve(
     listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
+    (config, status): (Arc<rustls::ServerConfig>, spiffe_rustls::TlsStatus),
     app: Router,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
@@ -54,7 +82,9 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let mut status = status.clone();
         tokio::spawn(async move {
+            material_ready(&mut status).await;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => tls,
