@@ -11,6 +11,7 @@ use contract::{Cause, Link};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use openssl::ssl::{SslConnector, SslVerifyMode};
 use svid::SpiffeId;
 
 use crate::SvidSource;
@@ -25,6 +26,9 @@ pub struct LedgerClient {
     expected: SpiffeId,
     svids: Arc<SvidSource>,
     timeout: Duration,
+    /// The connector for the SVID with this serial, built once (building one costs tens of
+    /// milliseconds: OpenSSL reads the system's CA paths).
+    cached: Mutex<Option<(String, SslConnector)>>,
 }
 
 /// Why an entry was not recorded, and whether trying once more may change that: the ledger not
@@ -52,7 +56,21 @@ impl LedgerClient {
             expected,
             svids,
             timeout,
+            cached: Mutex::new(None),
         }
+    }
+
+    /// The connector presenting `svid`, built once per SVID.
+    fn connector(&self, svid: &svid::Svid) -> Result<SslConnector, openssl::error::ErrorStack> {
+        let mut cached = self.cached.lock().unwrap();
+        if let Some((serial, c)) = cached.as_ref()
+            && *serial == svid.serial
+        {
+            return Ok(c.clone());
+        }
+        let c = crate::mtls::presenting(svid)?.build();
+        *cached = Some((svid.serial.clone(), c.clone()));
+        Ok(c)
     }
 
     fn address(&self) -> String {
@@ -123,9 +141,7 @@ impl LedgerClient {
                 Transient::No,
             )
         };
-        let connector = crate::mtls::connector(&svid, self.expected.clone(), seen.clone())
-            .map_err(|e| tls(&e))?
-            .build();
+        let connector = self.connector(&svid).map_err(|e| tls(&e))?;
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| {
@@ -135,11 +151,18 @@ impl LedgerClient {
                     Transient::Yes,
                 )
             })?;
+        // A request goes out in more than one write (TLS records, headers and body): without
+        // this, Nagle's algorithm holds the later ones for the peer's delayed ACK, ~40 ms each.
+        let _ = tcp.set_nodelay(true);
         // The ledger is identified by its SPIFFE ID (the verify callback), not by a hostname.
         let ssl = connector
             .configure()
             .and_then(|mut c| {
                 c.set_verify_hostname(false);
+                c.set_verify_callback(
+                    SslVerifyMode::PEER,
+                    crate::mtls::check_peer(self.expected.clone(), seen.clone()),
+                );
                 c.into_ssl(&self.host)
             })
             .map_err(|e| tls(&e))?;

@@ -45,6 +45,16 @@ pub fn connector(
     expected: SpiffeId,
     seen: Arc<Mutex<Seen>>,
 ) -> Result<SslConnectorBuilder, ErrorStack> {
+    let mut b = presenting(svid)?;
+    b.set_verify_callback(SslVerifyMode::PEER, check_peer(expected, seen));
+    Ok(b)
+}
+
+/// A connector presenting `svid`, trusting only the bundle beside it, TLS 1.3 only; the
+/// server's ID is checked per connection ([`check_peer`]). Building one reads the system's CA
+/// paths (OpenSSL's defaults, then replaced by the bundle): worth keeping per SVID where
+/// connections are made often.
+pub fn presenting(svid: &Svid) -> Result<SslConnectorBuilder, ErrorStack> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
     b.set_certificate(svid.leaf())?;
@@ -57,7 +67,16 @@ pub fn connector(
         store.add_cert(ca.clone())?;
     }
     b.set_verify_cert_store(store.build())?;
-    b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
+    Ok(b)
+}
+
+/// The verify callback: the chain as OpenSSL found it, and the leaf's SPIFFE ID exactly
+/// `expected`; what it saw goes to `seen`.
+pub fn check_peer(
+    expected: SpiffeId,
+    seen: Arc<Mutex<Seen>>,
+) -> impl Fn(bool, &mut openssl::x509::X509StoreContextRef) -> bool + Send + Sync + 'static {
+    move |chain_ok, ctx| {
         if ctx.error_depth() != 0 {
             return chain_ok;
         }
@@ -75,6 +94,5 @@ pub fn connector(
             seen.chain_error = Some(ctx.error().to_string());
         }
         chain_ok && id.as_ref() == Some(&expected)
-    });
-    Ok(b)
+    }
 }

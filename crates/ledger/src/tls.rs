@@ -80,6 +80,8 @@ pub async fn serve(
             },
             _ = stop.changed() => return,
         };
+        // Answers go out in more than one write: not held back for the client's delayed ACK.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let mut status = status.clone();
