@@ -82,11 +82,8 @@ impl Sizes {
                 quick: false,
                 ready_runs: 3,
                 concurrencies: &[1, 4, 16],
-                // Many short rounds rather than a few long ones: each pair of rounds sees the
-                // machine as it is in those two seconds, and this machine's speed drifts by
-                // minutes; the median of 20 pairs shrugs off the pairs a swing cut across.
-                rounds: 20,
-                round: Duration::from_millis(1200),
+                rounds: 8,
+                round: Duration::from_secs(3),
                 warmup: Duration::from_secs(2),
                 open_loop_loads: &[0.25, 0.5, 0.75],
                 open_loop_for: Duration::from_secs(5),
