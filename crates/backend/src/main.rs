@@ -6,5 +6,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = backend::Config::parse();
     contract::logs::init(config.log_format);
-    backend::serve(config, backend::shutdown_signal()).await
+    backend::serve(config, contract::shutdown::signal()).await
 }

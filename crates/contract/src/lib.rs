@@ -13,6 +13,8 @@ pub mod ledger;
 pub mod logs;
 pub mod metrics;
 pub mod page;
+#[cfg(feature = "service")]
+pub mod shutdown;
 pub mod time;
 
 pub use api::{

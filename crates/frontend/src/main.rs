@@ -6,5 +6,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = frontend::Config::parse();
     contract::logs::init(config.log_format);
-    frontend::serve(config, frontend::shutdown_signal()).await
+    frontend::serve(config, contract::shutdown::signal()).await
 }

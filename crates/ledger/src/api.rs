@@ -173,7 +173,12 @@ async fn log_request(req: axum::extract::Request, next: axum::middleware::Next) 
     let res = next.run(req).await;
     let status = res.status().as_u16();
     let micros = started.elapsed().as_micros() as u64;
-    tracing::info!(peer_spiffe_id = %peer, %method, path, status, micros, "request");
+    // The frontend's console reads /status every few seconds: at debug unless refused.
+    if path == "/status" && status < 400 {
+        tracing::debug!(peer_spiffe_id = %peer, %method, path, status, micros, "request");
+    } else {
+        tracing::info!(peer_spiffe_id = %peer, %method, path, status, micros, "request");
+    }
     res
 }
 

@@ -6,5 +6,5 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = ledger::Config::parse();
     contract::logs::init(config.log_format);
-    ledger::serve(config, ledger::shutdown_signal()).await
+    ledger::serve(config, contract::shutdown::signal()).await
 }
