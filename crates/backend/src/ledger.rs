@@ -26,9 +26,10 @@ pub struct LedgerClient {
     expected: SpiffeId,
     svids: Arc<SvidSource>,
     timeout: Duration,
-    /// The connector for the SVID with this serial, built once (building one costs tens of
-    /// milliseconds: OpenSSL reads the system's CA paths).
-    cached: Mutex<Option<(String, SslConnector)>>,
+    /// The connector for this SVID and its bundle as last loaded (a new load, a new `Arc`: a
+    /// rotated SVID or a bundle gaining or losing a CA), built once: building one costs tens
+    /// of milliseconds (OpenSSL reads the system's CA paths).
+    cached: Mutex<Option<(Arc<svid::Svid>, SslConnector)>>,
 }
 
 /// Why an entry was not recorded, and whether trying once more may change that: the ledger not
@@ -60,16 +61,19 @@ impl LedgerClient {
         }
     }
 
-    /// The connector presenting `svid`, built once per SVID.
-    fn connector(&self, svid: &svid::Svid) -> Result<SslConnector, openssl::error::ErrorStack> {
+    /// The connector presenting `svid` and trusting its bundle, built once per load of the files.
+    fn connector(
+        &self,
+        svid: &Arc<svid::Svid>,
+    ) -> Result<SslConnector, openssl::error::ErrorStack> {
         let mut cached = self.cached.lock().unwrap();
-        if let Some((serial, c)) = cached.as_ref()
-            && *serial == svid.serial
+        if let Some((loaded, c)) = cached.as_ref()
+            && Arc::ptr_eq(loaded, svid)
         {
             return Ok(c.clone());
         }
         let c = crate::mtls::presenting(svid)?.build();
-        *cached = Some((svid.serial.clone(), c.clone()));
+        *cached = Some((svid.clone(), c.clone()));
         Ok(c)
     }
 
