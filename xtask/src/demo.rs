@@ -43,6 +43,9 @@ impl Demo {
         if let Some(ledger) = &r.backend_to_ledger {
             s += &format!(" | {}", link("Backend to Ledger", ledger));
         }
+        if let Some(openbao) = &r.backend_to_openbao {
+            s += &format!(" | {}", link("Backend to OpenBao", openbao));
+        }
         if !r.orders.is_empty() {
             s += &format!(" | {} orders", r.orders.len());
         }

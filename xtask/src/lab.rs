@@ -30,6 +30,12 @@ pub enum Component {
     Frontend,
     /// The third pattern: its SVIDs from the Workload API itself, no sidecar.
     Ledger,
+    /// SPIRE's OIDC discovery provider: the JWT-SVID keys as OIDC discovery and JWKS.
+    SpireOidc,
+    /// OpenBao's spiffe-helper: its X.509-SVID files, SIGHUP to OpenBao on rotation.
+    HelperOpenBao,
+    /// OpenBao: JWT-SVID login, short-lived PostgreSQL users, a demo secret.
+    OpenBao,
 }
 
 impl Component {
@@ -38,7 +44,7 @@ impl Component {
         (0..SERVER_REPLICAS).map(Component::SpireServer)
     }
 
-    pub const ALL: [Component; 14] = [
+    pub const ALL: [Component; 17] = [
         Component::SpireDatastore,
         Component::SpireServer(0),
         Component::SpireServer(1),
@@ -53,6 +59,9 @@ impl Component {
         Component::EnvoyFrontend,
         Component::Frontend,
         Component::Ledger,
+        Component::SpireOidc,
+        Component::HelperOpenBao,
+        Component::OpenBao,
     ];
 
     pub fn name(self) -> String {
@@ -68,6 +77,9 @@ impl Component {
             Component::EnvoyFrontend => "envoy-frontend".into(),
             Component::Frontend => "frontend".into(),
             Component::Ledger => "ledger".into(),
+            Component::SpireOidc => "spire-oidc".into(),
+            Component::HelperOpenBao => "helper-openbao".into(),
+            Component::OpenBao => "openbao".into(),
         }
     }
 
@@ -288,6 +300,11 @@ pub trait Lab {
         command: &[&str],
         flags: &[&str],
     ) -> anyhow::Result<String>;
+    /// `bao ARGS…` as the lab's administrator (the root token kept at `up`) against the lab's
+    /// OpenBao, `stdin` on its standard input: what it printed, or its error.
+    fn openbao(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String>;
+    /// SQL as PostgreSQL's superuser in database `demo`: the rows, unaligned.
+    fn postgres_admin(&self, sql: &str) -> anyhow::Result<String>;
     /// Ends a component at once (SIGKILL; on Kubernetes its pod deleted with no grace period);
     /// `start` brings it back (on Kubernetes its controller does, and `start` waits for it).
     fn kill(&mut self, c: Component) -> anyhow::Result<()>;

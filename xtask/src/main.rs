@@ -11,6 +11,7 @@ mod demo;
 mod deps;
 mod flags;
 mod lab;
+mod openbao;
 mod pins;
 mod probe;
 mod procs;
@@ -19,6 +20,7 @@ mod runtime;
 mod scenario;
 mod spire;
 mod telemetry;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

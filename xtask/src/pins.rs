@@ -212,6 +212,20 @@ impl PinnedImages for Pins {
                 "agent_digest",
             ),
             image(
+                "oidc-discovery-provider",
+                &self.spire.oidc_image,
+                &self.spire.oidc_digest,
+                "spire",
+                "oidc_digest",
+            ),
+            image(
+                "openbao",
+                &self.openbao.image,
+                &self.openbao.digest,
+                "openbao",
+                "digest",
+            ),
+            image(
                 "spiffe-csi-driver",
                 &self.spiffe_csi_driver.image,
                 &self.spiffe_csi_driver.digest,

@@ -73,8 +73,19 @@ impl Edit {
                 from,
                 to,
             } => {
-                let words = ["address", "port", "listen_addresses", "bind_", "host ="];
-                words.iter().any(|w| from.contains(w))
+                // A URL, a listen address, an allowed host name.
+                let words = [
+                    "address",
+                    "port",
+                    "listen_addresses",
+                    "bind_",
+                    "host =",
+                    "https://",
+                    "addr",
+                    "domains =",
+                ];
+                (words.iter().any(|w| from.contains(w))
+                    || from.parse::<std::net::SocketAddr>().is_ok())
                     && from.lines().count() == 1
                     && to.lines().count() == 1
             }

@@ -10,11 +10,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use contract::ledger::{LedgerWrite, NewEntry};
+use contract::openbao::Reports;
 use contract::{BackendIdentity, Orders, Readiness, Run, SvidState};
 use serde_json::json;
 
 use crate::error::{AppError, Result};
-use crate::{Database, LedgerClient, Metrics, SvidSource};
+use crate::{Database, LedgerClient, Metrics, OpenBao, SvidSource};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -24,6 +25,7 @@ pub struct AppState {
     /// The benchmark's plaintext baseline: readiness does not ask for an SVID.
     plaintext: bool,
     ledger: Option<Arc<LedgerClient>>,
+    openbao: Option<Arc<OpenBao>>,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
             metrics: Arc::default(),
             plaintext,
             ledger: None,
+            openbao: None,
         }
     }
 
@@ -42,12 +45,19 @@ impl AppState {
         self.ledger = ledger;
         self
     }
+
+    /// Where the reports' database credentials come from (`GET /api/reports`).
+    pub fn with_openbao(mut self, openbao: Option<Arc<OpenBao>>) -> Self {
+        self.openbao = openbao;
+        self
+    }
 }
 
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/orders", get(orders))
         .route("/api/runs", axum::routing::post(runs))
+        .route("/api/reports", get(reports))
         .route("/api/identity", get(identity))
         .route("/healthz", get(|| async { Json(json!({ "live": true })) }))
         .route("/readyz", get(readyz))
@@ -72,7 +82,7 @@ async fn log_request(
     let peer = peer.as_deref().unwrap_or("-");
     // The orders, and anything refused, at info; probes and the console's polling of
     // `/api/identity` (every few seconds) at debug.
-    if !matches!(path.as_str(), "/api/orders" | "/api/runs") && status < 400 {
+    if !matches!(path.as_str(), "/api/orders" | "/api/runs" | "/api/reports") && status < 400 {
         tracing::debug!(peer_spiffe_id = peer, %method, path, status, micros, "request");
     } else {
         tracing::info!(peer_spiffe_id = peer, %method, path, status, micros, "request");
@@ -108,35 +118,77 @@ async fn orders(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Or
     read_orders(&s, &headers).await.map(Json)
 }
 
-/// A Run Demo: the orders, then an entry in the ledger. The orders failing is the backend's
-/// error (503); the ledger failing is told in `ledger.link`, with the orders.
+/// A Run Demo: the orders, then (together) an entry in the ledger and the reports read with
+/// OpenBao's short-lived credentials. The orders failing is the backend's error (503); the
+/// ledger or the reports failing is told in their links, with the orders.
 async fn runs(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Run>> {
     let orders = read_orders(&s, &headers).await?;
-    let ledger = match &s.ledger {
-        Some(ledger) => {
-            ledger
-                .record(&NewEntry {
-                    orders: orders.orders.len() as u32,
-                    caller: orders.caller.clone(),
-                })
-                .await
+    let record = async {
+        match &s.ledger {
+            Some(ledger) => {
+                ledger
+                    .record(&NewEntry {
+                        orders: orders.orders.len() as u32,
+                        caller: orders.caller.clone(),
+                    })
+                    .await
+            }
+            None => LedgerWrite {
+                link: contract::Link::failed(
+                    contract::Cause::LedgerUnreachable,
+                    "this backend has no ledger configured (--ledger-addr)",
+                ),
+                entry: None,
+                ledger_spiffe_id: None,
+            },
         }
-        None => LedgerWrite {
-            link: contract::Link::failed(
-                contract::Cause::LedgerUnreachable,
-                "this backend has no ledger configured (--ledger-addr)",
-            ),
-            entry: None,
-            ledger_spiffe_id: None,
-        },
     };
+    // Without an OpenBao (the kind runtime's lab for now, the crates' tests) a Run Demo has no
+    // reports, as it has no ledger entry when not asked for one.
+    let reports = async {
+        match &s.openbao {
+            Some(_) => Some(read_reports(&s).await),
+            None => None,
+        }
+    };
+    let (ledger, reports) = tokio::join!(record, reports);
     if !ledger.link.succeeded() {
         tracing::warn!(
             reason = ledger.link.reason.as_deref().unwrap_or(""),
             "Run Demo not recorded in the ledger"
         );
     }
-    Ok(Json(Run { orders, ledger }))
+    Ok(Json(Run {
+        orders,
+        ledger,
+        reports,
+    }))
+}
+
+/// `GET /api/reports`: orders by status, as the short-lived user OpenBao made for the backend.
+async fn reports(State(s): State<AppState>) -> Json<Reports> {
+    Json(read_reports(&s).await)
+}
+
+async fn read_reports(s: &AppState) -> Reports {
+    let reports = match &s.openbao {
+        Some(openbao) => openbao.reports().await,
+        None => Reports {
+            link: contract::Link::failed(
+                contract::Cause::OpenBaoUnreachable,
+                "this backend has no OpenBao configured (--openbao-addr)",
+            ),
+            rows: vec![],
+            broker: Default::default(),
+        },
+    };
+    if !reports.link.succeeded() {
+        tracing::warn!(
+            reason = reports.link.reason.as_deref().unwrap_or(""),
+            "reports not read"
+        );
+    }
+    reports
 }
 
 async fn read_orders(s: &AppState, headers: &HeaderMap) -> Result<Orders> {

@@ -60,6 +60,26 @@ pub struct Config {
     /// Upper bound for recording one entry in the ledger, handshake included, in milliseconds.
     #[arg(long, env = "BACKEND_LEDGER_TIMEOUT_MS", default_value_t = 1500)]
     pub ledger_timeout_ms: u64,
+    /// OpenBao, `host:port`, where the backend logs in with its JWT-SVID and gets short-lived
+    /// PostgreSQL users for `GET /api/reports`; none: the reports say the backend has no OpenBao.
+    #[arg(long, env = "BACKEND_OPENBAO_ADDR")]
+    pub openbao_addr: Option<String>,
+    /// The SPIFFE ID OpenBao's server certificate must carry.
+    #[arg(
+        long,
+        env = "BACKEND_OPENBAO_SPIFFE_ID",
+        default_value_t = contract::Workload::OpenBao.spiffe_id().parse().expect("a SPIFFE ID")
+    )]
+    pub openbao_spiffe_id: SpiffeId,
+    /// OpenBao's jwt auth role the backend logs in with.
+    #[arg(long, env = "BACKEND_OPENBAO_ROLE", default_value = "backend")]
+    pub openbao_role: String,
+    /// The JWT-SVID spiffe-helper writes for OpenBao (default: openbao.jwt in --svid-dir).
+    #[arg(long, env = "BACKEND_OPENBAO_JWT_FILE")]
+    pub openbao_jwt_file: Option<PathBuf>,
+    /// Upper bound for one call to OpenBao, handshake included, in milliseconds.
+    #[arg(long, env = "BACKEND_OPENBAO_TIMEOUT_MS", default_value_t = 3000)]
+    pub openbao_timeout_ms: u64,
     /// For the benchmark's plaintext baseline only (`cargo xtask bench`): talk to PostgreSQL
     /// without TLS and without an SVID. Never use it elsewhere; the lab refuses plaintext.
     #[arg(long, hide = true)]
@@ -80,19 +100,39 @@ impl Config {
 
     /// The ledger's host and port, or why they cannot be read.
     pub fn ledger(&self) -> anyhow::Result<Option<(String, u16)>> {
-        let Some(addr) = &self.ledger_addr else {
-            return Ok(None);
-        };
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--ledger-addr {addr:?}: expected host:port"))?;
-        let port = port
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--ledger-addr {addr:?}: the port: {e}"))?;
-        Ok(Some((host.to_owned(), port)))
+        host_port("--ledger-addr", self.ledger_addr.as_deref())
+    }
+
+    /// OpenBao's host and port, or why they cannot be read.
+    pub fn openbao(&self) -> anyhow::Result<Option<(String, u16)>> {
+        host_port("--openbao-addr", self.openbao_addr.as_deref())
+    }
+
+    pub fn openbao_timeout(&self) -> Duration {
+        Duration::from_millis(self.openbao_timeout_ms.max(100))
+    }
+
+    pub fn openbao_jwt_file(&self) -> PathBuf {
+        self.openbao_jwt_file
+            .clone()
+            .unwrap_or_else(|| self.svid_dir.join("openbao.jwt"))
     }
 
     pub fn db_timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms.max(100))
     }
+}
+
+/// `host:port` from a flag, or why it does not read.
+fn host_port(flag: &str, addr: Option<&str>) -> anyhow::Result<Option<(String, u16)>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{flag} {addr:?}: expected host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{flag} {addr:?}: the port: {e}"))?;
+    Ok(Some((host.to_owned(), port)))
 }

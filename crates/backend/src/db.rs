@@ -61,6 +61,9 @@ pub struct Manager {
     port: u16,
     dbname: String,
     user: String,
+    /// A short-lived user's password from OpenBao; none for `backend`, which logs in by its
+    /// certificate alone.
+    password: Option<String>,
     expected: SpiffeId,
     connect_timeout: Duration,
     svids: Arc<SvidSource>,
@@ -140,6 +143,9 @@ impl Manager {
             .ssl_mode(ssl)
             .connect_timeout(self.connect_timeout)
             .application_name("backend");
+        if let Some(password) = &self.password {
+            config.password(password);
+        }
         config
     }
 
@@ -212,8 +218,30 @@ impl managed::Manager for Manager {
     }
 }
 
+/// Who a pool logs in as: `backend` by its certificate, or a short-lived user with the password
+/// OpenBao gave (and the backend's certificate all the same).
+pub struct Login {
+    pub user: String,
+    pub password: Option<String>,
+    pub pool_size: usize,
+}
+
 impl Database {
     pub fn new(config: &Config, svids: Arc<SvidSource>) -> anyhow::Result<Database> {
+        let login = Login {
+            user: config.db_user.clone(),
+            password: None,
+            pool_size: config.db_pool_size,
+        };
+        Database::logged_in_as(config, svids, login)
+    }
+
+    /// A pool of connections to the configured PostgreSQL as `login`.
+    pub fn logged_in_as(
+        config: &Config,
+        svids: Arc<SvidSource>,
+        login: Login,
+    ) -> anyhow::Result<Database> {
         let last_server = Arc::new(Mutex::new(None));
         let timeout = config.db_timeout();
         let manager = Manager {
@@ -221,14 +249,15 @@ impl Database {
             host: config.db_host.clone(),
             port: config.db_port,
             dbname: config.db_name.clone(),
-            user: config.db_user.clone(),
+            user: login.user,
+            password: login.password,
             expected: config.db_spiffe_id.clone(),
             connect_timeout: timeout,
             svids,
             last_server: last_server.clone(),
         };
         let pool = Pool::builder(manager)
-            .max_size(config.db_pool_size)
+            .max_size(login.pool_size)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(timeout))
             .create_timeout(Some(timeout))
@@ -262,6 +291,20 @@ impl Database {
                 id: r.get::<_, i32>(0).into(),
                 description: r.get(1),
                 status: r.get(2),
+            })
+            .collect())
+    }
+
+    /// The `reports` view (orders by status), which OpenBao's short-lived users may read.
+    pub async fn reports(&self) -> Result<Vec<contract::openbao::ReportRow>, DbError> {
+        let rows = self
+            .query("SELECT status, orders FROM reports ORDER BY status")
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| contract::openbao::ReportRow {
+                status: r.get(0),
+                orders: r.get::<_, i32>(1).into(),
             })
             .collect())
     }

@@ -8,17 +8,15 @@ use std::time::Duration;
 
 use contract::ledger::{Entry, LedgerCause, LedgerError, LedgerWrite, NewEntry};
 use contract::{Cause, Link};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use openssl::ssl::{SslConnector, SslVerifyMode};
 use svid::SpiffeId;
 
 use crate::SvidSource;
 
 /// How long before the one retry of a failure that may pass.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
-use crate::mtls::Seen;
+use crate::mtls::{CallError, ConnectorCache, Seen};
 
 pub struct LedgerClient {
     host: String,
@@ -26,10 +24,7 @@ pub struct LedgerClient {
     expected: SpiffeId,
     svids: Arc<SvidSource>,
     timeout: Duration,
-    /// The connector for this SVID and its bundle as last loaded (a new load, a new `Arc`: a
-    /// rotated SVID or a bundle gaining or losing a CA), built once: building one costs tens
-    /// of milliseconds (OpenSSL reads the system's CA paths).
-    cached: Mutex<Option<(Arc<svid::Svid>, SslConnector)>>,
+    connectors: ConnectorCache,
 }
 
 /// Why an entry was not recorded, and whether trying once more may change that: the ledger not
@@ -57,24 +52,8 @@ impl LedgerClient {
             expected,
             svids,
             timeout,
-            cached: Mutex::new(None),
+            connectors: ConnectorCache::default(),
         }
-    }
-
-    /// The connector presenting `svid` and trusting its bundle, built once per load of the files.
-    fn connector(
-        &self,
-        svid: &Arc<svid::Svid>,
-    ) -> Result<SslConnector, openssl::error::ErrorStack> {
-        let mut cached = self.cached.lock().unwrap();
-        if let Some((loaded, c)) = cached.as_ref()
-            && Arc::ptr_eq(loaded, svid)
-        {
-            return Ok(c.clone());
-        }
-        let c = crate::mtls::presenting(svid)?.build();
-        *cached = Some((svid.clone(), c.clone()));
-        Ok(c)
     }
 
     fn address(&self) -> String {
@@ -145,101 +124,55 @@ impl LedgerClient {
                 Transient::No,
             )
         };
-        let connector = self.connector(&svid).map_err(|e| tls(&e))?;
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| {
-                Failure(
-                    Cause::LedgerUnreachable,
-                    format!("the ledger at {} is unreachable: {e}", self.address()),
-                    Transient::Yes,
-                )
-            })?;
-        // A request goes out in more than one write (TLS records, headers and body): without
-        // this, Nagle's algorithm holds the later ones for the peer's delayed ACK, ~40 ms each.
-        let _ = tcp.set_nodelay(true);
-        // The ledger is identified by its SPIFFE ID (the verify callback), not by a hostname.
-        let ssl = connector
-            .configure()
-            .and_then(|mut c| {
-                c.set_verify_hostname(false);
-                c.set_verify_callback(
-                    SslVerifyMode::PEER,
-                    crate::mtls::check_peer(self.expected.clone(), seen.clone()),
-                );
-                c.into_ssl(&self.host)
-            })
-            .map_err(|e| tls(&e))?;
-        let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| tls(&e))?;
-        if let Err(e) = std::pin::Pin::new(&mut stream).connect().await {
-            let seen = seen.lock().unwrap();
-            if let Some(refused) = seen.refusal("the ledger", &self.expected) {
-                return Err(Failure(Cause::LedgerTls, refused, Transient::No));
-            }
-            let detail = e
-                .ssl_error()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            return Err(Failure(
-                Cause::LedgerTls,
-                format!("the ledger refused the handshake ({detail}); does it trust our SVID?"),
-                Transient::Yes,
-            ));
-        }
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| {
-                Failure(
-                    Cause::LedgerUnreachable,
-                    format!("HTTP to the ledger: {e}"),
-                    Transient::Yes,
-                )
-            })?;
-        let conn = tokio::spawn(conn);
+        let connector = self.connectors.get(&svid).map_err(|e| tls(&e))?;
         let body = serde_json::to_vec(new).expect("an entry serializes");
         let req = hyper::Request::post("/entries")
             .header("host", self.address())
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("a valid request");
-        let res = match sender.send_request(req).await {
-            Ok(res) => res,
-            Err(e) => {
-                // The connection's own error says why; the request only learns it was cancelled.
-                let why = match conn.await {
-                    Ok(Err(conn_error)) => chain(&conn_error),
-                    _ => chain(&e),
-                };
-                // With TLS 1.3 the server checks our certificate after our side of the
-                // handshake is done: a refusal arrives as an alert on the first read.
-                return Err(if why.contains("alert") || why.contains("SSL") {
-                    Failure(
+        let peer = (self.host.as_str(), self.port);
+        let (status, bytes) =
+            crate::mtls::call(&connector, peer, &self.expected, seen, "the ledger", req)
+                .await
+                .map_err(|e| match e {
+                    CallError::Setup(e) => tls(&e),
+                    CallError::Unreachable(e) => Failure(
+                        Cause::LedgerUnreachable,
+                        format!("the ledger at {} is unreachable: {e}", self.address()),
+                        Transient::Yes,
+                    ),
+                    CallError::Refused(refused) => {
+                        Failure(Cause::LedgerTls, refused, Transient::No)
+                    }
+                    CallError::Handshake(detail) => Failure(
+                        Cause::LedgerTls,
+                        format!(
+                            "the ledger refused the handshake ({detail}); does it trust our SVID?"
+                        ),
+                        Transient::Yes,
+                    ),
+                    CallError::Http(e) => Failure(
+                        Cause::LedgerUnreachable,
+                        format!("HTTP to the ledger: {e}"),
+                        Transient::Yes,
+                    ),
+                    CallError::Dropped { why, alert: true } => Failure(
                         Cause::LedgerTls,
                         format!("the ledger refused our SVID ({why}); does it trust our CA?"),
                         Transient::Yes,
-                    )
-                } else {
-                    Failure(
+                    ),
+                    CallError::Dropped { why, alert: false } => Failure(
                         Cause::LedgerUnreachable,
                         format!("the ledger dropped the request: {why}"),
                         Transient::Yes,
-                    )
-                });
-            }
-        };
-        let status = res.status().as_u16();
-        let bytes = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| {
-                Failure(
-                    Cause::LedgerUnreachable,
-                    format!("reading the ledger's answer: {e}"),
-                    Transient::Yes,
-                )
-            })?
-            .to_bytes();
+                    ),
+                    CallError::Read(e) => Failure(
+                        Cause::LedgerUnreachable,
+                        format!("reading the ledger's answer: {e}"),
+                        Transient::Yes,
+                    ),
+                })?;
         if status == 201 {
             return serde_json::from_slice(&bytes).map_err(|e| {
                 Failure(
@@ -273,15 +206,4 @@ impl LedgerClient {
             ),
         })
     }
-}
-
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s = format!("{s}: {cause}");
-        source = cause.source();
-    }
-    s
 }

@@ -10,6 +10,7 @@ mod error;
 mod ledger;
 mod metrics;
 mod mtls;
+mod openbao;
 mod svid_source;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ pub use db::{Database, DbError};
 pub use error::AppError;
 pub use ledger::LedgerClient;
 pub use metrics::Metrics;
+pub use openbao::OpenBao;
 pub use svid_source::{SvidSource, Unusable};
 
 /// Loads the SVID, starts watching its files, and sets up the database pool (no connection yet).
@@ -41,7 +43,13 @@ pub async fn start(config: &Config) -> anyhow::Result<AppState> {
             config.ledger_timeout(),
         ))
     });
-    Ok(AppState::new(svids, db, config.db_insecure_plaintext).with_ledger(ledger))
+    let openbao = OpenBao::new(config, svids.clone())?;
+    if let Some(openbao) = &openbao {
+        openbao.clone().spawn();
+    }
+    Ok(AppState::new(svids, db, config.db_insecure_plaintext)
+        .with_ledger(ledger)
+        .with_openbao(openbao))
 }
 
 /// Runs the API until `shutdown` resolves.

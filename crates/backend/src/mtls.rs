@@ -96,3 +96,125 @@ pub fn check_peer(
         chain_ok && id.as_ref() == Some(&expected)
     }
 }
+
+/// How one HTTPS exchange with a peer checked by SPIFFE ID went wrong; each caller says it in
+/// its own words and decides what is worth another try.
+#[derive(Debug)]
+pub enum CallError {
+    /// Setting TLS up on our side failed.
+    Setup(String),
+    /// Nothing accepted the connection.
+    Unreachable(String),
+    /// Our own check refused the peer: its chain or its SPIFFE ID (the reason says which).
+    Refused(String),
+    /// The handshake failed otherwise: the peer may have refused it.
+    Handshake(String),
+    /// HTTP over the connection failed to start.
+    Http(String),
+    /// The peer ended the connection before answering; `alert`: with a TLS alert (with TLS
+    /// 1.3 the server checks our certificate after our side of the handshake is done, so a
+    /// refusal of our SVID arrives on the first read).
+    Dropped { why: String, alert: bool },
+    /// Reading the answer failed.
+    Read(String),
+}
+
+/// One HTTP/1.1 request over a new TLS connection from `connector` to `host:port`, the peer
+/// accepted only with SPIFFE ID `expected` (what was seen of it goes to `seen`): the answer's
+/// status and body.
+pub async fn call(
+    connector: &SslConnector,
+    (host, port): (&str, u16),
+    expected: &SpiffeId,
+    seen: Arc<Mutex<Seen>>,
+    peer: &str,
+    req: hyper::Request<http_body_util::Full<hyper::body::Bytes>>,
+) -> Result<(u16, hyper::body::Bytes), CallError> {
+    use http_body_util::BodyExt;
+    let setup = |e: &dyn std::fmt::Display| CallError::Setup(e.to_string());
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    // A request goes out in more than one write (TLS records, headers and body): without
+    // this, Nagle's algorithm holds the later ones for the peer's delayed ACK, ~40 ms each.
+    let _ = tcp.set_nodelay(true);
+    // The peer is identified by its SPIFFE ID (the verify callback), not by a hostname.
+    let ssl = connector
+        .configure()
+        .and_then(|mut c| {
+            c.set_verify_hostname(false);
+            c.set_verify_callback(
+                SslVerifyMode::PEER,
+                check_peer(expected.clone(), seen.clone()),
+            );
+            c.into_ssl(host)
+        })
+        .map_err(|e| setup(&e))?;
+    let mut stream = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| setup(&e))?;
+    if let Err(e) = std::pin::Pin::new(&mut stream).connect().await {
+        if let Some(refused) = seen.lock().unwrap().refusal(peer, expected) {
+            return Err(CallError::Refused(refused));
+        }
+        let detail = e
+            .ssl_error()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        return Err(CallError::Handshake(detail));
+    }
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| CallError::Http(e.to_string()))?;
+    let conn = tokio::spawn(conn);
+    let res = match sender.send_request(req).await {
+        Ok(res) => res,
+        Err(e) => {
+            // The connection's own error says why; the request only learns it was cancelled.
+            let why = match conn.await {
+                Ok(Err(conn_error)) => chain(&conn_error),
+                _ => chain(&e),
+            };
+            let alert = why.contains("alert") || why.contains("SSL");
+            return Err(CallError::Dropped { why, alert });
+        }
+    };
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CallError::Read(e.to_string()))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s = format!("{s}: {cause}");
+        source = cause.source();
+    }
+    s
+}
+
+/// A connector presenting an SVID and trusting its bundle, built once per load of the files (a
+/// new load, a new `Arc`: a rotated SVID, or a bundle gaining or losing a CA): building one costs
+/// tens of milliseconds (OpenSSL reads the system's CA paths).
+#[derive(Default)]
+pub struct ConnectorCache(Mutex<Option<(Arc<Svid>, SslConnector)>>);
+
+impl ConnectorCache {
+    pub fn get(&self, svid: &Arc<Svid>) -> Result<SslConnector, ErrorStack> {
+        let mut cached = self.0.lock().unwrap();
+        if let Some((loaded, c)) = cached.as_ref()
+            && Arc::ptr_eq(loaded, svid)
+        {
+            return Ok(c.clone());
+        }
+        let c = presenting(svid)?.build();
+        *cached = Some((svid.clone(), c.clone()));
+        Ok(c)
+    }
+}

@@ -42,6 +42,16 @@ pub enum Cause {
     LedgerTls,
     /// Nothing answered at the ledger's address in time.
     LedgerUnreachable,
+    /// OpenBao did not answer (down, or no OpenBao configured).
+    OpenBaoUnreachable,
+    /// OpenBao answered, sealed.
+    OpenBaoSealed,
+    /// OpenBao refused the backend's login or a read (the reason says why).
+    OpenBaoRefused,
+    /// TLS with OpenBao failed (its certificate or SPIFFE ID refused).
+    OpenBaoTls,
+    /// The short-lived database user's lease expired and no new one could be had.
+    LeaseExpired,
     NotFound,
     MethodNotAllowed,
     /// An answer nobody expected.
@@ -128,6 +138,9 @@ pub struct Run {
     #[serde(flatten)]
     pub orders: Orders,
     pub ledger: crate::ledger::LedgerWrite,
+    /// The reports, read with OpenBao's short-lived credentials.
+    #[serde(default)]
+    pub reports: Option<crate::openbao::Reports>,
 }
 
 /// The backend's error body, with any 4xx or 5xx.
@@ -198,6 +211,14 @@ pub struct RunDemo {
     /// The ledger's SPIFFE ID as the backend checked it.
     #[serde(default)]
     pub ledger_spiffe_id: Option<String>,
+    /// The backend logging in to OpenBao and reading the reports with the database user it
+    /// got there; none when not asked (as the ledger).
+    #[serde(default)]
+    pub backend_to_openbao: Option<Link>,
+    #[serde(default)]
+    pub reports: Vec<crate::openbao::ReportRow>,
+    #[serde(default)]
+    pub openbao: Option<crate::openbao::Broker>,
     pub elapsed_ms: u64,
 }
 
@@ -222,16 +243,20 @@ pub enum Hop {
     /// The backend to the ledger, after the orders: mTLS with the backend's files against the
     /// ledger's own SVID from the Workload API; the ledger checks the caller's SPIFFE ID.
     BackendLedger,
+    /// The backend to OpenBao (a JWT-SVID login over TLS, OpenBao checked by its SPIFFE ID),
+    /// then to PostgreSQL as the short-lived user OpenBao made.
+    BackendOpenBao,
 }
 
 impl Hop {
-    pub const ALL: [Hop; 6] = [
+    pub const ALL: [Hop; 7] = [
         Hop::BrowserFrontend,
         Hop::FrontendEnvoy,
         Hop::EnvoyEnvoy,
         Hop::EnvoyBackend,
         Hop::BackendPostgres,
         Hop::BackendLedger,
+        Hop::BackendOpenBao,
     ];
 
     /// The element id the page gives it, and its name on the wire.
@@ -243,6 +268,7 @@ impl Hop {
             Hop::EnvoyBackend => "envoy-backend",
             Hop::BackendPostgres => "backend-postgres",
             Hop::BackendLedger => "backend-ledger",
+            Hop::BackendOpenBao => "backend-openbao",
         }
     }
 }
@@ -253,6 +279,7 @@ impl RunDemo {
         self.frontend_to_backend.succeeded()
             && self.backend_to_db.succeeded()
             && self.backend_to_ledger.as_ref().is_none_or(Link::succeeded)
+            && self.backend_to_openbao.as_ref().is_none_or(Link::succeeded)
             && !self.orders.is_empty()
     }
 }

@@ -26,14 +26,18 @@ pub enum Workload {
     Postgres,
     /// The third pattern: gets its SVIDs from the Workload API itself, no sidecar, no files.
     Ledger,
+    /// The broker: trusts the backend's JWT-SVIDs and hands it short-lived database users; its
+    /// own X.509-SVID (spiffe-helper's files) serves its TLS and logs it in to PostgreSQL.
+    OpenBao,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Frontend,
         Workload::Backend,
         Workload::Postgres,
         Workload::Ledger,
+        Workload::OpenBao,
     ];
 
     /// Its service account (on kind) and the last segment of its SPIFFE ID.
@@ -43,6 +47,7 @@ impl Workload {
             Workload::Backend => "backend",
             Workload::Postgres => "postgres",
             Workload::Ledger => "ledger",
+            Workload::OpenBao => "openbao",
         }
     }
 
@@ -58,9 +63,17 @@ impl Workload {
             Workload::Backend => Some("backend"),
             Workload::Postgres => Some("postgres"),
             Workload::Ledger => Some("ledger"),
+            Workload::OpenBao => Some("openbao"),
         }
     }
 }
+
+/// SPIRE's OIDC discovery provider, a workload of the SPIRE system's namespace.
+pub const OIDC_PROVIDER_ID: &str = "spiffe://example.org/ns/spire-system/sa/spire-oidc";
+
+/// The audience of the JWT-SVIDs the backend logs in to OpenBao with (the role's
+/// `bound_audiences`).
+pub const OPENBAO_AUDIENCE: &str = "openbao";
 
 /// The service account of the `unregistered` scenario's rogue: registered only while that
 /// scenario runs, with the backend's DNS name so that its CN passes PostgreSQL's `cert` check.

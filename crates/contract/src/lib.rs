@@ -12,6 +12,7 @@ pub mod ids;
 pub mod ledger;
 pub mod logs;
 pub mod metrics;
+pub mod openbao;
 pub mod page;
 #[cfg(feature = "service")]
 pub mod shutdown;

@@ -37,6 +37,9 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
         backend_to_ledger: None,
         ledger_entry: None,
         ledger_spiffe_id: None,
+        backend_to_openbao: None,
+        reports: Vec::new(),
+        openbao: None,
         elapsed_ms: 0,
     };
     let unreachable = |reason: String| backend_failed(Cause::Unreachable, reason);
@@ -55,9 +58,9 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
         Upstream::Answered { status: 200, body } => {
             // `POST /api/runs` answers the orders and the ledger's outcome; `GET /api/orders`
             // the orders alone.
-            let (orders, ledger) = match serde_json::from_str::<Run>(&body) {
-                Ok(run) => (Ok(run.orders), Some(run.ledger)),
-                Err(_) => (serde_json::from_str::<Orders>(&body), None),
+            let (orders, ledger, reports) = match serde_json::from_str::<Run>(&body) {
+                Ok(run) => (Ok(run.orders), Some(run.ledger), run.reports),
+                Err(_) => (serde_json::from_str::<Orders>(&body), None, None),
             };
             match orders {
                 Ok(orders) => {
@@ -65,14 +68,20 @@ pub fn classify(upstream: Upstream, envoy: &str) -> RunDemo {
                     result.caller_seen_by_backend = orders.caller;
                     result.backend_spiffe_id = orders.backend;
                     result.db_server_spiffe_id = orders.db_server.and_then(|s| s.spiffe_id);
-                    let at = ledger
-                        .as_ref()
-                        .filter(|l| !l.link.succeeded())
-                        .map(|_| Hop::BackendLedger);
+                    let at = match (&ledger, &reports) {
+                        (Some(l), _) if !l.link.succeeded() => Some(Hop::BackendLedger),
+                        (_, Some(r)) if !r.link.succeeded() => Some(Hop::BackendOpenBao),
+                        _ => None,
+                    };
                     if let Some(ledger) = ledger {
                         result.ledger_entry = ledger.entry.map(|e| e.id);
                         result.ledger_spiffe_id = ledger.ledger_spiffe_id;
                         result.backend_to_ledger = Some(ledger.link);
+                    }
+                    if let Some(reports) = reports {
+                        result.backend_to_openbao = Some(reports.link);
+                        result.reports = reports.rows;
+                        result.openbao = Some(reports.broker);
                     }
                     ((Link::success(), Link::success()), at)
                 }
@@ -208,12 +217,18 @@ pub async fn run(
             "not reached: the orders failed first, so nothing was recorded",
         ));
     }
+    if record && result.backend_to_openbao.is_none() && !result.backend_to_db.succeeded() {
+        result.backend_to_openbao = Some(Link::not_reached(
+            "not reached: the orders failed first, so no reports were read",
+        ));
+    }
     result.elapsed_ms = started.elapsed().as_millis() as u64;
     if !result.succeeded() {
         tracing::warn!(
             frontend_to_backend = ?result.frontend_to_backend,
             backend_to_db = ?result.backend_to_db,
             backend_to_ledger = ?result.backend_to_ledger,
+            backend_to_openbao = ?result.backend_to_openbao,
             "run demo failed"
         );
     }

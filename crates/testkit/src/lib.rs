@@ -2,9 +2,11 @@
 //!
 //! A missing binary is a test failure that says how to install it, never a skip.
 
+pub mod openbao;
 pub mod postgres;
 pub mod spire;
 
+pub use openbao::{OidcProvider, OpenBao};
 pub use postgres::{BACKEND_ID, POSTGRES_ID, Postgres, free_port};
 pub use spire::Spire;
 

@@ -63,6 +63,11 @@ fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<T, 
 impl Spire {
     /// A server, then an agent attested with a join token; returns once the agent is healthy.
     pub fn start() -> Spire {
+        Spire::start_with_jwt_issuer(None)
+    }
+
+    /// `start`, the server writing `jwt_issuer` into JWT-SVIDs (`iss`) when given.
+    pub fn start_with_jwt_issuer(jwt_issuer: Option<&str>) -> Spire {
         let bin = spire_bin();
         let dir = tempfile::Builder::new().prefix("spire-").tempdir().unwrap();
         let d = dir.path();
@@ -83,6 +88,7 @@ impl Spire {
     ca_key_type = "ec-p256"
     ca_ttl = "24h"
     default_x509_svid_ttl = "1h"
+    {issuer}
     experimental {{
         cache_reload_interval = "1s"
     }}
@@ -103,6 +109,9 @@ plugins {{
 }}
 "#,
                 sock = d.join("server.sock").display(),
+                issuer = jwt_issuer
+                    .map(|i| format!("jwt_issuer = \"{i}\""))
+                    .unwrap_or_default(),
                 data = d.join("server").display(),
             ),
         )

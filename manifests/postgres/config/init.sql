@@ -65,16 +65,27 @@ GRANT SELECT ON orders TO backend;
 CREATE FUNCTION refuse_other_spiffe_ids_at_login() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
-    allowed constant text := 'spiffe://example.org/ns/demo/sa/backend';
+    backend_id constant text := 'spiffe://example.org/ns/demo/sa/backend';
+    openbao_id constant text := 'spiffe://example.org/ns/demo/sa/openbao';
+    allowed text;
     seen text;
 BEGIN
-    IF session_user <> 'backend' THEN
+    IF session_user = 'backend' THEN
+        allowed := backend_id;
+    ELSIF session_user = 'openbao' THEN
+        allowed := openbao_id;
+    -- OpenBao's short-lived users: their password alone is not enough, the backend's SVID must
+    -- come with it.
+    ELSIF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)
+          AND pg_has_role(session_user, 'reports_reader', 'USAGE') THEN
+        allowed := backend_id;
+    ELSE
         RETURN;
     END IF;
     seen := client_spiffe_id();
     IF seen IS DISTINCT FROM allowed THEN
-        RAISE EXCEPTION 'SPIFFE ID % may not log in as backend; only % may',
-            coalesce(seen, '(none: no client certificate with a SPIFFE ID)'), allowed
+        RAISE EXCEPTION 'SPIFFE ID % may not log in as %; only % may',
+            coalesce(seen, '(none: no client certificate with a SPIFFE ID)'), session_user, allowed
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 END
@@ -82,3 +93,19 @@ $$;
 
 CREATE EVENT TRIGGER backend_login_needs_the_backend_spiffe_id ON login
     EXECUTE FUNCTION refuse_other_spiffe_ids_at_login();
+
+-- The broker pattern: OpenBao's database secrets engine logs in as `openbao` (its own SVID,
+-- checked above) and makes a short-lived user per lease, a member of `reports_reader`, which may
+-- read the `reports` view and nothing else. `openbao` may grant that role but does not hold its
+-- privileges itself. At a lease's end it ends the user's sessions (pg_signal_backend), then
+-- drops it.
+CREATE ROLE reports_reader NOLOGIN;
+CREATE ROLE openbao LOGIN CREATEROLE;
+GRANT reports_reader TO openbao WITH ADMIN OPTION, INHERIT FALSE, SET FALSE;
+GRANT pg_signal_backend TO openbao;
+
+-- Orders by status: the view runs with its owner's rights, so its readers need no access to
+-- `orders` (nor pass its row-level policy, which is for the backend's own login).
+CREATE VIEW reports AS
+    SELECT status, count(*)::integer AS orders FROM orders GROUP BY status;
+GRANT SELECT ON reports TO reports_reader;

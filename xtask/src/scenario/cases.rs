@@ -516,13 +516,22 @@ pub fn db_down(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
     result?;
     let (d, took) = until(lab, Duration::from_secs(15), Demo::ok)?;
     r.say(format!("{} after {:.1} s", d.line(), took.as_secs_f64()));
+    backend_not_restarted(lab, r, backend)
+}
+
+/// The backend is the instance it was (`before`): what a recovery must not need.
+pub(super) fn backend_not_restarted(
+    lab: &dyn Lab,
+    r: &mut Report,
+    before: Option<String>,
+) -> anyhow::Result<()> {
     ensure!(
-        lab.instance(Component::Backend) == backend,
+        lab.instance(Component::Backend) == before,
         "the backend was restarted"
     );
     r.say(format!(
         "backend not restarted ({})",
-        backend.unwrap_or_default()
+        before.unwrap_or_default()
     ));
     Ok(())
 }

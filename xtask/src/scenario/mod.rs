@@ -5,6 +5,7 @@ mod cases;
 mod console;
 mod faults;
 mod inspector;
+mod openbao;
 mod security;
 mod walkthrough;
 
@@ -39,10 +40,14 @@ pub enum Scenario {
     DatastoreDown,
     Console,
     Inspector,
+    #[value(name = "openbao")]
+    OpenBao,
+    #[value(name = "openbao-down")]
+    OpenBaoDown,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::Happy,
         Scenario::Rbac,
         Scenario::DbDown,
@@ -58,6 +63,8 @@ impl Scenario {
         Scenario::DatastoreDown,
         Scenario::Console,
         Scenario::Inspector,
+        Scenario::OpenBao,
+        Scenario::OpenBaoDown,
     ];
 
     pub fn name(self) -> String {
@@ -83,6 +90,8 @@ impl Scenario {
             Scenario::DatastoreDown => faults::datastore_down(lab, r, ttl),
             Scenario::Console => console::console(lab, r, ttl),
             Scenario::Inspector => inspector::inspector(lab, r),
+            Scenario::OpenBao => openbao::openbao(lab, r),
+            Scenario::OpenBaoDown => openbao::openbao_down(lab, r),
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct Step {
 }
 
 /// The steps, in the order a presenter shows them.
-pub const STEPS: [Step; 9] = [
+pub const STEPS: [Step; 10] = [
     Step {
         scenario: Scenario::Happy,
         title: "The whole path, proven hop by hop",
@@ -110,6 +110,19 @@ pub const STEPS: [Step; 9] = [
               that speaks the Workload API rotates without restarts or files, and can use JWT-SVIDs \
               where mTLS cannot reach.",
         look: "open /inspector (\"Identity inspector →\" on the page): mint, validate, change one character",
+    },
+    Step {
+        scenario: Scenario::OpenBao,
+        title: "A broker: OpenBao trusts the backend's JWT-SVID",
+        what: "The backend logs in to OpenBao with a JWT-SVID for audience \"openbao\"; OpenBao checks it \
+               against the keys SPIRE publishes through its OIDC discovery provider and hands out a \
+               PostgreSQL user that lives a minute. Tokens for another audience or another workload are \
+               refused; under load, with leases of seconds, the backend switches users without a failed \
+               request and every expired user disappears from the database.",
+        why: "Not every system takes an X.509-SVID as a credential: a broker turns the identity into a \
+              short-lived secret, and the secret alone still opens nothing without the SVID beside it.",
+        look: "\"Backend to OpenBao\" under Run Demo: the ID it logged in as, the database user v-…, the \
+               lease's seconds left, the reports",
     },
 ];
 

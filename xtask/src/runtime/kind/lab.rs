@@ -706,6 +706,10 @@ impl Lab for KindLab {
         }
         let (ns, target) = (p.namespace, p.workload);
         self.run(&["-n", ns, "scale", target, "--replicas=1"])?;
+        if c == Component::OpenBao {
+            // Sealed at every start: ready only once unsealed.
+            super::openbao::unseal_and_configure(&|| self.kubectl())?;
+        }
         self.run(&["-n", ns, "rollout", "status", target, "--timeout=180s"])?;
         self.forward()
     }
@@ -907,6 +911,9 @@ impl Lab for KindLab {
             }
             contract::Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
             contract::Workload::Ledger => anyhow::bail!("the ledger serves no /metrics"),
+            contract::Workload::OpenBao => {
+                anyhow::bail!("OpenBao's metrics are not scraped by the lab")
+            }
         };
         crate::probe::scrape(&url)
     }
@@ -1059,6 +1066,39 @@ impl Lab for KindLab {
         let mut argv = vec!["x509", "mint"];
         argv.extend(args.iter().map(String::as_str));
         spire::minted(&self.server_exec(None, &argv)?)
+    }
+
+    fn openbao(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        super::openbao::bao(&|| self.kubectl(), args, stdin)
+    }
+
+    /// psql as the superuser inside PostgreSQL's own container (its Unix socket).
+    fn postgres_admin(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .kubectl()
+            .args([
+                "-n",
+                NAMESPACE,
+                "exec",
+                "postgres-0",
+                "-c",
+                "postgres",
+                "--",
+            ])
+            .args([
+                "psql",
+                "-h",
+                "/var/run/postgresql",
+                "-d",
+                "demo",
+                "-AtXc",
+                sql,
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
     fn postgres_addr(&self) -> String {

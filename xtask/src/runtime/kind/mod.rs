@@ -9,6 +9,7 @@ mod lab;
 mod network;
 mod node;
 pub mod offline;
+mod openbao;
 pub mod plan;
 
 use anyhow::{Context, bail, ensure};
@@ -162,6 +163,19 @@ pub fn placement(c: Component) -> Placement {
         EnvoyFrontend => at(NAMESPACE, "deployment/frontend", "envoy", Stop::No),
         Frontend => at(NAMESPACE, "deployment/frontend", "frontend", Stop::No),
         Ledger => at(NAMESPACE, "deployment/ledger", "ledger", Stop::Scale),
+        SpireOidc => at(
+            "spire-system",
+            "deployment/spire-oidc",
+            "spire-oidc",
+            Stop::Scale,
+        ),
+        HelperOpenBao => at(
+            NAMESPACE,
+            "statefulset/openbao",
+            "spiffe-helper",
+            Stop::Freeze,
+        ),
+        OpenBao => at(NAMESPACE, "statefulset/openbao", "openbao", Stop::Scale),
     }
 }
 
@@ -379,6 +393,13 @@ fn serves() -> anyhow::Result<()> {
 
 /// The datastore's Secrets, unless both exist: a new password and a new certificate, applied
 /// from standard input (never a command-line argument, never a file).
+/// `kubectl --context CONTEXT`, with the shell's environment (its KUBECONFIG).
+fn kubectl_in(sh: &Shell, context: &str) -> std::process::Command {
+    let mut c: std::process::Command = sh.cmd("kubectl").into();
+    c.args(["--context", context]);
+    c
+}
+
 fn datastore_secrets(sh: &Shell, context: &str, quiet: bool) -> anyhow::Result<()> {
     let present = cmd!(
         sh,
@@ -438,7 +459,13 @@ pub fn run_step(sh: &Shell, s: &Step, quiet: bool) -> anyhow::Result<()> {
             return Ok(());
         }
         Action::PodNetwork { context } => return network::set_up(sh, context),
-        Action::DatastoreSecrets { context } => return datastore_secrets(sh, context, quiet),
+        Action::DatastoreSecrets { context } => {
+            datastore_secrets(sh, context, quiet)?;
+            return openbao::oidc_secret(&|| kubectl_in(sh, context));
+        }
+        Action::OpenBao { context } => {
+            return openbao::unseal_and_configure(&|| kubectl_in(sh, context));
+        }
         Action::WriteOfflineOverlay { dir } => {
             let pins = Pins::load(&crate::project_root())?;
             let dir = sh.current_dir().join(dir);

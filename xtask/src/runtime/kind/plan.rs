@@ -42,8 +42,12 @@ pub enum Action {
     /// xtask writes a kustomize overlay of `manifests/` with the offline path's CSI registrar.
     WriteOfflineOverlay { dir: String },
     /// xtask makes the Secrets of the SPIRE servers' datastore (`spire-db`: its password;
-    /// `spire-db-tls`: its certificate, key and CA) unless they exist.
+    /// `spire-db-tls`: its certificate, key and CA) and of the OIDC discovery provider
+    /// (`spire-oidc-tls`, and its CA for OpenBao) unless they exist.
     DatastoreSecrets { context: String },
+    /// xtask initializes OpenBao (the first time), unseals it and runs `configure.sh` in its
+    /// pod, then waits for it to be ready.
+    OpenBao { context: String },
 }
 
 impl Step {
@@ -103,7 +107,11 @@ impl fmt::Display for Step {
             ),
             Action::DatastoreSecrets { context } => write!(
                 f,
-                "xtask: unless they exist, Secrets spire-system/spire-db (a new password) and spire-db-tls (a new certificate) in {context}, through kubectl apply"
+                "xtask: unless they exist, Secrets spire-system/spire-db (a new password), spire-db-tls and spire-oidc-tls (new certificates) and ConfigMap demo/spire-oidc-ca in {context}, through kubectl apply"
+            ),
+            Action::OpenBao { context } => write!(
+                f,
+                "xtask: in {context}, OpenBao initialized (its unseal key and root token to .lab/kind/openbao-init.json, 0600), unsealed and configured (configure.sh through kubectl exec, the token on stdin)"
             ),
         }
     }
@@ -181,6 +189,12 @@ pub fn registrations() -> Vec<Entry> {
     Workload::ALL
         .into_iter()
         .map(|w| Entry::workload(w, CLUSTER_ALIAS, account_selectors(w.service_account())))
+        .chain([Entry {
+            spiffe_id: contract::ids::OIDC_PROVIDER_ID.into(),
+            parent_id: CLUSTER_ALIAS.into(),
+            selectors: vec!["k8s:ns:spire-system".into(), "k8s:sa:spire-oidc".into()],
+            dns: None,
+        }])
         .collect()
 }
 
@@ -278,7 +292,9 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
             datastore_secrets(&kubectl),
             rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
             registration(&kubectl),
+            rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS_WITH_AN_ENTRY),
             rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
+            openbao(&kubectl),
         ]
         .concat();
     }
@@ -290,9 +306,37 @@ pub fn plan(pins: &Pins, build: ImageBuild, target: &Target) -> Vec<Step> {
         datastore_secrets(&kubectl),
         rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS),
         registration(&kubectl),
+        rollouts(&kubectl, "spire-system", SPIRE_WORKLOADS_WITH_AN_ENTRY),
         rollouts(&kubectl, NAMESPACE, DEMO_WORKLOADS),
+        openbao(&kubectl),
     ]
     .concat()
+}
+
+/// OpenBao is ready only unsealed: xtask unseals and configures it, then waits for it.
+fn openbao(kubectl: &Kubectl) -> Vec<Step> {
+    vec![
+        Step {
+            what: "OpenBao: initialized, unsealed, configured (its keys kept outside the cluster)"
+                .into(),
+            action: Action::OpenBao {
+                context: kubectl.0.to_owned(),
+            },
+            only_if_new_cluster: false,
+            already_done: &[],
+        },
+        kubectl.step(
+            "wait for openbao",
+            &[
+                "-n",
+                NAMESPACE,
+                "rollout",
+                "status",
+                "statefulset/openbao",
+                "--timeout=180s",
+            ],
+        ),
+    ]
 }
 
 /// `kubectl --context CONTEXT …` steps.
@@ -565,6 +609,8 @@ const SPIRE_WORKLOADS: &[(&str, &str)] = &[
     ("daemonset", "spire-agent"),
     ("daemonset", "spiffe-csi-driver"),
 ];
+/// SPIRE's own workloads that need a registration entry before they can be ready.
+const SPIRE_WORKLOADS_WITH_AN_ENTRY: &[(&str, &str)] = &[("deployment", "spire-oidc")];
 const DEMO_WORKLOADS: &[(&str, &str)] = &[
     ("statefulset", "postgres"),
     ("deployment", "backend"),

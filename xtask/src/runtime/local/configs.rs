@@ -4,14 +4,18 @@
 //! 127.0.0.1 without pods; sockets and files under the state directory; join_token and unix
 //! attestation instead of k8s_psat and k8s).
 
-use super::layout::{Layout, NODES};
+use super::layout::{Layout, NODES, SPIRE_OIDC_NODE, node_of};
 use super::pods::Pod;
 use crate::render::{
     self, Edit, Kind, Render, agent_moved, at, block, loopback, server_moved, text,
 };
+use contract::Workload;
 
 const JOIN_TOKEN: &str = "NodeAttestor \"join_token\" {\n    plugin_data {}\n}";
 const UNIX_ATTESTOR: &str = "WorkloadAttestor \"unix\" {\n    plugin_data {\n        discover_workload_path = true\n    }\n}";
+
+/// The OIDC discovery provider's issuer on kind (its Service); locally its pod's address.
+const OIDC_ISSUER: &str = "https://spire-oidc.spire-system.svc";
 
 /// Where the workloads' configs dial the Workload API (the CSI volume's mount, on kind).
 const WORKLOAD_API: &str = "/spiffe-workload-api/spire-agent.sock";
@@ -44,6 +48,7 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
                 ),
                 datastore_reached(l),
                 vec![
+                    text(Kind::Address, OIDC_ISSUER, super::openbao::oidc_issuer(l)),
                     block("NodeAttestor \"k8s_psat\"", JOIN_TOKEN),
                     block("Notifier \"k8sbundle\"", ""),
                 ],
@@ -162,13 +167,102 @@ pub fn local_configs(l: &Layout) -> Vec<Render> {
         Render {
             source: "backend/config/helper.conf",
             target: "helper-backend.conf".into(),
-            edits: helper_moved(l, "backend", ports.backend_helper_health),
+            edits: helper_moved(l, Workload::Backend, ports.backend_helper_health),
+        },
+        Render {
+            source: "openbao/config/helper.conf",
+            target: "helper-openbao.conf".into(),
+            edits: [
+                helper_moved(l, Workload::OpenBao, ports.openbao_helper_health),
+                vec![text(
+                    Kind::FilePath,
+                    "/openbao/run",
+                    l.p("openbao/run").display().to_string(),
+                )],
+            ]
+            .concat(),
+        },
+        Render {
+            source: "openbao/config/openbao.hcl",
+            target: "openbao.hcl".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    "api_addr = \"https://openbao.demo.svc:8200\"",
+                    format!(
+                        "api_addr = \"https://{}:{}\"",
+                        l.addr(Pod::OpenBao),
+                        ports.openbao
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "cluster_addr = \"https://openbao-0.openbao.demo.svc:8201\"",
+                    format!(
+                        "cluster_addr = \"https://{}:{}\"",
+                        l.addr(Pod::OpenBao),
+                        ports.openbao + 1
+                    ),
+                ),
+                text(
+                    Kind::Address,
+                    "address = \"0.0.0.0:8200\"",
+                    format!("address = \"{public}:{}\"", ports.openbao),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/openbao/",
+                    format!("{}/", l.p("openbao").display()),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/spiffe-certs",
+                    l.certs("openbao").display().to_string(),
+                ),
+            ],
+        },
+        Render {
+            source: "openbao/config/configure.sh",
+            target: "configure-openbao.sh".into(),
+            edits: vec![],
+        },
+        Render {
+            source: "spire/config/oidc-discovery-provider.conf",
+            target: "spire-oidc.conf".into(),
+            edits: vec![
+                text(
+                    Kind::Address,
+                    &format!("jwt_issuer = \"{OIDC_ISSUER}\""),
+                    format!("jwt_issuer = \"{}\"", super::openbao::oidc_issuer(l)),
+                ),
+                text(
+                    Kind::Address,
+                    "domains = [\"spire-oidc.spire-system.svc\"]",
+                    format!("domains = [\"{}\"]", l.addr(Pod::SpireOidc)),
+                ),
+                text(
+                    Kind::Address,
+                    "addr = \":8443\"",
+                    format!("addr = \"{public}:{}\"", ports.spire_oidc),
+                ),
+                text(
+                    Kind::Address,
+                    "bind_port = 8008",
+                    format!("bind_port = {}", ports.spire_oidc_health),
+                ),
+                text(
+                    Kind::FilePath,
+                    "/run/spire-oidc",
+                    l.p("spire-oidc").display().to_string(),
+                ),
+                text(Kind::SocketPath, WORKLOAD_API, agent_sock(SPIRE_OIDC_NODE)),
+            ],
         },
         Render {
             source: "postgres/config/helper.conf",
             target: "helper-postgres.conf".into(),
             edits: [
-                helper_moved(l, "postgres", ports.postgres_helper_health),
+                helper_moved(l, Workload::Postgres, ports.postgres_helper_health),
                 vec![text(
                     Kind::FilePath,
                     "/var/run/postgresql",
@@ -271,19 +365,17 @@ pub fn datastore_reached(l: &Layout) -> Vec<Edit> {
 
 /// A workload's spiffe-helper off Kubernetes: its node's agent socket, the workload's
 /// certificate directory, its health port.
-fn helper_moved(l: &Layout, workload: &str, health: u16) -> Vec<Edit> {
+fn helper_moved(l: &Layout, workload: Workload, health: u16) -> Vec<Edit> {
     vec![
         text(
             Kind::SocketPath,
             WORKLOAD_API,
-            l.agent_socket(&format!("{workload}-node"))
-                .display()
-                .to_string(),
+            l.agent_socket(node_of(workload)).display().to_string(),
         ),
         text(
             Kind::FilePath,
             "/spiffe-certs",
-            l.certs(workload).display().to_string(),
+            l.certs(workload.service_account()).display().to_string(),
         ),
         text(
             Kind::Address,

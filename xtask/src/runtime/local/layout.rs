@@ -47,6 +47,16 @@ pub struct Ports {
     pub ledger: u16,
     #[serde(default = "ledger_health")]
     pub ledger_health: u16,
+    /// SPIRE's OIDC discovery provider (TLS) and its health listener.
+    #[serde(default = "spire_oidc")]
+    pub spire_oidc: u16,
+    #[serde(default = "spire_oidc_health")]
+    pub spire_oidc_health: u16,
+    /// OpenBao's API (TLS with its SVID) and its spiffe-helper's health listener.
+    #[serde(default = "openbao")]
+    pub openbao: u16,
+    #[serde(default = "openbao_helper_health")]
+    pub openbao_helper_health: u16,
 }
 
 impl Ports {
@@ -74,6 +84,10 @@ impl Ports {
             postgres_helper_health: p(18101),
             ledger: p(ledger()),
             ledger_health: p(ledger_health()),
+            spire_oidc: p(spire_oidc()),
+            spire_oidc_health: p(spire_oidc_health()),
+            openbao: p(openbao()),
+            openbao_helper_health: p(openbao_helper_health()),
         }
     }
 
@@ -100,6 +114,16 @@ impl Ports {
             (self.spire_db, "SPIRE servers' datastore".into()),
             (self.ledger, "ledger (mTLS API)".into()),
             (self.ledger_health, "ledger health".into()),
+            (self.spire_oidc, "SPIRE OIDC discovery provider".into()),
+            (
+                self.spire_oidc_health,
+                "SPIRE OIDC discovery provider health".into(),
+            ),
+            (self.openbao, "OpenBao API".into()),
+            (
+                self.openbao_helper_health,
+                "OpenBao spiffe-helper health".into(),
+            ),
             (
                 self.backend_helper_health,
                 "backend spiffe-helper health".into(),
@@ -142,6 +166,22 @@ fn ledger() -> u16 {
 
 fn ledger_health() -> u16 {
     18444
+}
+
+fn spire_oidc() -> u16 {
+    18446
+}
+
+fn spire_oidc_health() -> u16 {
+    18447
+}
+
+fn openbao() -> u16 {
+    18200
+}
+
+fn openbao_helper_health() -> u16 {
+    18102
 }
 
 fn server_metrics() -> [u16; 2] {
@@ -225,6 +265,8 @@ pub fn pod_of(c: Component) -> Pod {
         Component::HelperBackend | Component::Backend | Component::EnvoyBackend => Pod::Backend,
         Component::EnvoyFrontend | Component::Frontend => Pod::Frontend,
         Component::Ledger => Pod::Ledger,
+        Component::SpireOidc => Pod::SpireOidc,
+        Component::HelperOpenBao | Component::OpenBao => Pod::OpenBao,
     }
 }
 
@@ -237,8 +279,15 @@ pub fn workload_uid(w: Workload) -> u32 {
         Workload::Backend => 64802,
         Workload::Postgres => 64803,
         Workload::Ledger => 64804,
+        Workload::OpenBao => 64805,
     }
 }
+
+/// The uid SPIRE's OIDC discovery provider runs as with pods: a workload of its own.
+pub const SPIRE_OIDC_UID: u32 = 64806;
+
+/// The node whose agent serves SPIRE's OIDC discovery provider its Workload API.
+pub const SPIRE_OIDC_NODE: &str = NODES[0];
 
 /// The netns name prefix of this checkout's pods (`-p`: the bench's plaintext baseline's).
 pub fn netns_prefix(plaintext: bool) -> String {
@@ -253,7 +302,7 @@ pub fn netns_prefix(plaintext: bool) -> String {
 pub fn node_of(w: Workload) -> &'static str {
     match w {
         Workload::Frontend => NODES[0],
-        Workload::Backend => NODES[1],
+        Workload::Backend | Workload::OpenBao => NODES[1],
         Workload::Postgres | Workload::Ledger => NODES[2],
     }
 }

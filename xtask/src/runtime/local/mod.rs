@@ -17,6 +17,7 @@
 mod configs;
 pub mod forward;
 mod layout;
+mod openbao;
 mod plaintext;
 mod pods;
 mod postgres;
@@ -393,6 +394,7 @@ impl Lab for LocalLab {
             ),
             Workload::Postgres => anyhow::bail!("PostgreSQL serves no /metrics"),
             Workload::Ledger => anyhow::bail!("the ledger serves no /metrics"),
+            Workload::OpenBao => anyhow::bail!("OpenBao's metrics are not scraped by the lab"),
         };
         crate::probe::scrape(&url)
     }
@@ -537,6 +539,14 @@ impl Lab for LocalLab {
 
     fn postgres_addr(&self) -> String {
         self.reach_or_nothing(Pod::Postgres, self.ports().postgres)
+    }
+
+    fn openbao(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        self.run_bao(args, stdin)
+    }
+
+    fn postgres_admin(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql(postgres::Server::Demo, "demo", sql)
     }
 
     fn reach_from_another_pod(

@@ -30,13 +30,17 @@ pub enum Pod {
     Backend,
     Postgres,
     Ledger,
+    /// SPIRE's OIDC discovery provider.
+    SpireOidc,
+    /// OpenBao with its spiffe-helper.
+    OpenBao,
     /// A pod of no workload, made only while the `security` scenario tries what an insider
     /// could reach from another pod.
     Insider,
 }
 
 impl Pod {
-    pub const ALL: [Pod; 11] = [
+    pub const ALL: [Pod; 13] = [
         Pod::SpireServer(0),
         Pod::SpireServer(1),
         Pod::SpireService,
@@ -48,6 +52,8 @@ impl Pod {
         Pod::Backend,
         Pod::Postgres,
         Pod::Ledger,
+        Pod::SpireOidc,
+        Pod::OpenBao,
     ];
 
     pub fn name(self) -> String {
@@ -60,6 +66,8 @@ impl Pod {
             Pod::Backend => "backend".into(),
             Pod::Postgres => "postgres".into(),
             Pod::Ledger => "ledger".into(),
+            Pod::SpireOidc => "spire-oidc".into(),
+            Pod::OpenBao => "openbao".into(),
             Pod::Insider => "insider".into(),
         }
     }
@@ -74,11 +82,15 @@ impl Pod {
             Pod::Node(Workload::Frontend) => 3,
             Pod::Node(Workload::Backend) => 4,
             Pod::Node(Workload::Postgres) => 5,
+            // Never made: the ledger and OpenBao run on other workloads' nodes.
             Pod::Node(Workload::Ledger) => 8,
+            Pod::Node(Workload::OpenBao) => 9,
             Pod::Frontend => 10,
             Pod::Backend => 11,
             Pod::Postgres => 12,
             Pod::Ledger => 13,
+            Pod::SpireOidc => 14,
+            Pod::OpenBao => 15,
             Pod::Insider => 99,
         }
     }

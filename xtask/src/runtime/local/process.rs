@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use contract::Workload;
 use xshell::{Shell, cmd};
 
-use super::layout::{node_of, pod_of, workload_uid};
+use super::layout::{SPIRE_OIDC_UID, node_of, pod_of, workload_uid};
 use super::pods::Pod;
 use super::postgres::Server;
 use super::state::Running;
@@ -28,6 +28,8 @@ impl LocalLab {
             Pod::Frontend => uid(Workload::Frontend),
             Pod::Backend => uid(Workload::Backend),
             Pod::Ledger => uid(Workload::Ledger),
+            Pod::OpenBao => uid(Workload::OpenBao),
+            Pod::SpireOidc => pods.then_some((SPIRE_OIDC_UID, SPIRE_OIDC_UID)),
             Pod::SpireServer(_) | Pod::SpireService | Pod::Node(_) | Pod::Insider => None,
         }
     }
@@ -127,11 +129,14 @@ impl LocalLab {
                 ]
                 .into_iter()
                 .chain(match self.state.profile {
-                    // The baseline has no ledger (no SPIRE): the bench skips that hop.
+                    // The baseline has no ledger and no OpenBao (no SPIRE): the bench skips
+                    // those hops.
                     Profile::Plaintext => vec!["--db-insecure-plaintext".into()],
                     Profile::Mtls => vec![
                         "--ledger-addr".into(),
                         format!("{}:{}", l.addr(Pod::Ledger), self.ports().ledger),
+                        "--openbao-addr".into(),
+                        format!("{}:{}", l.addr(Pod::OpenBao), self.ports().openbao),
                     ],
                 })
                 .collect(),
@@ -151,6 +156,18 @@ impl LocalLab {
                     "--log-format".into(),
                     "json".into(),
                 ],
+            ),
+            Component::SpireOidc => (
+                self.program("oidc-discovery-provider", &t.oidc_provider),
+                vec!["-config".into(), cfg("spire-oidc.conf")],
+            ),
+            Component::HelperOpenBao => (
+                self.program("spiffe-helper", &t.spiffe_helper),
+                vec!["-config".into(), cfg("helper-openbao.conf")],
+            ),
+            Component::OpenBao => (
+                self.program("bao", &t.bao),
+                vec!["server".into(), format!("-config={}", cfg("openbao.hcl"))],
             ),
             Component::EnvoyBackend | Component::EnvoyFrontend => {
                 let which = if c == Component::EnvoyBackend {
@@ -217,6 +234,7 @@ impl LocalLab {
                 self.join_token(sh, node_of(w))?
             }
             Component::Postgres => self.initdb(Server::Demo)?,
+            Component::SpireOidc => self.spire_oidc_cert()?,
             Component::SpireDatastore => {
                 self.datastore_credentials()?;
                 self.initdb(Server::Datastore)?
@@ -266,6 +284,13 @@ impl LocalLab {
         if c == Component::Postgres {
             self.init_database()?;
         }
+        if c == Component::OpenBao {
+            // Sealed at every start: unsealed with the key kept in the state directory, and
+            // (again) configured.
+            let (_, more) = wait_for(limit, || self.unseal_and_configure_openbao())
+                .context("OpenBao did not become ready")?;
+            return Ok(took + more);
+        }
         Ok(took)
     }
 
@@ -300,6 +325,17 @@ impl LocalLab {
             }
             Component::HelperBackend => {
                 svid::SvidFiles::in_dir(l.certs("backend")).load()?;
+            }
+            Component::HelperOpenBao => {
+                svid::SvidFiles::in_dir(l.certs("openbao")).load()?;
+            }
+            Component::SpireOidc => expect_ok(&format!(
+                "http://{}/ready",
+                self.reach(Pod::SpireOidc, self.ports().spire_oidc_health)?
+            ))?,
+            // Answering at all (sealed or not); unsealing follows in `wait_ready`.
+            Component::OpenBao => {
+                self.openbao_status()?;
             }
             Component::Postgres => {
                 self.psql(Server::Demo, "postgres", "SELECT 1")?;

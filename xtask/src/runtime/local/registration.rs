@@ -8,7 +8,7 @@ use anyhow::Context;
 use contract::Workload;
 use xshell::{Shell, cmd};
 
-use super::layout::node_of;
+use super::layout::{SPIRE_OIDC_NODE, node_of};
 use super::state::Registered;
 use super::{LocalLab, chmod};
 use crate::lab::Component;
@@ -131,6 +131,7 @@ impl LocalLab {
             (Workload::Backend, Component::HelperBackend),
             (Workload::Postgres, Component::HelperPostgres),
             (Workload::Ledger, Component::Ledger),
+            (Workload::OpenBao, Component::HelperOpenBao),
         ];
         for (w, c) in wanted {
             let uid = self.user_of(c).map_or(own, |(u, _)| u);
@@ -146,6 +147,23 @@ impl LocalLab {
             );
             self.state.entries.push(Registered { id, entry });
         }
+        // SPIRE's OIDC discovery provider: a workload of the SPIRE system's own namespace.
+        let c = Component::SpireOidc;
+        let uid = self.user_of(c).map_or(own, |(u, _)| u);
+        let entry = Entry {
+            spiffe_id: contract::ids::OIDC_PROVIDER_ID.into(),
+            parent_id: node_id(SPIRE_OIDC_NODE),
+            selectors: unix_selectors(uid, &self.spec(c)?.program),
+            dns: None,
+        };
+        let id = self.entry_create(sh, &entry)?;
+        println!(
+            "        {} ← {} ({})",
+            entry.spiffe_id,
+            SPIRE_OIDC_NODE,
+            entry.selectors.join(", ")
+        );
+        self.state.entries.push(Registered { id, entry });
         self.save()?;
         std::thread::sleep(entry_cache_reload()? + Duration::from_millis(200));
         Ok(())

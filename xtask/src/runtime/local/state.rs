@@ -54,6 +54,10 @@ pub struct ToolPaths {
     pub spire_agent: PathBuf,
     pub spiffe_helper: PathBuf,
     pub envoy: PathBuf,
+    #[serde(default)]
+    pub oidc_provider: PathBuf,
+    #[serde(default)]
+    pub bao: PathBuf,
     pub pg_bin: PathBuf,
     pub psql: PathBuf,
 }
@@ -65,6 +69,8 @@ impl From<&Tools> for ToolPaths {
             spire_agent: t.spire_agent.clone(),
             spiffe_helper: t.spiffe_helper.clone(),
             envoy: t.envoy.clone(),
+            oidc_provider: t.oidc_provider.clone(),
+            bao: t.bao.clone(),
             pg_bin: t.pg_bin.clone(),
             psql: t.psql.clone(),
         }

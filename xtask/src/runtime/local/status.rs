@@ -50,6 +50,13 @@ impl LocalLab {
                 Component::Ledger => {
                     format!("{} (health {})", at(Pod::Ledger, p.ledger), p.ledger_health)
                 }
+                Component::SpireOidc => format!(
+                    "{} (health {})",
+                    at(Pod::SpireOidc, p.spire_oidc),
+                    p.spire_oidc_health
+                ),
+                Component::HelperOpenBao => "certs/openbao".into(),
+                Component::OpenBao => at(Pod::OpenBao, p.openbao),
             };
             let (pid, ready) = match self.pid(c) {
                 Some(pid) => (

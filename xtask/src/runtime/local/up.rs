@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use xshell::{Shell, cmd};
 
-use super::layout::{Layout, NODES, Ports, link, netns_prefix, workload_uid};
+use super::layout::{self, Layout, NODES, Ports, link, netns_prefix, workload_uid};
 use super::pods::{self, Network, Pod};
 use super::state::{Running, State, ToolPaths};
 use super::{LocalLab, Profile, chmod, chown, configs, plaintext, postgres};
@@ -167,7 +167,25 @@ fn prepare(
             workload_uid(Workload::Backend),
         )
     });
-    prepare_dirs(&layout, pg_user, backend_user)?;
+    let openbao_user = layout.network.is_pods().then(|| {
+        (
+            workload_uid(Workload::OpenBao),
+            workload_uid(Workload::OpenBao),
+        )
+    });
+    let oidc_user = layout
+        .network
+        .is_pods()
+        .then_some((layout::SPIRE_OIDC_UID, layout::SPIRE_OIDC_UID));
+    prepare_dirs(
+        &layout,
+        Owners {
+            pg: pg_user,
+            backend: backend_user,
+            openbao: openbao_user,
+            oidc: oidc_user,
+        },
+    )?;
     configs::write_local_configs(&layout)?;
     if profile == Profile::Plaintext {
         plaintext::write_plaintext_profile(&layout)?;
@@ -217,6 +235,8 @@ impl LocalLab {
                 ("backend", release.join("backend")),
                 ("frontend", release.join("frontend")),
                 ("ledger", release.join("ledger")),
+                ("oidc-discovery-provider", t.oidc_provider.clone()),
+                ("bao", t.bao.clone()),
                 ("xtask", std::env::current_exe()?),
             ]);
         }
@@ -341,11 +361,21 @@ impl LocalLab {
     }
 }
 
-fn prepare_dirs(
-    l: &Layout,
+/// Who owns the directories of the workloads that run as their own uids (None: the lab's user).
+struct Owners {
     pg: Option<(u32, u32)>,
     backend: Option<(u32, u32)>,
-) -> anyhow::Result<()> {
+    openbao: Option<(u32, u32)>,
+    oidc: Option<(u32, u32)>,
+}
+
+fn prepare_dirs(l: &Layout, owners: Owners) -> anyhow::Result<()> {
+    let Owners {
+        pg,
+        backend,
+        openbao,
+        oidc,
+    } = owners;
     std::fs::create_dir_all(&l.root)?;
     chmod(&l.root, 0o755)?;
     for (dir, mode, owner) in [
@@ -369,6 +399,13 @@ fn prepare_dirs(
         ("postgres/data", 0o700, pg),
         ("postgres/run", 0o755, pg),
         ("envoy-rbac", 0o755, None),
+        ("certs/openbao", 0o700, openbao),
+        ("openbao", 0o755, None),
+        ("openbao/data", 0o700, openbao),
+        ("openbao/run", 0o700, openbao),
+        ("openbao/audit", 0o700, openbao),
+        ("spire-oidc", 0o755, None),
+        ("spire-oidc/tls", 0o700, oidc),
     ] {
         let p = l.p(dir);
         std::fs::create_dir_all(&p)?;
@@ -394,8 +431,18 @@ fn waves(profile: Profile) -> Vec<Wave> {
     use contract::Workload::{Backend as B, Frontend as F, Postgres as P};
     const AGENTS: &[Component] = &[Agent(F), Agent(B), Agent(P)];
     // The workloads that fetch their own SVIDs: the helpers, and the ledger.
-    const HELPERS: &[Component] = &[HelperPostgres, HelperBackend, Ledger];
+    const HELPERS: &[Component] = &[
+        HelperPostgres,
+        HelperBackend,
+        Ledger,
+        SpireOidc,
+        HelperOpenBao,
+    ];
     const DATA_AND_PROXIES: &[Component] = &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend];
+    // OpenBao is unsealed and configured once PostgreSQL is ready (its database secrets engine
+    // connects at once).
+    const DATA_PROXIES_BROKER: &[Component] =
+        &[Postgres, EnvoyBackend, EnvoyFrontend, Frontend, OpenBao];
     const REST: &[Component] = &[Backend, EnvoyBackend, EnvoyFrontend, Frontend];
     let plaintext: [Wave; 2] = [(DATA_AND_PROXIES, &[Postgres]), (&[Backend], REST)];
     match profile {
@@ -409,9 +456,10 @@ fn waves(profile: Profile) -> Vec<Wave> {
             // The first SVIDs appear once the server's entry cache has the new entries (about
             // 5 s); Envoys started later find their SDS secrets at once instead of backing off.
             (HELPERS, HELPERS),
+            (DATA_PROXIES_BROKER, &[Postgres, OpenBao]),
+            (&[Backend], REST),
         ]
         .into_iter()
-        .chain(plaintext)
         .collect(),
         Profile::Plaintext => plaintext.to_vec(),
     }
