@@ -184,31 +184,76 @@ fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// Memory of a process and all its descendants, in KiB (PostgreSQL forks a process per
-/// connection, all sharing its buffers): the sum of their PSS, so shared pages count once.
-pub fn tree_memory_kib(pid: u32) -> Option<u64> {
+/// The fields of `/proc/PID/stat` after the command's closing parenthesis: the state first,
+/// the parent's pid second, utime the 12th.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// A process and all its living descendants.
+fn tree(pid: u32) -> Vec<u32> {
     let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-            && let Some(ppid) = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|s| s.parse().ok())
-        {
+        if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse().ok()) {
             children.entry(ppid).or_default().push(p);
         }
     }
-    let mut total = 0;
-    let mut stack = vec![pid];
+    let (mut all, mut stack) = (Vec::new(), vec![pid]);
     while let Some(p) = stack.pop() {
-        total += pss_kib(p).or_else(|| rss_kib(p)).unwrap_or(0);
+        all.push(p);
         stack.extend(children.get(&p).into_iter().flatten());
     }
+    all
+}
+
+/// Memory of a process and all its descendants, in KiB (PostgreSQL forks a process per
+/// connection, all sharing its buffers): the sum of their PSS, so shared pages count once.
+pub fn tree_memory_kib(pid: u32) -> Option<u64> {
+    let total: u64 = tree(pid)
+        .into_iter()
+        .map(|p| pss_kib(p).or_else(|| rss_kib(p)).unwrap_or(0))
+        .sum();
     (total > 0).then_some(total)
+}
+
+/// CPU time (user + system, in seconds) a process and its descendants used, the children it
+/// already reaped included (PostgreSQL forks a process per connection).
+pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
+    // utime, stime, cutime, cstime.
+    let ticks = |p: u32| -> Option<u64> {
+        stat_fields(p)?
+            .get(11..15)?
+            .iter()
+            .map(|t| t.parse::<u64>().ok())
+            .sum()
+    };
+    ticks(pid)?;
+    let total: u64 = tree(pid).into_iter().filter_map(ticks).sum();
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    Some(total as f64 / hz as f64)
+}
+
+/// CPU time (user + system, in seconds) this process used, all its threads included.
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// What a finished command printed, stdout then stderr, as text.
@@ -266,6 +311,22 @@ pub fn create_with_mode(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<(
 
 #[cfg(test)]
 mod tests {
+    /// A child's CPU counts for its parent's tree, even once it has exited and been reaped.
+    #[test]
+    fn tree_cpu_counts_reaped_children() {
+        let me = std::process::id();
+        let before = super::tree_cpu_seconds(me).unwrap();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let used = super::tree_cpu_seconds(me).unwrap() - before;
+        assert!(used >= 0.05, "the child's CPU was not counted: {used} s");
+        assert!(super::own_cpu_seconds() > 0.0);
+        assert_eq!(super::tree_cpu_seconds(u32::MAX), None);
+    }
+
     #[test]
     fn last_lines() {
         assert_eq!(super::last_lines("a\nb\nc\n", 2), "b\nc\n");

@@ -272,6 +272,51 @@ async fn with_the_login_check_off_row_level_security_still_refuses_and_names_the
     );
 }
 
+/// The second line is decided when a statement is planned (the check is IMMUTABLE): the backend
+/// prepares the orders query once per connection, so forty reads over one connection run the
+/// check once, not forty times. PostgreSQL itself counts the calls (`track_functions`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_row_level_check_runs_once_per_prepared_statement_not_per_read() {
+    let ca = TestCa::new("example.org");
+    let pg = Postgres::start(&ca, &postgres_leaf());
+    pg.psql("postgres", "ALTER SYSTEM SET track_functions = 'pl'");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let svids = tempfile::tempdir().unwrap();
+    ca.write_svid(svids.path(), &backend_leaf());
+    let app = backend_app(&pg, svids.path()).await;
+    // One at a time: the pool never needs a second connection.
+    let reads = 40;
+    for _ in 0..reads {
+        let (status, body) = get(&app, "/api/orders").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let connections = pg.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'backend'",
+    );
+    assert_eq!(connections.trim(), "1");
+    // Closing the pool ends the session, which hands PostgreSQL its counts.
+    drop(app);
+    let calls = || {
+        pg.psql(
+            "demo",
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE funcname = 'require_client_spiffe_id'",
+        )
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let calls = calls();
+    assert_eq!(
+        calls, 1,
+        "{reads} reads over one connection ran the SPIFFE ID check {calls} times"
+    );
+}
+
 /// The superuser over the Unix socket is another role: the login check never locks it out, and
 /// the real backend still logs in.
 #[tokio::test(flavor = "multi_thread")]

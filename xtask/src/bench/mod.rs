@@ -167,6 +167,37 @@ fn footprint(lab: &LocalLab) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The processes a Run Demo crosses, in its order; the CPU of every other process of the lab
+/// (SPIRE, the helpers, the ledger, OpenBao) is counted as one.
+const REQUEST_PATH: [Component; 5] = [
+    Component::Frontend,
+    Component::EnvoyFrontend,
+    Component::EnvoyBackend,
+    Component::Backend,
+    Component::Postgres,
+];
+const REST_OF_LAB: &str = "the rest of the lab";
+const GENERATOR: &str = "xtask (the load generator)";
+
+/// CPU seconds used so far by each process of the request path (PostgreSQL with the process it
+/// forks per connection), by the rest of the lab, and by this process (the load generator).
+fn cpu_seconds(lab: &LocalLab) -> BTreeMap<String, f64> {
+    let mut cpu = BTreeMap::new();
+    for c in Component::ALL {
+        let Some(secs) = lab.pid(c).and_then(procs::tree_cpu_seconds) else {
+            continue;
+        };
+        let name = if REQUEST_PATH.contains(&c) {
+            c.name()
+        } else {
+            REST_OF_LAB.into()
+        };
+        *cpu.entry(name).or_insert(0.0) += secs;
+    }
+    cpu.insert(GENERATOR.into(), procs::own_cpu_seconds());
+    cpu
+}
+
 /// A figure in a list, with the digits that matter: ratios to two places, larger values to one
 /// or none.
 fn short(x: f64) -> String {
@@ -476,10 +507,17 @@ fn closed_loop(
             sizes.rounds,
             sizes.round.as_secs_f64()
         );
+        let (mtls_cpu, plain_cpu) = (|| cpu_seconds(lab), || cpu_seconds(plain));
         let (r, peak) = with_peak_memory(lab, || {
             Rounds::measure(
-                &lab.frontend_url(),
-                &plain.frontend_url(),
+                &rounds::Target {
+                    url: lab.frontend_url(),
+                    cpu: &mtls_cpu,
+                },
+                &rounds::Target {
+                    url: plain.frontend_url(),
+                    cpu: &plain_cpu,
+                },
                 c,
                 sizes.rounds,
                 sizes.round,
@@ -499,8 +537,72 @@ fn closed_loop(
             );
         }
         round_figures(&r, sizes, figures);
+        cpu_figures(&r, figures);
     }
     Ok((loaded, max))
+}
+
+/// Where the CPU of a Run Demo goes under load, process by process: the median over the rounds
+/// of each profile's CPU µs per answered request. When the machine's cores are all busy (16
+/// clients on two), throughput is the inverse of this sum, so it says what the mTLS path costs.
+fn cpu_figures(r: &Rounds, figures: &mut Figures) {
+    let c = r.concurrency;
+    let per = |runs: &[rounds::Run], k: &str| {
+        median(runs.iter().filter_map(|x| x.cpu_us.get(k).copied()))
+    };
+    let names: Vec<String> = REQUEST_PATH
+        .iter()
+        .map(|c| c.name())
+        .chain([REST_OF_LAB.into(), GENERATOR.into()])
+        .collect();
+    println!(
+        "   CPU per Run Demo at c={c} (µs, medians of rounds): {}",
+        names
+            .iter()
+            .map(|k| {
+                let (m, p) = (per(&r.mtls, k), per(&r.plaintext, k));
+                format!(
+                    "{k} {m:.0}/{}",
+                    if p.is_nan() {
+                        "-".into()
+                    } else {
+                        format!("{p:.0}")
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let total = |runs: &[rounds::Run]| median(runs.iter().map(|x| x.cpu_us.values().sum::<f64>()));
+    for k in &names {
+        let (m, p) = (per(&r.mtls, k), per(&r.plaintext, k));
+        // The baseline has no "rest of the lab": nothing but the request path runs in it.
+        let p = if p.is_nan() && k == REST_OF_LAB {
+            0.0
+        } else {
+            p
+        };
+        figures.add(
+            &format!("CPU per Run Demo c={c}: {k}, mTLS / plaintext"),
+            json!([m, p]),
+            "µs",
+        );
+    }
+    figures.add(
+        &format!("CPU per Run Demo c={c}: all, mTLS / plaintext"),
+        json!([total(&r.mtls), total(&r.plaintext)]),
+        "µs",
+    );
+    // With every core busy, throughput is the inverse of the CPU a request takes: this ratio is
+    // what the throughput ratio should be, free of the machine's speed between rounds.
+    let (m, p) = (total(&r.mtls), total(&r.plaintext));
+    if m > 0.0 && p > 0.0 {
+        figures.add(
+            &format!("CPU per Run Demo c={c}: plaintext / mTLS (throughput ratio if CPU-bound)"),
+            json!(p / m),
+            "ratio",
+        );
+    }
 }
 
 fn round_figures(r: &Rounds, sizes: &Sizes, figures: &mut Figures) {
@@ -664,7 +766,9 @@ fn with_peak_memory<T>(lab: &LocalLab, work: impl FnOnce() -> T) -> (T, BTreeMap
                     let e: &mut f64 = peak.entry(k).or_insert(0.0);
                     *e = e.max(v);
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                // Once a second: reading every process's memory (PostgreSQL's PSS above all) costs
+                // CPU the rounds would share.
+                std::thread::sleep(Duration::from_secs(1));
             }
             peak
         });

@@ -2,6 +2,7 @@
 //! whatever else the machine does lands on both profiles alike; each profile's median, and the
 //! median of the per-round ratios with its spread.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +17,15 @@ pub struct Run {
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU each process used per answered request, in µs (`Target::cpu`).
+    pub cpu_us: BTreeMap<String, f64>,
+}
+
+/// One profile under load: where to send Run Demo, and the CPU seconds its processes have used
+/// so far (read before and after each round).
+pub struct Target<'a> {
+    pub url: String,
+    pub cpu: &'a dyn Fn() -> BTreeMap<String, f64>,
 }
 
 /// Every round at one concurrency.
@@ -60,7 +70,8 @@ pub fn spread(values: impl IntoIterator<Item = f64>) -> (f64, f64) {
 
 /// `concurrency` workers calling Run Demo for `length`; a call counts only when both links
 /// succeeded.
-pub fn run(url: &str, concurrency: usize, length: Duration) -> Run {
+pub fn run(target: &Target, concurrency: usize, length: Duration) -> Run {
+    let before = (target.cpu)();
     let (
         Tally {
             ok,
@@ -69,9 +80,18 @@ pub fn run(url: &str, concurrency: usize, length: Duration) -> Run {
             ..
         },
         seconds,
-    ) = Load::run_for(url, crate::demo::Ledger::Skip, concurrency, length);
+    ) = Load::run_for(&target.url, crate::demo::Ledger::Skip, concurrency, length);
+    let after = (target.cpu)();
     latencies.sort();
+    let cpu_us = after
+        .iter()
+        .filter_map(|(k, a)| {
+            let b = before.get(k)?;
+            Some((k.clone(), (a - b).max(0.0) * 1e6 / ok.max(1) as f64))
+        })
+        .collect();
     Run {
+        cpu_us,
         requests: ok + failed,
         errors: failed,
         rps: ok as f64 / seconds,
@@ -83,15 +103,15 @@ pub fn run(url: &str, concurrency: usize, length: Duration) -> Run {
 impl Rounds {
     /// A warm-up of both profiles, then `rounds` rounds, taking turns at going first.
     pub fn measure(
-        mtls_url: &str,
-        plaintext_url: &str,
+        mtls: &Target,
+        plaintext: &Target,
         concurrency: usize,
         rounds: usize,
         length: Duration,
         warmup: Duration,
     ) -> Rounds {
-        run(mtls_url, concurrency, warmup);
-        run(plaintext_url, concurrency, warmup);
+        run(mtls, concurrency, warmup);
+        run(plaintext, concurrency, warmup);
         let mut r = Rounds {
             concurrency,
             ..Rounds::default()
@@ -99,11 +119,11 @@ impl Rounds {
         // A B, then B A: a drift of the machine over a pair of rounds lands on both alike.
         for round in 0..rounds {
             if round % 2 == 0 {
-                r.mtls.push(run(mtls_url, concurrency, length));
-                r.plaintext.push(run(plaintext_url, concurrency, length));
+                r.mtls.push(run(mtls, concurrency, length));
+                r.plaintext.push(run(plaintext, concurrency, length));
             } else {
-                r.plaintext.push(run(plaintext_url, concurrency, length));
-                r.mtls.push(run(mtls_url, concurrency, length));
+                r.plaintext.push(run(plaintext, concurrency, length));
+                r.mtls.push(run(mtls, concurrency, length));
             }
         }
         r
