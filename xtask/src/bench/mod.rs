@@ -194,6 +194,8 @@ fn cpu_seconds(lab: &LocalLab) -> BTreeMap<String, f64> {
         };
         *cpu.entry(name).or_insert(0.0) += secs;
     }
+    // The baseline runs nothing but the request path: its rest of the lab costs nothing.
+    cpu.entry(REST_OF_LAB.into()).or_insert(0.0);
     cpu.insert(GENERATOR.into(), procs::own_cpu_seconds());
     cpu
 }
@@ -550,53 +552,35 @@ fn cpu_figures(r: &Rounds, figures: &mut Figures) {
     let per = |runs: &[rounds::Run], k: &str| {
         median(runs.iter().filter_map(|x| x.cpu_us.get(k).copied()))
     };
-    let names: Vec<String> = REQUEST_PATH
+    let total = |runs: &[rounds::Run]| median(runs.iter().map(|x| x.cpu_us.values().sum::<f64>()));
+    let rows: Vec<(String, f64, f64)> = REQUEST_PATH
         .iter()
         .map(|c| c.name())
         .chain([REST_OF_LAB.into(), GENERATOR.into()])
+        .map(|k| {
+            let (m, p) = (per(&r.mtls, &k), per(&r.plaintext, &k));
+            (k, m, p)
+        })
+        .chain([("all".to_owned(), total(&r.mtls), total(&r.plaintext))])
         .collect();
     println!(
-        "   CPU per Run Demo at c={c} (µs, medians of rounds): {}",
-        names
-            .iter()
-            .map(|k| {
-                let (m, p) = (per(&r.mtls, k), per(&r.plaintext, k));
-                format!(
-                    "{k} {m:.0}/{}",
-                    if p.is_nan() {
-                        "-".into()
-                    } else {
-                        format!("{p:.0}")
-                    }
-                )
-            })
+        "   CPU per Run Demo at c={c} (µs, medians of rounds, mTLS/plaintext): {}",
+        rows.iter()
+            .map(|(k, m, p)| format!("{k} {m:.0}/{p:.0}"))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let total = |runs: &[rounds::Run]| median(runs.iter().map(|x| x.cpu_us.values().sum::<f64>()));
-    for k in &names {
-        let (m, p) = (per(&r.mtls, k), per(&r.plaintext, k));
-        // The baseline has no "rest of the lab": nothing but the request path runs in it.
-        let p = if p.is_nan() && k == REST_OF_LAB {
-            0.0
-        } else {
-            p
-        };
+    for (k, m, p) in &rows {
         figures.add(
             &format!("CPU per Run Demo c={c}: {k}, mTLS / plaintext"),
             json!([m, p]),
             "µs",
         );
     }
-    figures.add(
-        &format!("CPU per Run Demo c={c}: all, mTLS / plaintext"),
-        json!([total(&r.mtls), total(&r.plaintext)]),
-        "µs",
-    );
     // With every core busy, throughput is the inverse of the CPU a request takes: this ratio is
     // what the throughput ratio should be, free of the machine's speed between rounds.
-    let (m, p) = (total(&r.mtls), total(&r.plaintext));
-    if m > 0.0 && p > 0.0 {
+    let (_, m, p) = rows.last().expect("the row \"all\"");
+    if *m > 0.0 && *p > 0.0 {
         figures.add(
             &format!("CPU per Run Demo c={c}: plaintext / mTLS (throughput ratio if CPU-bound)"),
             json!(p / m),
