@@ -213,16 +213,9 @@ fn worker(frontend_url: &str, ledger: Ledger, stop: &AtomicBool, pause: Duration
     let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let outcome = caller.call().and_then(|d| {
-            if d.ok() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "HTTP 200: {}",
-                    serde_json::to_string(&d.result).unwrap_or_default()
-                ))
-            }
-        });
+        let outcome = caller
+            .call()
+            .and_then(|d| if d.ok() { Ok(()) } else { Err(d.line()) });
         match outcome {
             Ok(()) => {
                 tally.ok += 1;

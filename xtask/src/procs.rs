@@ -197,51 +197,69 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// A process and all its living descendants.
-fn tree(pid: u32) -> Vec<u32> {
-    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Some(ppid) = stat_fields(p).and_then(|f| f.get(1)?.parse().ok()) {
-            children.entry(ppid).or_default().push(p);
+/// Every living process at one moment, read from `/proc` once: its parent and the CPU ticks it
+/// and its reaped children used. Reading it once for a whole lab, rather than once per process,
+/// keeps the bench's own CPU off the rounds it measures.
+pub struct Snapshot {
+    /// pid → (parent, utime + stime + cutime + cstime).
+    procs: std::collections::HashMap<u32, (u32, u64)>,
+}
+
+impl Snapshot {
+    pub fn take() -> Snapshot {
+        let mut procs = std::collections::HashMap::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Some(f) = stat_fields(p) else { continue };
+            let parent = f.get(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            let ticks: Option<u64> = f
+                .get(11..15)
+                .and_then(|t| t.iter().map(|t| t.parse::<u64>().ok()).sum());
+            procs.insert(p, (parent, ticks.unwrap_or(0)));
         }
+        Snapshot { procs }
     }
-    let (mut all, mut stack) = (Vec::new(), vec![pid]);
-    while let Some(p) = stack.pop() {
-        all.push(p);
-        stack.extend(children.get(&p).into_iter().flatten());
+
+    /// A process and all its living descendants (empty when it is gone).
+    fn tree(&self, pid: u32) -> Vec<u32> {
+        if !self.procs.contains_key(&pid) {
+            return Vec::new();
+        }
+        let mut children: std::collections::HashMap<u32, Vec<u32>> =
+            std::collections::HashMap::new();
+        for (&p, &(parent, _)) in &self.procs {
+            children.entry(parent).or_default().push(p);
+        }
+        let (mut all, mut stack) = (Vec::new(), vec![pid]);
+        while let Some(p) = stack.pop() {
+            all.push(p);
+            stack.extend(children.get(&p).into_iter().flatten());
+        }
+        all
     }
-    all
-}
 
-/// Memory of a process and all its descendants, in KiB (PostgreSQL forks a process per
-/// connection, all sharing its buffers): the sum of their PSS, so shared pages count once.
-pub fn tree_memory_kib(pid: u32) -> Option<u64> {
-    let total: u64 = tree(pid)
-        .into_iter()
-        .map(|p| pss_kib(p).or_else(|| rss_kib(p)).unwrap_or(0))
-        .sum();
-    (total > 0).then_some(total)
-}
+    /// CPU time (user + system, in seconds) a process and its descendants used, the children
+    /// it already reaped included (PostgreSQL forks a process per connection).
+    pub fn tree_cpu_seconds(&self, pid: u32) -> Option<f64> {
+        self.procs.get(&pid)?;
+        let total: u64 = self.tree(pid).iter().map(|p| self.procs[p].1).sum();
+        // SAFETY: sysconf only reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        Some(total as f64 / hz as f64)
+    }
 
-/// CPU time (user + system, in seconds) a process and its descendants used, the children it
-/// already reaped included (PostgreSQL forks a process per connection).
-pub fn tree_cpu_seconds(pid: u32) -> Option<f64> {
-    // utime, stime, cutime, cstime.
-    let ticks = |p: u32| -> Option<u64> {
-        stat_fields(p)?
-            .get(11..15)?
-            .iter()
-            .map(|t| t.parse::<u64>().ok())
-            .sum()
-    };
-    ticks(pid)?;
-    let total: u64 = tree(pid).into_iter().filter_map(ticks).sum();
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    Some(total as f64 / hz as f64)
+    /// Memory of a process and all its descendants, in KiB (PostgreSQL forks a process per
+    /// connection, all sharing its buffers): the sum of their PSS, so shared pages count once.
+    pub fn tree_memory_kib(&self, pid: u32) -> Option<u64> {
+        let total: u64 = self
+            .tree(pid)
+            .into_iter()
+            .map(|p| pss_kib(p).or_else(|| rss_kib(p)).unwrap_or(0))
+            .sum();
+        (total > 0).then_some(total)
+    }
 }
 
 /// CPU time (user + system, in seconds) this process used, all its threads included.
@@ -315,16 +333,16 @@ mod tests {
     #[test]
     fn tree_cpu_counts_reaped_children() {
         let me = std::process::id();
-        let before = super::tree_cpu_seconds(me).unwrap();
+        let before = super::Snapshot::take().tree_cpu_seconds(me).unwrap();
         let status = std::process::Command::new("sh")
             .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
             .status()
             .unwrap();
         assert!(status.success());
-        let used = super::tree_cpu_seconds(me).unwrap() - before;
+        let used = super::Snapshot::take().tree_cpu_seconds(me).unwrap() - before;
         assert!(used >= 0.05, "the child's CPU was not counted: {used} s");
         assert!(super::own_cpu_seconds() > 0.0);
-        assert_eq!(super::tree_cpu_seconds(u32::MAX), None);
+        assert_eq!(super::Snapshot::take().tree_cpu_seconds(u32::MAX), None);
     }
 
     #[test]

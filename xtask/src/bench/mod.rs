@@ -3,11 +3,12 @@
 //! rotation under load. Prints a table and writes a JSON report. Goals are reported, never
 //! asserted; `--quick` (CI) checks only that every figure is produced and nothing failed.
 //!
-//! The method, so that a careful reader can trust the ratios: mTLS and plaintext alternate in
-//! rounds after a warm-up (`rounds`), each reported as the median with its spread; latency under
-//! a fixed request rate is measured from when each request was due (`open_loop`), not only in a
-//! closed loop, which hides queueing; and a per-hop breakdown (`hops`) says where the difference
-//! goes. It runs on the local runtime, which starts the plaintext baseline beside the lab.
+//! The method, so that a careful reader can trust the ratios: mTLS and plaintext take turns every
+//! half second within rounds after a warm-up (`rounds`), each reported as the median with its
+//! spread; latency under a fixed request rate is measured from when each request was due
+//! (`open_loop`), not only in a closed loop, which hides queueing; and a per-hop breakdown
+//! (`hops`) says where the difference goes. It runs on the local runtime, which starts the
+//! plaintext baseline beside the lab.
 
 mod hops;
 mod open_loop;
@@ -26,7 +27,7 @@ use crate::lab::{Component, Lab};
 use crate::procs;
 use crate::runtime::local::{self, LocalLab, Profile};
 use crate::scenario;
-use rounds::{Rounds, median, spread};
+use rounds::{GENERATOR, Rounds, median, spread};
 
 /// The CI smoke run.
 pub fn quick() -> flags::Bench {
@@ -143,10 +144,10 @@ impl Figures {
     }
 }
 
-fn memory_mb(lab: &LocalLab, c: Component) -> Option<f64> {
+fn memory_mb(lab: &LocalLab, c: Component, now: &procs::Snapshot) -> Option<f64> {
     let pid = lab.pid(c)?;
     let kib = if c == Component::Postgres {
-        procs::tree_memory_kib(pid)
+        now.tree_memory_kib(pid)
     } else {
         procs::rss_kib(pid)
     }?;
@@ -154,6 +155,7 @@ fn memory_mb(lab: &LocalLab, c: Component) -> Option<f64> {
 }
 
 fn footprint(lab: &LocalLab) -> BTreeMap<String, f64> {
+    let now = procs::Snapshot::take();
     Component::ALL
         .iter()
         .filter_map(|&c| {
@@ -162,7 +164,7 @@ fn footprint(lab: &LocalLab) -> BTreeMap<String, f64> {
             } else {
                 c.name()
             };
-            memory_mb(lab, c).map(|mb| (name, mb))
+            memory_mb(lab, c, &now).map(|mb| (name, mb))
         })
         .collect()
 }
@@ -177,14 +179,14 @@ const REQUEST_PATH: [Component; 5] = [
     Component::Postgres,
 ];
 const REST_OF_LAB: &str = "the rest of the lab";
-const GENERATOR: &str = "xtask (the load generator)";
 
 /// CPU seconds used so far by each process of the request path (PostgreSQL with the process it
 /// forks per connection), by the rest of the lab, and by this process (the load generator).
 fn cpu_seconds(lab: &LocalLab) -> BTreeMap<String, f64> {
     let mut cpu = BTreeMap::new();
+    let now = procs::Snapshot::take();
     for c in Component::ALL {
-        let Some(secs) = lab.pid(c).and_then(procs::tree_cpu_seconds) else {
+        let Some(secs) = lab.pid(c).and_then(|p| now.tree_cpu_seconds(p)) else {
             continue;
         };
         let name = if REQUEST_PATH.contains(&c) {
@@ -196,7 +198,6 @@ fn cpu_seconds(lab: &LocalLab) -> BTreeMap<String, f64> {
     }
     // The baseline runs nothing but the request path: its rest of the lab costs nothing.
     cpu.entry(REST_OF_LAB.into()).or_insert(0.0);
-    cpu.insert(GENERATOR.into(), procs::own_cpu_seconds());
     cpu
 }
 
@@ -412,7 +413,8 @@ fn ledger_hop(lab: &LocalLab, sizes: &Sizes, figures: &mut Figures) -> anyhow::R
         "══ bench: the ledger hop ({n} Run Demos recorded in the ledger and {n} not, taking turns)"
     );
     let url = lab.frontend_url();
-    let idle = memory_mb(lab, Component::Ledger).context("the ledger's memory")?;
+    let idle = memory_mb(lab, Component::Ledger, &procs::Snapshot::take())
+        .context("the ledger's memory")?;
     let (record, skip) = (
         Caller::new(&url, Ledger::Record),
         Caller::new(&url, Ledger::Skip),
@@ -441,7 +443,8 @@ fn ledger_hop(lab: &LocalLab, sizes: &Sizes, figures: &mut Figures) -> anyhow::R
         tally.requests(),
         tally.failures.first()
     );
-    let loaded = memory_mb(lab, Component::Ledger).context("the ledger's memory")?;
+    let loaded = memory_mb(lab, Component::Ledger, &procs::Snapshot::take())
+        .context("the ledger's memory")?;
     println!(
         "   {:.0} Run Demos/s recorded at c=4; the ledger's RSS {idle:.1} MB idle, {loaded:.1} MB after",
         tally.ok as f64 / seconds
@@ -505,9 +508,10 @@ fn closed_loop(
     let mut max = 0.0;
     for &c in sizes.concurrencies {
         println!(
-            "══ bench: Run Demo at concurrency {c}: {} interleaved rounds of {} s per profile, after a warm-up",
+            "══ bench: Run Demo at concurrency {c}: {} rounds of {} s per profile after a warm-up, the two taking turns every {} ms",
             sizes.rounds,
-            sizes.round.as_secs_f64()
+            sizes.round.as_secs_f64(),
+            rounds::SLICE.as_millis()
         );
         let (mtls_cpu, plain_cpu) = (|| cpu_seconds(lab), || cpu_seconds(plain));
         let (r, peak) = with_peak_memory(lab, || {

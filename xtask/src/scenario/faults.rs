@@ -241,6 +241,22 @@ pub fn agent_restart(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Res
     let outcome = (|| -> anyhow::Result<()> {
         let kept = [Component::EnvoyBackend, Component::HelperBackend];
         let before: Vec<Option<String>> = kept.iter().map(|c| lab.instance(*c)).collect();
+        // The SVIDs the workloads hold must outlive the agent's absence and their reconnect. On
+        // kind that is ≈ 3 s down plus 10 s for the pod to come back and the helper to write
+        // again, more than the half TTL left at a rotation's due time: kill right after one.
+        step("wait for the backend's next rotation, so its SVIDs have a whole TTL ahead");
+        let backend = [Holder::BackendEnvoy, Holder::BackendFiles];
+        let fresh = watch(
+            lab,
+            Duration::from_secs(u64::from(ttl) + 5),
+            &backend,
+            |_| Ok(()),
+        )?;
+        ensure!(
+            backend.iter().all(|h| fresh.contains_key(h)),
+            "the backend's Envoy and files did not both rotate within {} s: {fresh:?}",
+            ttl + 5
+        );
         step("kill the backend node's SPIRE agent hard (its workloads keep their SVIDs)");
         lab.kill(agent)?;
         std::thread::sleep(Duration::from_secs(3));
