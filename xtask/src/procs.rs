@@ -197,45 +197,47 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// Every living process at one moment, read from `/proc` once: its parent and the CPU ticks it
-/// and its reaped children used. Reading it once for a whole lab, rather than once per process,
-/// keeps the bench's own CPU off the rounds it measures.
+/// Every living process at one moment, read from `/proc` once: its children and the CPU ticks
+/// it and its reaped children used. Reading it once for a whole lab, rather than once per
+/// process, keeps the bench's own CPU off the rounds it measures.
 pub struct Snapshot {
-    /// pid → (parent, utime + stime + cutime + cstime).
-    procs: std::collections::HashMap<u32, (u32, u64)>,
+    /// pid → utime + stime + cutime + cstime.
+    ticks: std::collections::HashMap<u32, u64>,
+    /// pid → its children.
+    children: std::collections::HashMap<u32, Vec<u32>>,
 }
 
 impl Snapshot {
     pub fn take() -> Snapshot {
-        let mut procs = std::collections::HashMap::new();
+        let mut now = Snapshot {
+            ticks: Default::default(),
+            children: Default::default(),
+        };
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
             let Some(f) = stat_fields(p) else { continue };
-            let parent = f.get(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+            if let Some(parent) = f.get(1).and_then(|x| x.parse().ok()) {
+                now.children.entry(parent).or_default().push(p);
+            }
             let ticks: Option<u64> = f
                 .get(11..15)
                 .and_then(|t| t.iter().map(|t| t.parse::<u64>().ok()).sum());
-            procs.insert(p, (parent, ticks.unwrap_or(0)));
+            now.ticks.insert(p, ticks.unwrap_or(0));
         }
-        Snapshot { procs }
+        now
     }
 
     /// A process and all its living descendants (empty when it is gone).
     fn tree(&self, pid: u32) -> Vec<u32> {
-        if !self.procs.contains_key(&pid) {
+        if !self.ticks.contains_key(&pid) {
             return Vec::new();
-        }
-        let mut children: std::collections::HashMap<u32, Vec<u32>> =
-            std::collections::HashMap::new();
-        for (&p, &(parent, _)) in &self.procs {
-            children.entry(parent).or_default().push(p);
         }
         let (mut all, mut stack) = (Vec::new(), vec![pid]);
         while let Some(p) = stack.pop() {
             all.push(p);
-            stack.extend(children.get(&p).into_iter().flatten());
+            stack.extend(self.children.get(&p).into_iter().flatten());
         }
         all
     }
@@ -243,8 +245,8 @@ impl Snapshot {
     /// CPU time (user + system, in seconds) a process and its descendants used, the children
     /// it already reaped included (PostgreSQL forks a process per connection).
     pub fn tree_cpu_seconds(&self, pid: u32) -> Option<f64> {
-        self.procs.get(&pid)?;
-        let total: u64 = self.tree(pid).iter().map(|p| self.procs[p].1).sum();
+        self.ticks.get(&pid)?;
+        let total: u64 = self.tree(pid).iter().map(|p| self.ticks[p]).sum();
         // SAFETY: sysconf only reads a constant.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
         Some(total as f64 / hz as f64)

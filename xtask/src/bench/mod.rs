@@ -180,25 +180,21 @@ const REQUEST_PATH: [Component; 5] = [
 ];
 const REST_OF_LAB: &str = "the rest of the lab";
 
-/// CPU seconds used so far by each process of the request path (PostgreSQL with the process it
-/// forks per connection), by the rest of the lab, and by this process (the load generator).
-fn cpu_seconds(lab: &LocalLab) -> BTreeMap<String, f64> {
-    let mut cpu = BTreeMap::new();
-    let now = procs::Snapshot::take();
+/// The lab's processes whose CPU the rounds count: each on the request path by its name
+/// (PostgreSQL with the processes it forks per connection), every other one as the rest of the
+/// lab (nothing, on the plaintext baseline). Resolved once: no process is restarted in the rounds.
+fn processes(lab: &LocalLab) -> BTreeMap<String, Vec<u32>> {
+    let mut all = BTreeMap::from([(REST_OF_LAB.to_owned(), Vec::new())]);
     for c in Component::ALL {
-        let Some(secs) = lab.pid(c).and_then(|p| now.tree_cpu_seconds(p)) else {
-            continue;
-        };
+        let Some(pid) = lab.pid(c) else { continue };
         let name = if REQUEST_PATH.contains(&c) {
             c.name()
         } else {
             REST_OF_LAB.into()
         };
-        *cpu.entry(name).or_insert(0.0) += secs;
+        all.entry(name).or_default().push(pid);
     }
-    // The baseline runs nothing but the request path: its rest of the lab costs nothing.
-    cpu.entry(REST_OF_LAB.into()).or_insert(0.0);
-    cpu
+    all
 }
 
 /// A figure in a list, with the digits that matter: ratios to two places, larger values to one
@@ -513,16 +509,15 @@ fn closed_loop(
             sizes.round.as_secs_f64(),
             rounds::SLICE.as_millis()
         );
-        let (mtls_cpu, plain_cpu) = (|| cpu_seconds(lab), || cpu_seconds(plain));
         let (r, peak) = with_peak_memory(lab, || {
             Rounds::measure(
                 &rounds::Target {
                     url: lab.frontend_url(),
-                    cpu: &mtls_cpu,
+                    processes: processes(lab),
                 },
                 &rounds::Target {
                     url: plain.frontend_url(),
-                    cpu: &plain_cpu,
+                    processes: processes(plain),
                 },
                 c,
                 sizes.rounds,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::demo::{Caller, Ledger};
+use crate::procs::Snapshot;
 
 /// The CPU key of this process, which generates the load for both profiles.
 pub const GENERATOR: &str = "xtask (the load generator)";
@@ -36,11 +37,24 @@ pub struct Run {
     pub cpu_us: BTreeMap<String, f64>,
 }
 
-/// One profile under load: where to send Run Demo, and the CPU seconds its processes have used
-/// so far (read at every turn).
-pub struct Target<'a> {
+/// One profile under load: where to send Run Demo, and its processes whose CPU is counted, by
+/// the name they are reported under (several may share one; a name with none counts 0).
+pub struct Target {
     pub url: String,
-    pub cpu: &'a dyn Fn() -> BTreeMap<String, f64>,
+    pub processes: BTreeMap<String, Vec<u32>>,
+}
+
+impl Target {
+    /// The CPU seconds each name's processes (and their descendants) have used so far.
+    fn cpu(&self, now: &Snapshot) -> BTreeMap<String, f64> {
+        self.processes
+            .iter()
+            .map(|(name, pids)| {
+                let secs = pids.iter().filter_map(|p| now.tree_cpu_seconds(*p)).sum();
+                (name.clone(), secs)
+            })
+            .collect()
+    }
 }
 
 /// Every round at one concurrency.
@@ -107,10 +121,16 @@ pub fn alternating(targets: [&Target; 2], concurrency: usize, length: Duration) 
     let slices = (length.as_secs_f64() / SLICE.as_secs_f64())
         .round()
         .max(1.0) as usize;
-    let cpu = |t: &Target| {
-        let mut cpu = (t.cpu)();
-        cpu.insert(GENERATOR.into(), crate::procs::own_cpu_seconds());
-        cpu
+    // Both profiles' CPU so far, from one snapshot; the generator's counts for whichever has
+    // the turn.
+    let cpu = || {
+        let now = Snapshot::take();
+        let generator = crate::procs::own_cpu_seconds();
+        targets.map(|t| {
+            let mut cpu = t.cpu(&now);
+            cpu.insert(GENERATOR.into(), generator);
+            cpu
+        })
     };
     let phase = AtomicUsize::new(turn(0));
     let urls = targets.map(|t| t.url.as_str());
@@ -142,7 +162,7 @@ pub fn alternating(targets: [&Target; 2], concurrency: usize, length: Duration) 
                 })
             })
             .collect();
-        let mut before = cpu(targets[turn(0)]);
+        let mut before = cpu();
         let mut started = Instant::now();
         for i in 0..2 * slices {
             let p = turn(i);
@@ -156,15 +176,13 @@ pub fn alternating(targets: [&Target; 2], concurrency: usize, length: Duration) 
             let now = Instant::now();
             time[p] += now - started;
             started = now;
-            let after = cpu(targets[p]);
-            for (k, a) in &after {
-                if let Some(b) = before.get(k) {
+            let after = cpu();
+            for (k, a) in &after[p] {
+                if let Some(b) = before[p].get(k) {
                     *used[p].entry(k.clone()).or_insert(0.0) += (a - b).max(0.0);
                 }
             }
-            if next != STOP {
-                before = if next == p { after } else { cpu(targets[next]) };
-            }
+            before = after;
         }
         workers
             .into_iter()
