@@ -219,6 +219,32 @@ impl Browser {
         Ok(())
     }
 
+    /// Clicks `e`, a link or a form's button, and waits up to `timeout` for the page that answers to
+    /// hold `css`. The page clicked on is marked first, so an element that page already held is
+    /// never taken for the answer.
+    pub fn submit(&self, e: &Element, css: &str, timeout: Duration) -> Result<Element> {
+        self.script("document.documentElement.setAttribute('data-submitted', ''); return true;")?;
+        self.click(e)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answered = self
+                .script("return !document.documentElement.hasAttribute('data-submitted');")
+                .map(|v| v.as_bool() == Some(true))
+                .unwrap_or(false);
+            if answered {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self.wait_for(css, left);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error(format!(
+                    "no new page came back within {} s of the click",
+                    timeout.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The text a person sees in it.
     pub fn text(&self, e: &Element) -> Result<String> {
         Ok(self

@@ -125,8 +125,12 @@ async fn run_demo_in_chromium_shows_every_hop_at_both_sizes() {
             })
             .unwrap();
             b.goto(&url).unwrap();
-            b.click(&b.find("#run-demo").unwrap()).unwrap();
-            b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+            b.submit(
+                &b.find("#run-demo").unwrap(),
+                "#f2b-status",
+                Duration::from_secs(10),
+            )
+            .unwrap();
             let v = view(&b);
             assert_eq!(v.frontend_to_backend.as_deref(), Some("SUCCESS"));
             assert_eq!(v.backend_to_db.as_deref(), Some("SUCCESS"));
@@ -223,8 +227,12 @@ async fn without_javascript_the_page_is_complete_as_served() {
             "{before:?}"
         );
         // The form posts without script; the answer is the whole page again.
-        b.click(&b.find("#run-demo").unwrap()).unwrap();
-        b.wait_for("#f2b-status", Duration::from_secs(10)).unwrap();
+        b.submit(
+            &b.find("#run-demo").unwrap(),
+            "#f2b-status",
+            Duration::from_secs(10),
+        )
+        .unwrap();
         let v = view(&b);
         assert_eq!(v.frontend_to_backend.as_deref(), Some("SUCCESS"));
         let states = hop_states(&v);

@@ -75,8 +75,11 @@ fn line(hops: &[(String, String)]) -> String {
 
 /// Presses Run Demo and waits for the page that answers.
 fn press_run_demo(b: &Browser) -> anyhow::Result<()> {
-    b.click(&b.find("#run-demo")?)?;
-    b.wait_for("#f2b-status", Duration::from_secs(15))?;
+    b.submit(
+        &b.find("#run-demo")?,
+        "#f2b-status",
+        Duration::from_secs(15),
+    )?;
     Ok(())
 }
 

@@ -34,8 +34,7 @@ fn fill(b: &Browser, id: &str, value: &str) -> anyhow::Result<()> {
 
 /// Presses `button` and reads the verdict the page answers with: (valid, problem, words).
 fn verdict(b: &Browser, button: &str) -> anyhow::Result<(bool, String, String)> {
-    b.click(&b.find(button)?)?;
-    b.wait_for("#validation", Duration::from_secs(15))
+    b.submit(&b.find(button)?, "#validation", Duration::from_secs(15))
         .with_context(|| {
             let err = b
                 .find("#validation-error")
@@ -71,8 +70,13 @@ pub fn inspector(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
         javascript: true,
     })?;
     b.goto(&format!("{}/", lab.frontend_url()))?;
-    b.click(&b.find("#to-inspector")?)?;
-    let shown = text(&b, "#svid-id").context("the inspector shows no SVID")?;
+    b.submit(
+        &b.find("#to-inspector")?,
+        "#svid-id",
+        Duration::from_secs(15),
+    )
+    .context("the inspector shows no SVID")?;
+    let shown = text(&b, "#svid-id")?;
     ensure!(shown == ledger, "the inspector shows {shown}, not {ledger}");
     let certs = b.find_all("#svid .cert")?.len();
     let authorities = b.find_all("#bundle .cert")?.len();
@@ -86,9 +90,12 @@ pub fn inspector(lab: &mut dyn Lab, r: &mut Report) -> anyhow::Result<()> {
 
     step(&format!("mint a JWT-SVID for the audience {AUDIENCE}"));
     fill(&b, "audience", AUDIENCE)?;
-    b.click(&b.find("#mint-button")?)?;
-    b.wait_for("#minted-token", Duration::from_secs(15))
-        .context("no token minted")?;
+    b.submit(
+        &b.find("#mint-button")?,
+        "#minted-token",
+        Duration::from_secs(15),
+    )
+    .context("no token minted")?;
     let token = text(&b, "#minted-token")?;
     let claims: serde_json::Value = serde_json::from_str(&text(&b, "#minted-claims")?)
         .context("the claims shown are not JSON")?;
