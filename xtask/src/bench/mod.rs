@@ -49,8 +49,10 @@ struct Sizes {
     warmup: Duration,
     /// Open-loop rates, as fractions of the plaintext's closed-loop maximum.
     open_loop_loads: &'static [f64],
-    open_loop_for: Duration,
-    open_loop_rounds: usize,
+    /// Open-loop turns per profile, each one's length, and how much of its start is left out.
+    open_loop_turns: usize,
+    open_loop_turn: Duration,
+    open_loop_warmup: Duration,
     /// Run Demos, one at a time, for the per-hop breakdown.
     hop_requests: usize,
     fresh_connections: usize,
@@ -71,8 +73,9 @@ impl Sizes {
                 round: Duration::from_secs(1),
                 warmup: Duration::from_millis(500),
                 open_loop_loads: &[0.5],
-                open_loop_for: Duration::from_secs(3),
-                open_loop_rounds: 1,
+                open_loop_turns: 2,
+                open_loop_turn: Duration::from_millis(1500),
+                open_loop_warmup: Duration::from_millis(250),
                 hop_requests: 300,
                 fresh_connections: 10,
                 pooled_queries: 100,
@@ -87,8 +90,9 @@ impl Sizes {
                 round: Duration::from_secs(3),
                 warmup: Duration::from_secs(2),
                 open_loop_loads: &[0.25, 0.5, 0.75],
-                open_loop_for: Duration::from_secs(5),
-                open_loop_rounds: 3,
+                open_loop_turns: 6,
+                open_loop_turn: Duration::from_secs(3),
+                open_loop_warmup: Duration::from_millis(250),
                 hop_requests: 3000,
                 fresh_connections: 100,
                 pooled_queries: 2000,
@@ -656,7 +660,8 @@ fn round_figures(r: &Rounds, sizes: &Sizes, figures: &mut Figures) {
 }
 
 /// Latency at fixed rates — fractions of the plaintext's closed-loop maximum — measured from
-/// when each request was due, mTLS then plaintext at each rate.
+/// when each request was due, the profiles taking turns at each rate; percentiles over all of a
+/// profile's turns, with the spread of the turns' p99.
 fn open_loop(
     oha: &std::path::Path,
     (lab, plain): (&LocalLab, &LocalLab),
@@ -666,51 +671,83 @@ fn open_loop(
 ) -> anyhow::Result<()> {
     for &load in sizes.open_loop_loads {
         let rate = (max * load).max(1.0);
+        let requests = ((rate * sizes.open_loop_turn.as_secs_f64()).round() as usize).max(1);
         println!(
-            "══ bench: open loop at {rate:.0} Run Demos/s ({:.0} % of plaintext's {max:.0}/s), {} of {} s per profile",
+            "══ bench: open loop at {rate:.0} Run Demos/s ({:.0} % of plaintext's {max:.0}/s): \
+             after a warm-up of {:.1} s, {} turns of {requests} requests ({:.1} s) per profile, \
+             the first {} ms of each left out",
             load * 100.0,
-            match sizes.open_loop_rounds {
-                1 => "one round".to_string(),
-                n => format!("{n} interleaved rounds"),
-            },
-            sizes.open_loop_for.as_secs()
+            sizes.warmup.as_secs_f64(),
+            sizes.open_loop_turns,
+            sizes.open_loop_turn.as_secs_f64(),
+            sizes.open_loop_warmup.as_millis()
         );
+        // Each profile's pools (the frontend's, the Envoys', the backend's to PostgreSQL) grow
+        // to what this rate needs before anything is measured.
+        let warmup = ((rate * sizes.warmup.as_secs_f64()).round() as usize).max(1);
+        for which in [lab, plain] {
+            let t = open_loop::turn(oha, which, rate, warmup, Duration::ZERO)?;
+            ensure!(
+                t.failed == 0,
+                "{} of {warmup} Run Demos failed in the open loop's warm-up",
+                t.failed
+            );
+        }
         let (mut m, mut p) = (Vec::new(), Vec::new());
-        for round in 0..sizes.open_loop_rounds {
-            // Taking turns at going first, as the closed-loop rounds do.
-            if round % 2 == 1 {
-                p.push(open_loop::run(oha, plain, rate, sizes.open_loop_for)?);
+        for pair in 0..sizes.open_loop_turns {
+            // A B B A …, as the closed-loop turns.
+            let order: [(&LocalLab, bool); 2] = if pair % 2 == 0 {
+                [(lab, true), (plain, false)]
+            } else {
+                [(plain, false), (lab, true)]
+            };
+            for (which, mtls) in order {
+                let t = open_loop::turn(oha, which, rate, requests, sizes.open_loop_warmup)?;
+                if mtls { m.push(t) } else { p.push(t) }
             }
-            m.push(open_loop::run(oha, lab, rate, sizes.open_loop_for)?);
-            if round % 2 == 0 {
-                p.push(open_loop::run(oha, plain, rate, sizes.open_loop_for)?);
-            }
-            for (name, o) in [("mTLS", m.last()), ("plaintext", p.last())] {
-                let o = o.expect("just pushed");
-                println!(
-                    "   {name:<9} {} answered, {} failed; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-                    o.answered, o.failed, o.p50_ms, o.p99_ms, o.p999_ms
-                );
-            }
+            let last = |t: &[open_loop::Turn]| {
+                t.last().map_or(String::new(), |t| {
+                    format!(
+                        "p99 {:.2} ms ({} answered, {} failed)",
+                        open_loop::percentile(&t.latencies_ms, 0.99),
+                        t.answered,
+                        t.failed
+                    )
+                })
+            };
+            println!(
+                "   turn {}/{}: mTLS {}; plaintext {}",
+                pair + 1,
+                sizes.open_loop_turns,
+                last(&m),
+                last(&p)
+            );
         }
         let pct = (load * 100.0).round();
-        // The median round by round of each percentile, and the p99's spread.
-        let summary = |runs: &[open_loop::OpenLoop]| {
-            let (lo, hi) = spread(runs.iter().map(|o| o.p99_ms));
-            let p99 = median(runs.iter().map(|o| o.p99_ms));
+        // Each percentile as the median of the turns' (a slow spell of the machine spoils a turn
+        // or two of each profile, not the figure), the p99's spread, and every turn's answers
+        // together.
+        let summary = |turns: &[open_loop::Turn]| {
+            let of_turns = |q: f64| {
+                turns
+                    .iter()
+                    .map(move |t| open_loop::percentile(&t.latencies_ms, q))
+            };
+            let (lo, hi) = spread(of_turns(0.99));
+            let p99 = median(of_turns(0.99));
+            let all: Vec<f64> = turns
+                .iter()
+                .flat_map(|t| t.latencies_ms.iter().copied())
+                .collect();
             (
-                json!([
-                    median(runs.iter().map(|o| o.p50_ms)),
-                    p99,
-                    median(runs.iter().map(|o| o.p999_ms)),
-                    lo,
-                    hi
-                ]),
+                json!([median(of_turns(0.5)), p99, median(of_turns(0.999)), lo, hi]),
                 p99,
+                open_loop::percentile(&all, 0.99),
             )
         };
-        let ((lat, m_p99), (plat, _)) = (summary(&m), summary(&p));
-        let name = format!("open loop {pct:.0} %: mTLS p50 / p99 / p99.9 (p99 min–max)");
+        let ((lat, m_p99, m_all), (plat, _, p_all)) = (summary(&m), summary(&p));
+        let name =
+            format!("open loop {pct:.0} %: mTLS p50 / p99 / p99.9, medians of turns (p99 min–max)");
         if (load - 0.5).abs() < 1e-9 {
             if !sizes.quick {
                 figures.goal(&name, lat, "ms", "p99 ≤ 5 ms", m_p99 <= 5.0);
@@ -721,11 +758,16 @@ fn open_loop(
             figures.add(&name, lat, "ms");
         }
         figures.add(
-            &format!("open loop {pct:.0} %: plaintext p50 / p99 / p99.9 (p99 min–max)"),
+            &format!("open loop {pct:.0} %: plaintext, the same"),
             plat,
             "ms",
         );
-        let failed: usize = m.iter().chain(&p).map(|o| o.failed).sum();
+        figures.add(
+            &format!("open loop {pct:.0} %: p99 of all turns together, mTLS / plaintext"),
+            json!([m_all, p_all]),
+            "ms",
+        );
+        let failed: usize = m.iter().chain(&p).map(|t| t.failed).sum();
         figures.goal(
             &format!("open loop {pct:.0} %: failed (mTLS + plaintext)"),
             json!(failed),
