@@ -244,17 +244,20 @@ pub fn agent_restart(lab: &mut dyn Lab, r: &mut Report, ttl: u32) -> anyhow::Res
         // The SVIDs the workloads hold must outlive the agent's absence and their reconnect. On
         // kind that is ≈ 3 s down plus 10 s for the pod to come back and the helper to write
         // again, more than the half TTL left at a rotation's due time: kill right after one.
-        step("wait for the backend's next rotation, so its SVIDs have a whole TTL ahead");
-        let backend = [Holder::BackendEnvoy, Holder::BackendFiles];
+        // Every holder, not the backend's alone: on kind the scheduler may have put PostgreSQL,
+        // or any other workload, on the backend's node, so that the same agent serves it (a
+        // PostgreSQL certificate that expired while the agent was down failed Run Demos there).
+        // All of them got their short SVIDs at once, so they rotate within a second or two.
+        step("wait for every holder's next rotation, so that each SVID has a whole TTL ahead");
         let fresh = watch(
             lab,
             Duration::from_secs(u64::from(ttl) + 5),
-            &backend,
+            &Holder::ALL,
             |_| Ok(()),
         )?;
         ensure!(
-            backend.iter().all(|h| fresh.contains_key(h)),
-            "the backend's Envoy and files did not both rotate within {} s: {fresh:?}",
+            Holder::ALL.iter().all(|h| fresh.contains_key(h)),
+            "not every holder rotated within {} s: {fresh:?}",
             ttl + 5
         );
         step("kill the backend node's SPIRE agent hard (its workloads keep their SVIDs)");
