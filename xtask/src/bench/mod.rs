@@ -10,6 +10,7 @@
 //! (`hops`) says where the difference goes. It runs on the local runtime, which starts the
 //! plaintext baseline beside the lab.
 
+mod cpu;
 mod hops;
 mod open_loop;
 mod rounds;
@@ -708,10 +709,13 @@ fn open_loop(
             let last = |t: &[open_loop::Turn]| {
                 t.last().map_or(String::new(), |t| {
                     format!(
-                        "p99 {:.2} ms ({} answered, {} failed)",
+                        "p99 {:.2} ms ({} answered, {} failed; CPUs busy {}, waiting {}, stolen {})",
                         open_loop::percentile(&t.latencies_ms, 0.99),
                         t.answered,
-                        t.failed
+                        t.failed,
+                        cpu::percent(t.cpu.busy),
+                        cpu::percent(t.cpu.waiting),
+                        cpu::percent(t.cpu.stolen)
                     )
                 })
             };
@@ -767,6 +771,24 @@ fn open_loop(
             json!([m_all, p_all]),
             "ms",
         );
+        // Whether the tail is the path or a queue for a core: in the lab, or on the host.
+        for (turns, profile) in [(&m, "mTLS"), (&p, "plaintext")] {
+            let share = |of: fn(&cpu::Shares) -> Option<f64>| {
+                let known: Vec<f64> = turns.iter().filter_map(|t| of(&t.cpu)).collect();
+                (!known.is_empty()).then(|| (median(known) * 1000.0).round() / 10.0)
+            };
+            figures.add(
+                &format!(
+                    "open loop {pct:.0} %: {profile} CPUs busy / waiting for a core / stolen, medians of turns"
+                ),
+                json!([
+                    share(|c| c.busy),
+                    share(|c| c.waiting),
+                    share(|c| c.stolen)
+                ]),
+                "%",
+            );
+        }
         let failed: usize = m.iter().chain(&p).map(|t| t.failed).sum();
         figures.goal(
             &format!("open loop {pct:.0} %: failed (mTLS + plaintext)"),

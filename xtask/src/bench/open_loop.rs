@@ -19,6 +19,7 @@ use anyhow::{Context, bail, ensure};
 use contract::Workload;
 use contract::metrics::{RUN_DEMO, Scrape};
 
+use super::cpu::{Counters, Shares};
 use crate::lab::Lab;
 
 /// What one turn gave.
@@ -31,6 +32,8 @@ pub struct Turn {
     pub answered: usize,
     /// Run Demos that did not succeed (either link), or got no answer.
     pub failed: usize,
+    /// What the machine's CPUs did while oha ran.
+    pub cpu: Shares,
 }
 
 /// Connections oha keeps open: more than the rates here ever keep busy at once, so that a
@@ -88,6 +91,7 @@ pub fn turn(
 ) -> anyhow::Result<Turn> {
     let (all0, ok0) = outcomes(lab)?;
     let url = format!("{}{}", lab.frontend_url(), crate::demo::Ledger::Skip.path());
+    let before = Counters::read();
     let out = Command::new(oha)
         .args(["--no-tui", "--output-format", "csv", "-m", "POST"])
         .args(["-n", &requests.to_string()])
@@ -96,6 +100,7 @@ pub fn turn(
         .arg(&url)
         .output()
         .with_context(|| format!("run {}", oha.display()))?;
+    let cpu = before.until(&Counters::read());
     ensure!(
         out.status.success(),
         "oha failed: {}",
@@ -121,6 +126,7 @@ pub fn turn(
             .collect(),
         answered,
         failed: requests.saturating_sub(answered) + not_200 + counted.saturating_sub(succeeded),
+        cpu,
     })
 }
 
